@@ -1,0 +1,10 @@
+"""Test-wide JAX settings: CPU only, loud broadcasting, fast compiles (STYLE.md)."""
+
+import os
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # noqa: E402
+
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+jax.config.update('jax_disable_most_optimizations', True)
