@@ -1,0 +1,407 @@
+"""Flax Linen encoders and decoders built from layer-spec strings; VAE / CVAE / autoencoder.
+
+One module, `VAE`, covers the three models: `model.use_labels` makes it a conditional VAE, and
+objective 'autoencoder' gives it a deterministic code (posterior 'delta', P = latent_dim).
+Modules hold parameters and deterministic maps only: `encode` returns the posterior's parameters
+and `decode` the likelihood's; `distributions.py` turns them into distributions and `losses.py`
+samples.
+
+Layer specs (`layers.py` lists the tokens): the encoder body is followed by a Dense head with P
+outputs; the decoder's last token may use `out`, meaning the likelihood's size: C * m channels
+for `conv(out,...)`/`convt(out,...)` and H * W * C * m units for `dense(out)` (reshaped to
+[H, W, C * m]), where C is the data's channel count and m = `likelihood_num_channels` (m = 1 for
+the network with gaussian_sigma 'learned': the second half is a learned scalar, broadcast).
+
+`convt` tokens use `layers.ConvTranspose`: flax's parameters and values, but gradients from
+plain convolutions (XLA:CPU computes flax's conv-transpose weight gradient 10x+ slower).
+
+Labels (CVAE): one_hot(y) is concatenated to the features where they are first flat: to the
+(flattened) input of a dense encoder and to z in the decoder; for a conv encoder, at its `flatten`
+(or, without one, after the body, before the head).
+
+Batch axes: `encode` and `decode` take any number of leading batch axes (including none); they
+are flattened into one around the body, so Conv and BatchNorm see [B, ...].
+
+BatchNorm and `jax.vmap`: training runs the per-example objective under
+`jax.vmap(..., axis_name='batch')` (steps.py), so with `train=True` BatchNorm pools its
+statistics over that named axis (`bn_axis_name='batch'`), which gives the same statistics as one
+call on the whole batch. To call with `train=True` on a real batch axis outside such a vmap, use
+`bn_axis_name=None` (`create_model(..., bn_axis_name=None)` or `model.clone(bn_axis_name=None)`).
+Running statistics live in the 'batch_stats' collection (pass `mutable=['batch_stats']` when
+training); `train=False` uses them and leaves them unchanged.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vae_jax import distributions
+from vae_jax import layers as layers_lib
+from vae_jax.layers import LayerSpec
+
+Array = jax.Array
+
+
+def _flatten_batch(x: Array, event_ndim: int) -> tuple[Array, tuple[int, ...]]:
+    """[*batch, *event] -> ([prod(batch), *event], batch); no batch axes gives B = 1."""
+    batch_shape = x.shape[: x.ndim - event_ndim]
+    return x.reshape((-1, *x.shape[x.ndim - event_ndim :])), batch_shape
+
+
+def _apply_layers(
+    layers: tuple[LayerSpec, ...],
+    h: Array,
+    cond: Array | None,
+    *,
+    train: bool,
+    key: str,
+    out_channels: int,
+    out_units: int,
+    bn_momentum: float,
+    bn_axis_name: str | None,
+    convt_implementation: str,
+) -> tuple[Array, Array | None]:
+    """Runs a parsed body, creating its submodules in the calling (compact) module.
+
+    Args:
+      layers: the parsed spec.
+      h: [B, ...] features.
+      cond: [B, L] one-hot labels to concatenate where the features are first flat, or None.
+      train: BatchNorm mode.
+      key: the config key of the spec, for error messages.
+      out_channels, out_units: what `out` means in conv / dense tokens.
+      bn_momentum, bn_axis_name: BatchNorm settings (see the module docstring).
+      convt_implementation: `layers.ConvTranspose.implementation`.
+
+    Returns:
+      (h [B, ...], cond): cond is None once it has been concatenated.
+    """
+
+    def join(h):
+        return (jnp.concatenate([h, cond], axis=-1), None) if cond is not None else (h, None)
+
+    if h.ndim == 2:
+        h, cond = join(h)
+    for layer in layers:
+        kind = layer.kind
+        if kind in ('conv', 'convt', 'maxpool', 'upsample') and h.ndim != 4:
+            raise ValueError(
+                f'{key}: token {layer.token!r} needs per-example features [H, W, C], got '
+                f'{h.shape[1:]}; put a reshape(h,w,c) before it'
+            )
+        if kind in ('dense', 'flatten'):
+            h, cond = join(h.reshape((h.shape[0], -1)))
+        if kind == 'dense':
+            h = nn.Dense(out_units if layer.uses_out else layer.features)(h)
+        elif kind == 'conv':
+            features = out_channels if layer.uses_out else layer.features
+            h = nn.Conv(features, layer.kernel_size, layer.strides, padding=layer.padding)(h)
+        elif kind == 'convt':
+            h = layers_lib.ConvTranspose(
+                out_channels if layer.uses_out else layer.features,
+                layer.kernel_size,
+                layer.strides,
+                layer.padding,
+                layer.output_padding,
+                implementation=convt_implementation,
+            )(h)
+        elif kind == 'maxpool':
+            h = nn.max_pool(h, layer.kernel_size, layer.strides, padding=layer.padding)
+        elif kind == 'upsample':
+            h = layers_lib.upsample_nearest(h, layer.factor)
+        elif kind == 'bn':
+            h = nn.BatchNorm(
+                use_running_average=not train,
+                axis_name=bn_axis_name if train else None,
+                momentum=bn_momentum,
+            )(h)
+        elif kind == 'reshape':
+            if layers_lib.flat_size(h.shape[1:]) != layers_lib.flat_size(layer.shape):
+                raise ValueError(
+                    f'{key}: token {layer.token!r} cannot reshape per-example features of shape '
+                    f'{h.shape[1:]} ({layers_lib.flat_size(h.shape[1:])} values)'
+                )
+            h = h.reshape((h.shape[0], *layer.shape))
+        elif kind in layers_lib.ACTIVATIONS:
+            h = layers_lib.ACTIVATIONS[kind](h)
+    return h, cond
+
+
+class Encoder(nn.Module):
+    """Layer-spec body + Dense head: x [B, *data_shape] -> posterior parameters [B, P].
+
+    Attributes:
+      layers: the parsed `model.encoder` spec.
+      num_outputs: P.
+      bn_momentum: BatchNorm running-average momentum.
+      bn_axis_name: BatchNorm's pooling axis name with train=True (see the module docstring).
+      convt_implementation: see `layers.conv_transpose`.
+    """
+
+    layers: tuple[LayerSpec, ...]
+    num_outputs: int
+    bn_momentum: float = 0.99
+    bn_axis_name: str | None = 'batch'
+    convt_implementation: str = 'subpixel'
+
+    @nn.compact
+    def __call__(self, x: Array, cond: Array | None = None, *, train: bool) -> Array:
+        """Args: x: [B, *data_shape]. cond: [B, L] or None. Returns: [B, P]."""
+        h, cond = _apply_layers(
+            self.layers,
+            x,
+            cond,
+            train=train,
+            key='model.encoder',
+            out_channels=0,
+            out_units=0,
+            bn_momentum=self.bn_momentum,
+            bn_axis_name=self.bn_axis_name,
+            convt_implementation=self.convt_implementation,
+        )
+        h = h.reshape((h.shape[0], -1))
+        if cond is not None:
+            h = jnp.concatenate([h, cond], axis=-1)
+        return nn.Dense(self.num_outputs, name='head')(h)
+
+
+class Decoder(nn.Module):
+    """Layer-spec body: z [B, D] -> likelihood parameters [B, *data_shape[:-1], C * m].
+
+    Attributes:
+      layers: the parsed `model.decoder` spec.
+      data_shape: [*spatial, C] of one example.
+      num_channels: m, likelihood values per data value.
+      learned_sigma: the body outputs C channels (the Gaussian loc) and a scalar parameter
+        'raw_sigma' fills the second half (`distributions.gaussian_scale` maps it to sigma).
+      sigma: initial standard deviation for `learned_sigma`.
+      bn_momentum, bn_axis_name: BatchNorm settings.
+      convt_implementation: see `layers.conv_transpose`.
+    """
+
+    layers: tuple[LayerSpec, ...]
+    data_shape: tuple[int, ...]
+    num_channels: int = 1
+    learned_sigma: bool = False
+    sigma: float = 1.0
+    bn_momentum: float = 0.99
+    bn_axis_name: str | None = 'batch'
+    convt_implementation: str = 'subpixel'
+
+    @nn.compact
+    def __call__(self, z: Array, cond: Array | None = None, *, train: bool) -> Array:
+        """Args: z: [B, D]. cond: [B, L] or None. Returns: [B, *data_shape[:-1], C * m]."""
+        body_channels = self.data_shape[-1] * (1 if self.learned_sigma else self.num_channels)
+        expected = (*self.data_shape[:-1], body_channels)
+        h, _ = _apply_layers(
+            self.layers,
+            z,
+            cond,
+            train=train,
+            key='model.decoder',
+            out_channels=body_channels,
+            out_units=layers_lib.flat_size(expected),
+            bn_momentum=self.bn_momentum,
+            bn_axis_name=self.bn_axis_name,
+            convt_implementation=self.convt_implementation,
+        )
+        if h.shape[1:] != expected:
+            if h.ndim == 2 and h.shape[1] == layers_lib.flat_size(expected):
+                h = h.reshape((h.shape[0], *expected))
+            else:
+                raise ValueError(
+                    f'model.decoder: the body outputs per-example shape {h.shape[1:]}, but data '
+                    f'shape {self.data_shape} needs {expected} (or '
+                    f'{layers_lib.flat_size(expected)} flat values): end the spec with dense(out) '
+                    'or conv(out,KxK) and check the reshape, strides and paddings'
+                )
+        if self.learned_sigma:
+            init = nn.initializers.constant(distributions.inverse_gaussian_scale(self.sigma))
+            raw = self.param('raw_sigma', init, ())
+            h = jnp.concatenate([h, jnp.broadcast_to(raw, h.shape)], axis=-1)
+        return h
+
+
+class VAE(nn.Module):
+    """Encoder and decoder with `encode` / `decode` methods over arbitrary leading batch axes.
+
+    Attributes:
+      data_shape: one example's shape, [H, W, C] for images or [C] for flat data.
+      latent_dim: D.
+      encoder: the `model.encoder` spec string.
+      decoder: the `model.decoder` spec string.
+      num_posterior_params: P (`distributions.posterior_num_params`).
+      num_likelihood_channels: m (`distributions.likelihood_num_channels`).
+      learned_sigma: Gaussian likelihood with a learned global sigma.
+      sigma: its initial value.
+      use_labels: conditional VAE on one-hot labels.
+      num_classes: L, the size of the one-hot labels.
+      batch_norm_momentum: BatchNorm running-average momentum.
+      bn_axis_name: BatchNorm's pooling axis name with train=True: 'batch' inside
+        `jax.vmap(..., axis_name='batch')`, None for a plain batched call.
+      convt_implementation: how `convt` layers compute (`layers.conv_transpose`): 'subpixel'
+        (default; fastest gradients under the per-example vmap of training, measured by
+        benchmarks/convt_grad.py), 'custom_vjp' (fastest on a plain batch) or 'lax' (flax's).
+    """
+
+    data_shape: tuple[int, ...]
+    latent_dim: int
+    encoder_spec: str
+    decoder_spec: str
+    num_posterior_params: int
+    num_likelihood_channels: int = 1
+    learned_sigma: bool = False
+    sigma: float = 1.0
+    use_labels: bool = False
+    num_classes: int = 10
+    batch_norm_momentum: float = 0.99
+    bn_axis_name: str | None = 'batch'
+    convt_implementation: str = 'subpixel'
+
+    def setup(self):
+        common = dict(
+            bn_momentum=self.batch_norm_momentum,
+            bn_axis_name=self.bn_axis_name,
+            convt_implementation=self.convt_implementation,
+        )
+        self.encoder = Encoder(
+            layers_lib.parse_spec(self.encoder_spec, 'model.encoder'),
+            self.num_posterior_params,
+            **common,
+        )
+        self.decoder = Decoder(
+            layers_lib.parse_spec(self.decoder_spec, 'model.decoder', allow_out=True),
+            tuple(self.data_shape),
+            self.num_likelihood_channels,
+            self.learned_sigma,
+            self.sigma,
+            **common,
+        )
+
+    def _one_hot(self, y: Array | None, batch_shape: tuple[int, ...]) -> Array | None:
+        if not self.use_labels:
+            return None
+        if y is None:
+            raise ValueError('model.use_labels=True: encode/decode need the labels y')
+        y = jnp.asarray(y)
+        if not jnp.issubdtype(y.dtype, jnp.integer):
+            raise ValueError(f'labels y must be integers, got dtype {y.dtype}')
+        try:
+            y = jnp.broadcast_to(y, batch_shape)
+        except ValueError:
+            raise ValueError(
+                f'labels y of shape {y.shape} do not broadcast to the batch shape {batch_shape}'
+            ) from None
+        return jax.nn.one_hot(y.reshape(-1), self.num_classes, dtype=jnp.float32)
+
+    def encode(self, x: Array, y: Array | None = None, *, train: bool) -> Array:
+        """Posterior parameters.
+
+        Args:
+          x: [..., *data_shape] data; any number of leading batch axes, including none.
+          y: int labels broadcastable to [...] (used only with use_labels), or None.
+          train: BatchNorm uses (and updates) batch statistics when True.
+
+        Returns:
+          [..., P] parameters for `distributions.make_posterior`.
+
+        Raises:
+          ValueError: if x's trailing shape is not data_shape.
+        """
+        n = len(self.data_shape)
+        if tuple(x.shape[x.ndim - n :]) != tuple(self.data_shape) or x.ndim < n:
+            raise ValueError(
+                f'encode: x must have shape [..., {", ".join(map(str, self.data_shape))}], '
+                f'got {x.shape}'
+            )
+        flat, batch_shape = _flatten_batch(x, n)
+        out = self.encoder(flat, self._one_hot(y, batch_shape), train=train)
+        return out.reshape((*batch_shape, out.shape[-1]))
+
+    def decode(self, z: Array, y: Array | None = None, *, train: bool) -> Array:
+        """Likelihood parameters.
+
+        Args:
+          z: [..., D] latents; any number of leading batch axes, e.g. [K, D] per example.
+          y: int labels broadcastable to [...] (used only with use_labels), e.g. [] with z [K, D].
+          train: BatchNorm uses (and updates) batch statistics when True.
+
+        Returns:
+          [..., *data_shape[:-1], C * m] parameters for `distributions.make_likelihood`.
+
+        Raises:
+          ValueError: if z's last axis is not latent_dim.
+        """
+        if z.ndim < 1 or z.shape[-1] != self.latent_dim:
+            raise ValueError(f'decode: z must have shape [..., {self.latent_dim}], got {z.shape}')
+        flat, batch_shape = _flatten_batch(z, 1)
+        out = self.decoder(flat, self._one_hot(y, batch_shape), train=train)
+        return out.reshape((*batch_shape, *out.shape[1:]))
+
+    def __call__(
+        self, x: Array, y: Array | None = None, *, train: bool = False
+    ) -> tuple[Array, Array]:
+        """Encodes, then decodes the posterior mean (params[..., :D]); used to initialise.
+
+        Args:
+          x: [..., *data_shape]. y: labels [...] or None. train: BatchNorm mode.
+
+        Returns:
+          (posterior parameters [..., P], likelihood parameters [..., *data_shape[:-1], C * m]).
+        """
+        params = self.encode(x, y, train=train)
+        return params, self.decode(params[..., : self.latent_dim], y, train=train)
+
+
+def create_model(
+    model_config: ml_collections.ConfigDict,
+    data_shape: tuple[int, ...],
+    objective: str,
+    *,
+    bn_axis_name: str | None = 'batch',
+) -> VAE:
+    """Builds the model that `config.model` describes and checks its shapes.
+
+    Args:
+      model_config: `config.model` (keys in configs/default.py).
+      data_shape: one example's shape, e.g. (28, 28, 1) or (2,) for toy 2-D data.
+      objective: `config.objective`; 'autoencoder' gives a deterministic code (posterior 'delta').
+      bn_axis_name: see `VAE`; None to train BatchNorm on a real batch axis outside a vmap.
+
+    Returns:
+      An unbound `VAE`.
+
+    Raises:
+      ValueError: for a malformed layer spec (naming the key, token and allowed tokens), or when
+        the decoder's output shape does not match data_shape.
+    """
+    c = model_config
+    posterior = 'delta' if objective == 'autoencoder' else c.posterior
+    data_shape = tuple(int(d) for d in data_shape)
+    model = VAE(
+        data_shape=data_shape,
+        latent_dim=c.latent_dim,
+        encoder_spec=c.encoder,
+        decoder_spec=c.decoder,
+        num_posterior_params=distributions.posterior_num_params(posterior, c.latent_dim),
+        num_likelihood_channels=distributions.likelihood_num_channels(
+            c.likelihood, c.gaussian_sigma
+        ),
+        learned_sigma=c.likelihood == 'gaussian' and c.gaussian_sigma == 'learned',
+        sigma=float(c.sigma),
+        use_labels=bool(c.use_labels),
+        num_classes=c.num_classes,
+        batch_norm_momentum=float(c.batch_norm_momentum),
+        bn_axis_name=bn_axis_name,
+    )
+    # Parse errors and shape mismatches surface here, at creation, not at the first train step.
+    layers_lib.parse_spec(c.encoder, 'model.encoder')
+    layers_lib.parse_spec(c.decoder, 'model.decoder', allow_out=True)
+    y = jnp.zeros((), jnp.int32) if model.use_labels else None
+    jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros(data_shape, jnp.float32), y, train=False)
+    )
+    return model
