@@ -8,3 +8,8 @@ import jax  # noqa: E402
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 jax.config.update('jax_disable_most_optimizations', True)
+
+from absl import flags  # noqa: E402
+
+# absltest helpers such as create_tempdir read absl flags; pytest does not parse them.
+flags.FLAGS.mark_as_parsed()

@@ -1,0 +1,81 @@
+"""Default: a dense VAE on the embedded 8x8 `digits` data set (no download needed).
+
+Every config key of the project exists here; other configs start from this one and change values,
+so the locked config rejects a misspelt key at parse time.
+
+Run:      python -m vae_jax.train --config configs/default.py
+Expected: see README.md (test ELBO, steps/s and wall time of `make demo`).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.objective = 'elbo'  # 'elbo' | 'iwae' | 'autoencoder'
+    c.beta = 1.0  # KL weight (beta-VAE); traced, so sweeping it does not recompile.
+    c.beta_warmup_steps = 0  # linear 0 -> beta over this many steps; 0 = constant beta.
+    c.k_samples = 1  # samples per example: IWAE k, or the Monte-Carlo ELBO's k. Static.
+    c.gradient_estimator = 'reparam'  # iwae only: 'reparam' | 'stl' | 'dreg'
+    c.analytic_kl = True  # elbo only: closed-form KL where it exists, else Monte Carlo.
+    c.kl_samples = 1  # Monte-Carlo KL samples when analytic_kl is False.
+    c.free_bits = 0.0  # elbo only: minimum KL (nats) per latent dimension in the loss.
+
+    c.num_train_steps = 6_000
+    c.log_every_steps = 100
+    c.eval_every_steps = 2_000
+    c.checkpoint_every_steps = 2_000
+    c.keep_checkpoints = 3
+    c.steps_per_call = 100  # optimizer steps per jitted call (DESIGN.md, Performance).
+    c.loop = 'scan'  # 'scan' | 'unroll': how the steps of one call are compiled.
+    c.eval_k_samples = (1, 10)  # IWAE bounds reported at each eval as eval/iwae_k{K}.
+    c.num_eval_examples = config_dict.placeholder(int)  # None = the whole test split.
+    c.skip_nonfinite_updates = False  # True: drop a step whose loss/grad is NaN/inf.
+
+    c.input = ml_collections.ConfigDict()
+    c.input.dataset = (
+        'digits'  # mnist | fashion_mnist | binarized_mnist | digits | eight_gaussians | ...
+    )
+    c.input.data_dir = config_dict.placeholder(str)  # TFDS data dir; None = $TFDS_DATA_DIR.
+    c.input.batch_size = 64
+    c.input.eval_batch_size = 500
+    c.input.binarize = 'none'  # 'none' | 'static' | 'dynamic' (fresh draw at every use)
+    c.input.pad_to_32 = False
+    c.input.num_train_examples = config_dict.placeholder(int)  # truncate (tests, quick looks)
+    c.input.num_test_examples = config_dict.placeholder(int)
+    c.input.toy_num_examples = 20_000  # toy 2-D sets: points per split
+    c.input.toy_noise = 0.2
+
+    c.model = ml_collections.ConfigDict()
+    c.model.latent_dim = 8
+    # Layer specs (vae_jax/models.py): tokens joined by '-'. The encoder body is followed by a
+    # Dense head for the posterior; `out` in the decoder's last layer is the likelihood's width.
+    c.model.encoder = 'dense(256)-relu-dense(128)-relu'
+    c.model.decoder = 'dense(128)-relu-dense(256)-relu-dense(out)'
+    c.model.posterior = 'diagonal'  # 'diagonal' | 'full'
+    c.model.scale_transform = 'softplus'  # 'softplus' | 'exp'
+    c.model.likelihood = 'continuous_bernoulli'  # 'bernoulli' | 'continuous_bernoulli' | 'gaussian'
+    c.model.gaussian_sigma = 'fixed'  # 'fixed' | 'learned' | 'per_pixel'
+    c.model.sigma = 1.0  # gaussian 'fixed' sigma (initial value for 'learned')
+    c.model.use_labels = False  # conditional VAE: one-hot label into encoder and decoder
+    c.model.num_classes = 10
+    c.model.batch_norm_momentum = 0.99
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = 'adam'  # 'adam' | 'adamw' | 'rmsprop' | 'sgd'
+    c.optim.learning_rate = 1e-3
+    c.optim.schedule = 'constant'  # 'constant' | 'cosine' | 'stages'
+    c.optim.warmup_steps = 0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.0
+    c.optim.momentum = 0.0  # rmsprop / sgd
+    c.optim.grad_clip_norm = config_dict.placeholder(float)
+    # 'stages' (IWAE paper): stage i lasts stage_base**i epochs at learning_rate * stage_decay**i.
+    c.optim.num_stages = 8
+    c.optim.stage_base = 3
+    c.optim.stage_decay = 10 ** (-1 / 7)
+    return c

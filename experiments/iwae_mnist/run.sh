@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Trains (or resumes) one row of the IWAE paper's Table 1, then evaluates it with k=5000.
+#
+#   experiments/iwae_mnist/run.sh OBJECTIVE K [CORE]
+#   e.g. experiments/iwae_mnist/run.sh iwae 5 1     # IWAE, k=5, pinned to CPU core 1
+#
+# Runs live in experiments/iwae_mnist/workdirs/<objective>_k<K> (committed between sessions so that
+# a run of many hours resumes from its last checkpoint in the next session). The model is small,
+# so one XLA thread per run is as fast as two: two runs on two cores train at twice the rate.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+objective=$1
+k=$2
+core=${3:-}
+workdir=experiments/iwae_mnist/workdirs/${objective}_k${k}
+data_dir=${TFDS_DATA_DIR:-../shared/data/tfds}
+export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+pin=()
+[[ -n "$core" ]] && pin=(taskset -c "$core")
+mkdir -p "$workdir"
+nice -n 10 "${pin[@]}" .venv/bin/python -m vae_jax.train --config configs/iwae_mnist.py \
+  --workdir "$workdir" --config.objective="$objective" --config.k_samples="$k" \
+  --config.input.data_dir="$data_dir" >> "$workdir/train.log" 2>&1
+nice -n 10 "${pin[@]}" .venv/bin/python -m vae_jax.evaluate --workdir "$workdir" --k_samples 5000 \
+  >> "$workdir/train.log" 2>&1

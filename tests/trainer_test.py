@@ -1,0 +1,161 @@
+"""End-to-end tests of the training loop on the embedded digits data (configs/test.py)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from configs import test as test_config
+from vae_jax import steps, trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rows(workdir):
+    lines = (Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _train_rows(workdir):
+    """Rows with train/* keys, without wall-clock figures."""
+    out = []
+    for row in _rows(workdir):
+        row = {k: v for k, v in row.items() if k.startswith('train/') or k == 'step'}
+        row.pop('train/steps_per_sec', None)
+        if len(row) > 1:
+            out.append(row)
+    return out
+
+
+def _restore_params(workdir, config):
+    run = trainer.Run(config)
+    manager = trainer.checkpoint_manager(Path(workdir), config.keep_checkpoints)
+    state, step = trainer.restore_latest(manager, run.create_train_state())
+    return jax.device_get(state.params), step
+
+
+class TrainerTest(parameterized.TestCase):
+    def test_run_writes_every_output(self):
+        workdir = self.create_tempdir().full_path
+        result = trainer.train_and_evaluate(test_config.get_config(), workdir)
+        wd = Path(workdir)
+        for name in ('config.json', 'metrics.jsonl', 'eval.json'):
+            self.assertTrue((wd / name).is_file(), name)
+        self.assertTrue(list(wd.glob('events.out.tfevents.*')), 'no TensorBoard event file')
+        self.assertTrue((wd / 'images' / 'reconstructions.png').is_file())
+        self.assertTrue((wd / 'images' / 'samples.png').is_file())
+        self.assertEqual(sorted(int(p.name) for p in (wd / 'checkpoints').iterdir()), [6, 12])
+        rows = _train_rows(workdir)
+        self.assertEqual([r['step'] for r in rows], [3, 6, 9, 12])
+        for row in rows:
+            for k in ('train/loss', 'train/recon', 'train/kl', 'train/beta'):
+                self.assertTrue(np.isfinite(row[k]), k)
+        evals = [r for r in _rows(workdir) if 'eval/elbo' in r]
+        self.assertEqual([r['step'] for r in evals], [6, 12])
+        self.assertIn('eval/iwae_k4', evals[-1])
+        saved = json.loads((wd / 'eval.json').read_text())
+        self.assertEqual(saved['step'], 12)
+        self.assertAlmostEqual(saved['elbo'], result['elbo'], places=5)
+        self.assertEqual(saved['num_examples'], 100)
+        # The unweighted ELBO is a lower bound on the log-likelihood estimates.
+        self.assertLessEqual(saved['elbo'], saved['iwae_k4'] + 1e-3)
+
+    def test_resume_is_identical_to_an_uninterrupted_run(self):
+        config = test_config.get_config()
+        straight = self.create_tempdir().full_path
+        trainer.train_and_evaluate(config, straight)
+        resumed = self.create_tempdir().full_path
+        trainer.train_and_evaluate(config, resumed, stop_at_step=6)
+        self.assertEqual([r['step'] for r in _train_rows(resumed)], [3, 6])
+        trainer.train_and_evaluate(config, resumed)
+        self.assertEqual(_train_rows(straight), _train_rows(resumed))
+        params_a, step_a = _restore_params(straight, config)
+        params_b, step_b = _restore_params(resumed, config)
+        self.assertEqual(step_a, 12)
+        self.assertEqual(step_b, 12)
+        jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+    def test_finished_run_is_not_trained_again(self):
+        workdir = self.create_tempdir().full_path
+        first = trainer.train_and_evaluate(test_config.get_config(), workdir)
+        rows = _rows(workdir)
+        again = trainer.train_and_evaluate(test_config.get_config(), workdir)
+        self.assertEqual(first, again)
+        self.assertEqual(rows, _rows(workdir))
+
+    def test_workdir_of_another_config_is_refused(self):
+        workdir = self.create_tempdir().full_path
+        config = test_config.get_config()
+        trainer.train_and_evaluate(config, workdir, stop_at_step=3)
+        config.beta = 2.0
+        with self.assertRaisesRegex(ValueError, r'different config.*beta: 1\.0 -> 2\.0'):
+            trainer.train_and_evaluate(config, workdir)
+        trainer.train_and_evaluate(config, workdir, overwrite=True, stop_at_step=3)
+        self.assertEqual(json.loads((Path(workdir) / 'config.json').read_text())['beta'], 2.0)
+
+    def test_train_step_compiles_once_across_chunks(self):
+        traces = []
+        original = steps.train_step
+
+        def counting(*args, **kwargs):
+            traces.append(None)  # Runs only while tracing.
+            return original(*args, **kwargs)
+
+        steps.train_step = counting
+        try:
+            trainer.train_and_evaluate(test_config.get_config(), self.create_tempdir().full_path)
+        finally:
+            steps.train_step = original
+        self.assertLen(traces, 1)
+
+    @parameterized.named_parameters(
+        ('negative_learning_rate', 'optim.learning_rate', -1.0, r'optim\.learning_rate=-1\.0'),
+        ('unknown_objective', 'objective', 'vi', r"objective='vi'.*'elbo'"),
+        ('zero_k', 'k_samples', 0, r'k_samples=0.*>= 1'),
+        ('unknown_dataset', 'input.dataset', 'cifar', r"input\.dataset.*'cifar'"),
+    )
+    def test_bad_config_value_names_key_and_value(self, key, value, pattern):
+        config = test_config.get_config()
+        *parents, leaf = key.split('.')
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+        with self.assertRaisesRegex(ValueError, pattern):
+            trainer.train_and_evaluate(config, self.create_tempdir().full_path)
+
+
+class CommandLineTest(absltest.TestCase):
+    def _run(self, *args):
+        env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+        return subprocess.run(
+            [sys.executable, '-m', 'vae_jax.train', '--config', 'configs/test.py', *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    def test_misspelt_key_fails_at_parse_time(self):
+        proc = self._run('--workdir', self.create_tempdir().full_path, '--config.betta=4')
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn('betta', proc.stderr)
+
+    def test_cli_trains_with_overrides(self):
+        workdir = self.create_tempdir().full_path
+        proc = self._run('--workdir', workdir, '--config.beta=0.5', '--config.num_train_steps=6')
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        saved = json.loads((Path(workdir) / 'config.json').read_text())
+        self.assertEqual(saved['beta'], 0.5)
+        self.assertEqual(json.loads((Path(workdir) / 'eval.json').read_text())['step'], 6)
+        self.assertIn('test ELBO', proc.stdout)
+
+
+if __name__ == '__main__':
+    absltest.main()

@@ -1,0 +1,148 @@
+"""Config validation: every field with a domain, checked once at trainer start.
+
+Each failure is a `ValueError` that names the key, the value and what is allowed (STYLE.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import ml_collections
+
+OBJECTIVES = ('elbo', 'iwae', 'autoencoder')
+GRADIENT_ESTIMATORS = ('reparam', 'stl', 'dreg')
+LOOPS = ('scan', 'unroll')
+BINARIZE = ('none', 'static', 'dynamic')
+POSTERIORS = ('diagonal', 'full')
+SCALE_TRANSFORMS = ('softplus', 'exp')
+LIKELIHOODS = ('bernoulli', 'continuous_bernoulli', 'gaussian')
+GAUSSIAN_SIGMAS = ('fixed', 'learned', 'per_pixel')
+OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
+SCHEDULES = ('constant', 'cosine', 'stages')
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+    value = config
+    for part in key.split('.'):
+        value = value[part]
+    return value
+
+
+def _check(config, key: str, ok: Callable[[Any], bool], allowed: str) -> None:
+    value = _get(config, key)
+    try:
+        good = ok(value)
+    except TypeError:
+        good = False
+    if not good:
+        raise ValueError(f'config.{key}={value!r} is invalid; allowed: {allowed}')
+
+
+def _one_of(config, key: str, options: Iterable[str]) -> None:
+    options = tuple(options)
+    _check(config, key, lambda v: v in options, ' | '.join(repr(o) for o in options))
+
+
+def _int_at_least(config, key: str, low: int) -> None:
+    _check(
+        config,
+        key,
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
+        f'an integer >= {low}',
+    )
+
+
+def _number(config, key: str, ok: Callable[[float], bool], allowed: str) -> None:
+    _check(
+        config,
+        key,
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and ok(v),
+        allowed,
+    )
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises `ValueError` naming the first bad key, its value and the allowed values.
+
+    Checks domains (names, positive rates, counts >= 1, probabilities in range) and combinations
+    that would otherwise be silently ignored (e.g. a gradient estimator with the ELBO objective).
+    Data-dependent checks (data set names, shapes, likelihood support) happen where the data is
+    loaded.
+    """
+    _one_of(config, 'objective', OBJECTIVES)
+    _number(config, 'beta', lambda v: v >= 0, 'a number >= 0')
+    _int_at_least(config, 'beta_warmup_steps', 0)
+    _int_at_least(config, 'k_samples', 1)
+    _one_of(config, 'gradient_estimator', GRADIENT_ESTIMATORS)
+    if config.gradient_estimator != 'reparam' and config.objective != 'iwae':
+        raise ValueError(
+            f'config.gradient_estimator={config.gradient_estimator!r} applies to '
+            f"objective 'iwae' only (config.objective={config.objective!r}); allowed with this "
+            "objective: 'reparam'"
+        )
+    _check(config, 'analytic_kl', lambda v: isinstance(v, bool), 'True | False')
+    _int_at_least(config, 'kl_samples', 1)
+    _number(config, 'free_bits', lambda v: v >= 0, 'a number >= 0 (nats per latent dimension)')
+
+    _int_at_least(config, 'num_train_steps', 0)
+    for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps'):
+        _int_at_least(config, key, 1)
+    if config.checkpoint_every_steps % config.log_every_steps:
+        raise ValueError(
+            f'config.checkpoint_every_steps={config.checkpoint_every_steps} must be a multiple '
+            f'of config.log_every_steps={config.log_every_steps}, so that a resumed run logs the '
+            'same rows as an uninterrupted one'
+        )
+    _int_at_least(config, 'keep_checkpoints', 1)
+    _int_at_least(config, 'steps_per_call', 1)
+    _one_of(config, 'loop', LOOPS)
+    _check(
+        config,
+        'eval_k_samples',
+        lambda v: all(isinstance(k, int) and k >= 1 for k in v),
+        'a tuple of integers >= 1',
+    )
+    _check(
+        config,
+        'num_eval_examples',
+        lambda v: v is None or (isinstance(v, int) and v >= 1),
+        'None or an integer >= 1',
+    )
+
+    _check(config, 'input.dataset', lambda v: isinstance(v, str) and v, 'a data set name')
+    _int_at_least(config, 'input.batch_size', 1)
+    _int_at_least(config, 'input.eval_batch_size', 1)
+    _one_of(config, 'input.binarize', BINARIZE)
+    for key in ('input.num_train_examples', 'input.num_test_examples'):
+        _check(config, key, lambda v: v is None or (isinstance(v, int) and v >= 1), 'None or >= 1')
+    _int_at_least(config, 'input.toy_num_examples', 1)
+    _number(config, 'input.toy_noise', lambda v: v >= 0, 'a number >= 0')
+
+    _int_at_least(config, 'model.latent_dim', 1)
+    _one_of(config, 'model.posterior', POSTERIORS)
+    _one_of(config, 'model.scale_transform', SCALE_TRANSFORMS)
+    _one_of(config, 'model.likelihood', LIKELIHOODS)
+    _one_of(config, 'model.gaussian_sigma', GAUSSIAN_SIGMAS)
+    _number(config, 'model.sigma', lambda v: v > 0, 'a number > 0')
+    _int_at_least(config, 'model.num_classes', 1)
+    _number(config, 'model.batch_norm_momentum', lambda v: 0 <= v < 1, 'a number in [0, 1)')
+
+    _one_of(config, 'optim.name', OPTIMIZERS)
+    _number(config, 'optim.learning_rate', lambda v: v > 0, 'a number > 0')
+    _one_of(config, 'optim.schedule', SCHEDULES)
+    _int_at_least(config, 'optim.warmup_steps', 0)
+    for key in ('optim.b1', 'optim.b2'):
+        _number(config, key, lambda v: 0 <= v < 1, 'a number in [0, 1)')
+    _number(config, 'optim.eps', lambda v: v > 0, 'a number > 0')
+    _number(config, 'optim.weight_decay', lambda v: v >= 0, 'a number >= 0')
+    _number(config, 'optim.momentum', lambda v: 0 <= v < 1, 'a number in [0, 1)')
+    _check(
+        config,
+        'optim.grad_clip_norm',
+        lambda v: v is None or (isinstance(v, int | float) and v > 0),
+        'None or a number > 0',
+    )
+    _int_at_least(config, 'optim.num_stages', 1)
+    _int_at_least(config, 'optim.stage_base', 1)
+    _number(config, 'optim.stage_decay', lambda v: 0 < v <= 1, 'a number in (0, 1]')

@@ -1,0 +1,409 @@
+"""Pure training and evaluation steps, and the multi-step chunk that one jitted call runs.
+
+Nothing here does I/O. The config is read once, in `StepConfig.from_config`; the jitted code sees
+arrays and the hashable `StepConfig` only.
+
+Randomness (DESIGN.md): step t's key is `fold_in(loop_key, t)`, split per example; the data
+order of epoch e is `permutation(fold_in(data_key, e), N)`. A resumed run therefore draws the same
+noise and the same batches as an uninterrupted one, and no key is checkpointed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from vae_jax import distributions, losses
+
+Array = jax.Array
+
+
+class TrainState(train_state.TrainState):
+    """Flax `TrainState` plus BatchNorm running statistics (an empty dict without BatchNorm)."""
+
+    batch_stats: Any = flax.struct.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Everything the jitted step needs from the config: hashable Python constants only."""
+
+    objective: str
+    k_samples: int
+    gradient_estimator: str
+    analytic_kl: bool
+    kl_samples: int
+    free_bits: float
+    beta_warmup_steps: int
+    posterior: str
+    scale_transform: str
+    likelihood: str
+    gaussian_sigma: str
+    sigma: float
+    use_labels: bool
+    dynamic_binarize: bool
+    skip_nonfinite_updates: bool
+    event_ndims: int
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, data_shape: tuple[int, ...]):
+        m = config.model
+        return cls(
+            objective=config.objective,
+            k_samples=int(config.k_samples),
+            gradient_estimator=config.gradient_estimator,
+            analytic_kl=bool(config.analytic_kl),
+            kl_samples=int(config.kl_samples),
+            free_bits=float(config.free_bits),
+            beta_warmup_steps=int(config.beta_warmup_steps),
+            posterior='delta' if config.objective == 'autoencoder' else m.posterior,
+            scale_transform=m.scale_transform,
+            likelihood=m.likelihood,
+            gaussian_sigma=m.gaussian_sigma,
+            sigma=float(m.sigma),
+            use_labels=bool(m.use_labels),
+            dynamic_binarize=config.input.binarize == 'dynamic',
+            skip_nonfinite_updates=bool(config.skip_nonfinite_updates),
+            event_ndims=len(data_shape),
+        )
+
+    def objective_fn(self, beta: Array | float) -> Callable[..., dict[str, Array]]:
+        """The per-example objective `(key, x, encode, decode) -> terms` with options bound."""
+        if self.objective == 'elbo':
+            return functools.partial(
+                losses.elbo,
+                beta=beta,
+                k_samples=self.k_samples,
+                analytic_kl=self.analytic_kl,
+                kl_samples=self.kl_samples,
+                free_bits=self.free_bits,
+            )
+        if self.objective == 'iwae':
+            return functools.partial(
+                losses.iwae,
+                beta=beta,
+                k_samples=self.k_samples,
+                estimator=self.gradient_estimator,
+            )
+        return losses.get_objective(self.objective)
+
+
+def make_bind(
+    apply_fn: Callable[..., Any],
+    params: Any,
+    batch_stats: Any,
+    static: StepConfig,
+    *,
+    train: bool,
+    updates: dict[str, Any] | None = None,
+) -> Callable[[Array | None], tuple[Callable, Callable]]:
+    """Returns `bind(y) -> (encode, decode)`: the model as the closures the losses take.
+
+    Args:
+      apply_fn: the Flax module's `apply`.
+      params: the parameter pytree.
+      batch_stats: BatchNorm running statistics (`{}` without BatchNorm).
+      static: the step configuration.
+      train: BatchNorm uses batch statistics (pooled over the vmapped axis named 'batch') and
+        updates its running statistics when True; uses the running statistics when False.
+      updates: with `train=True` and BatchNorm, the new running statistics of the encoder and the
+        decoder are written into this dict under 'encoder' / 'decoder' (the losses call each of
+        `encode` and `decode` once per example).
+
+    Returns:
+      bind: y [] int label or None -> (encode: x [*event] -> q(z|x) with event [D],
+        decode: z [..., D] -> p(x|z) with batch shape [...] and event [*event]).
+    """
+    variables = {'params': params}
+    if batch_stats:
+        variables['batch_stats'] = batch_stats
+    mutable = ['batch_stats'] if (train and batch_stats) else False
+
+    def call(method: str, inputs: Array, y: Array | None) -> Array:
+        if static.use_labels:
+            y = jnp.broadcast_to(y, inputs.shape[: inputs.ndim - _input_ndims(method, static)])
+        else:
+            y = None
+        out = apply_fn(variables, inputs, y, train=train, method=method, mutable=mutable)
+        if mutable:
+            out, new_vars = out
+            if updates is not None:
+                name = 'encoder' if method == 'encode' else 'decoder'
+                updates[name] = new_vars['batch_stats'][name]
+        return out
+
+    def bind(y: Array | None) -> tuple[Callable, Callable]:
+        def encode(x: Array) -> Any:
+            return distributions.make_posterior(
+                static.posterior, call('encode', x, y), scale_transform=static.scale_transform
+            )
+
+        def decode(z: Array) -> Any:
+            return distributions.make_likelihood(
+                static.likelihood,
+                call('decode', z, y),
+                event_ndims=static.event_ndims,
+                gaussian_sigma=static.gaussian_sigma,
+                sigma=static.sigma,
+            )
+
+        return encode, decode
+
+    return bind
+
+
+def make_bind_fn(apply_fn: Callable[..., Any], static: StepConfig) -> Callable[..., Any]:
+    """Returns `bind_fn(variables, y) -> (encode, decode)` in evaluation mode.
+
+    The variables are an argument, not a closure, so jitted evaluation code takes them as inputs
+    and compiles once per run.
+
+    Args:
+      apply_fn: the Flax module's `apply`.
+      static: the step configuration.
+
+    Returns:
+      bind_fn: (variables {'params', optional 'batch_stats'}, y [] int or None) -> (encode, decode).
+    """
+
+    def bind_fn(variables: dict[str, Any], y: Array | None) -> tuple[Callable, Callable]:
+        bind = make_bind(
+            apply_fn, variables['params'], variables.get('batch_stats', {}), static, train=False
+        )
+        return bind(y)
+
+    return bind_fn
+
+
+def _input_ndims(method: str, static: StepConfig) -> int:
+    """Number of trailing non-batch axes of the input of `encode` ([*event]) or `decode` ([D])."""
+    return static.event_ndims if method == 'encode' else 1
+
+
+def binarize(key: Array, x: Array) -> Array:
+    """Dynamic binarisation (Burda et al. 2016): x [...] in [0, 1] -> a Bernoulli(x) draw, float."""
+    return jax.random.bernoulli(key, x).astype(x.dtype)
+
+
+def batch_terms(
+    params: Any,
+    batch_stats: Any,
+    key: Array,
+    images: Array,
+    labels: Array,
+    beta: Array,
+    *,
+    apply_fn: Callable[..., Any],
+    static: StepConfig,
+    train: bool,
+) -> tuple[dict[str, Array], Any]:
+    """Per-example objective terms over a batch, and the updated BatchNorm statistics.
+
+    Args:
+      params, batch_stats: the model's variables.
+      key: consumed once; split per example.
+      images: [B, *event] in [0, 1] (binarised here when the config says 'dynamic').
+      labels: [B] int32.
+      beta: [] KL weight, may be traced.
+
+    Returns:
+      (terms: dict of [B] arrays, new batch_stats (unchanged without BatchNorm or in eval)).
+    """
+    example_keys = jax.random.split(key, images.shape[0])
+    objective = static.objective_fn(beta)
+
+    def per_example(example_key, x, y):
+        bin_key, loss_key = jax.random.split(example_key)
+        if static.dynamic_binarize:
+            x = binarize(bin_key, x)
+        updates: dict[str, Any] = {}
+        bind = make_bind(apply_fn, params, batch_stats, static, train=train, updates=updates)
+        encode, decode = bind(y)
+        return objective(loss_key, x, encode, decode), updates
+
+    terms, updates = jax.vmap(per_example, axis_name='batch')(example_keys, images, labels)
+    new_stats = batch_stats
+    if updates:
+        # Statistics are pooled over the vmapped 'batch' axis, so every row holds the same values.
+        new_stats = {**batch_stats, **jax.tree.map(lambda a: a[0], updates)}
+    return terms, new_stats
+
+
+def beta_at(beta: Array | float, step: Array, warmup_steps: int) -> Array:
+    """The KL weight at `step`: linear warm-up from 0 over `warmup_steps`, then constant."""
+    return losses.make_beta_fn(beta, warmup_steps)(step)
+
+
+def train_step(
+    state: TrainState,
+    images: Array,
+    labels: Array,
+    loop_key: Array,
+    beta: Array,
+    *,
+    static: StepConfig,
+) -> tuple[TrainState, dict[str, Array]]:
+    """One optimizer step on a batch.
+
+    Args:
+      state: the train state (step, params, optimizer state, batch_stats).
+      images: [B, *event] float32 in [0, 1].
+      labels: [B] int32.
+      loop_key: the run's loop key; this step uses `fold_in(loop_key, state.step)`.
+      beta: [] the target KL weight (warm-up is applied here).
+
+    Returns:
+      (new state, metrics: dict of [] arrays, batch means of the objective's terms plus 'beta',
+       'grad_norm' and 'skipped' (1.0 when a non-finite update was dropped)).
+    """
+    step_key = jax.random.fold_in(loop_key, state.step)
+    beta_t = beta_at(beta, state.step, static.beta_warmup_steps)
+
+    def loss_fn(params):
+        terms, new_stats = batch_terms(
+            params,
+            state.batch_stats,
+            step_key,
+            images,
+            labels,
+            beta_t,
+            apply_fn=state.apply_fn,
+            static=static,
+            train=True,
+        )
+        means = jax.tree.map(jnp.mean, terms)
+        return means['loss'], (means, new_stats)
+
+    grads, (metrics, new_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+    skipped = jnp.zeros((), jnp.float32)
+    if static.skip_nonfinite_updates:
+        ok = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
+        # Keep the old parameters and optimizer state, but advance the step so that the next
+        # step draws fresh noise.
+        new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+        new_state = new_state.replace(step=state.step + 1)
+        skipped = 1.0 - ok.astype(jnp.float32)
+    metrics = {**metrics, 'beta': beta_t, 'grad_norm': grad_norm, 'skipped': skipped}
+    return new_state, metrics
+
+
+def train_chunk(
+    state: TrainState,
+    perm: Array,
+    perm_epoch: Array,
+    train_images: Array,
+    train_labels: Array,
+    loop_key: Array,
+    data_key: Array,
+    beta: Array,
+    *,
+    num_steps: int,
+    batch_size: int,
+    loop: str,
+    static: StepConfig,
+    batch_sharding: Any = None,
+) -> tuple[TrainState, Array, Array, dict[str, Array]]:
+    """Runs `num_steps` optimizer steps over device-resident data in one call.
+
+    The epoch permutation is carried between calls, and redrawn inside the loop when the step
+    crosses into a new epoch, so the data order depends only on the step, not on how steps are
+    grouped into calls.
+
+    Args:
+      state: the train state (donated by the caller's jit).
+      perm: [N] int32, the permutation of epoch `perm_epoch`.
+      perm_epoch: [] int32.
+      train_images: [N, *event] the whole training split, on device.
+      train_labels: [N] int32.
+      loop_key, data_key: the run's keys.
+      beta: [] target KL weight.
+      num_steps: static; steps in this call.
+      batch_size: static.
+      loop: 'scan' (one compiled loop body) or 'unroll' (num_steps copies; faster for conv
+        gradients on XLA:CPU, see DESIGN.md).
+      static: the step configuration.
+      batch_sharding: optional `jax.sharding.Sharding` for the gathered batch (data parallel).
+
+    Returns:
+      (state, perm, perm_epoch, metric sums over the steps: dict of [] arrays).
+    """
+    num_examples = train_images.shape[0]
+    steps_per_epoch = num_examples // batch_size
+
+    def body(carry, _):
+        state, perm, perm_epoch = carry
+        epoch = (state.step // steps_per_epoch).astype(perm_epoch.dtype)
+        perm = jax.lax.cond(
+            epoch == perm_epoch,
+            lambda: perm,
+            lambda: epoch_permutation(data_key, epoch, num_examples),
+        )
+        start = (state.step % steps_per_epoch) * batch_size
+        idx = jax.lax.dynamic_slice(perm, (start,), (batch_size,))
+        images, labels = train_images[idx], train_labels[idx]
+        if batch_sharding is not None:
+            images = jax.lax.with_sharding_constraint(images, batch_sharding)
+            labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
+        state, metrics = train_step(state, images, labels, loop_key, beta, static=static)
+        return (state, perm, epoch), metrics
+
+    carry = (state, perm, perm_epoch)
+    if loop == 'scan':
+        carry, metrics = jax.lax.scan(body, carry, None, length=num_steps)
+        sums = jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
+    elif loop == 'unroll':
+        sums = None
+        for _ in range(num_steps):
+            carry, metrics = body(carry, None)
+            sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+    else:
+        raise ValueError(f"loop must be 'scan' or 'unroll', got {loop!r}")
+    state, perm, perm_epoch = carry
+    return state, perm, perm_epoch, sums
+
+
+def epoch_permutation(data_key: Array, epoch: Array | int, num_examples: int) -> Array:
+    """The data order of `epoch`: [N] int32, a permutation drawn from fold_in(data_key, epoch)."""
+    key = jax.random.fold_in(data_key, epoch)
+    return jax.random.permutation(key, num_examples).astype(jnp.int32)
+
+
+def posterior_means(bind_fn: Callable, variables: Any, images: Array, labels: Array) -> Array:
+    """Posterior means E_q[z | x] for a batch: images [B, *event], labels [B] -> [B, D]."""
+
+    def one(x, y):
+        encode, _ = bind_fn(variables, y)
+        return encode(x).mean()
+
+    return jax.vmap(one)(images, labels)
+
+
+def reconstruct(bind_fn: Callable, variables: Any, images: Array, labels: Array) -> Array:
+    """The likelihood's mean at the posterior mean: images [B, *event] -> [B, *event]."""
+
+    def one(x, y):
+        encode, decode = bind_fn(variables, y)
+        return decode(encode(x).mean()).mean()
+
+    return jax.vmap(one)(images, labels)
+
+
+def decode_mean(bind_fn: Callable, variables: Any, z: Array, labels: Array) -> Array:
+    """The likelihood's mean at given latents: z [B, D], labels [B] -> [B, *event]."""
+
+    def one(z_b, y):
+        _, decode = bind_fn(variables, y)
+        return decode(z_b).mean()
+
+    return jax.vmap(one)(z, labels)
