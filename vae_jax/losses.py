@@ -1,0 +1,460 @@
+"""Per-example VAE objectives: (beta-)ELBO, IWAE-k with reparam | STL | DReG gradients, autoencoder.
+
+Each objective takes ONE example and returns a dict of scalars; batch them with
+`jax.vmap(..., axis_name='batch')` and reduce (mean) outside, as steps.py does.
+
+    encode: x [*event] -> distrax posterior q(z|x), event [D], batch [] (params already bound;
+        for a CVAE bind the label too: `lambda x: q_of(x, y)`, and likewise for decode).
+    decode: z [K, D] -> distrax likelihood p(x|z), batch [K], event = x.shape.
+
+Each objective calls `decode` exactly once, with all K samples at once (never vmapped), so
+stateful layers such as BatchNorm see a single call.
+"""
+
+import math
+from collections.abc import Callable
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vae_jax import distributions
+
+ESTIMATORS = ('reparam', 'stl', 'dreg')
+
+
+# ---------------------------------------------------------------------------------------------
+# KL divergences.
+
+
+def _analytic_kl_or_none(q: distrax.Distribution, p: distrax.Distribution):
+    """KL(q||p) in closed form when one is registered (distrax / TFP registry), else None."""
+    try:
+        return q.kl_divergence(p)
+    except NotImplementedError:
+        return None
+
+
+def kl_divergence(
+    q: distrax.Distribution,
+    p: distrax.Distribution,
+    *,
+    analytic: bool = True,
+    key: jax.Array | None = None,
+    num_samples: int = 1,
+) -> jax.Array:
+    """KL(q || p): closed form where one exists (and `analytic`), else Monte Carlo.
+
+    Args:
+        q: distribution with batch shape [...] (typically [] and event [D]).
+        p: distribution with the same event shape.
+        analytic: use the closed form when registered.
+        key: PRNG key, required for the Monte-Carlo estimate.
+        num_samples: Monte-Carlo samples n (static).
+
+    Returns:
+        [...] the KL, or its unbiased n-sample estimate mean_n [log q(z_n) - log p(z_n)].
+
+    Raises:
+        ValueError: a Monte-Carlo estimate is needed but no key was given.
+    """
+    if analytic:
+        kl = _analytic_kl_or_none(q, p)
+        if kl is not None:
+            return kl
+    if key is None:
+        raise ValueError(
+            f'KL({q.name} || {p.name}) needs a Monte-Carlo estimate (analytic={analytic}), '
+            'so kl_divergence needs a key.'
+        )
+    z = q.sample(seed=key, sample_shape=num_samples)
+    return jnp.mean(_log_prob_of_samples(q, z) - _log_prob_of_samples(p, z), axis=0)
+
+
+def kl_per_dimension(q: distrax.Distribution) -> jax.Array:
+    """Per-latent KL(q_d || N(0, 1)) of a Gaussian posterior's marginals.
+
+    For a diagonal q these sum to KL(q || N(0, I)). For a full-covariance q they are the
+    marginals' KLs, whose sum is <= KL(q || N(0, I)) (the gap is q's total correlation).
+
+    Args:
+        q: MultivariateNormalDiag / MultivariateNormalTri with batch [...] and event [D].
+
+    Returns:
+        [..., D] = 0.5 (mu^2 + var - 1 - log var).
+
+    Raises:
+        ValueError: q is not a distrax multivariate normal.
+    """
+    if not isinstance(q, distrax.MultivariateNormalFromBijector):
+        raise ValueError(f'kl_per_dimension needs a Gaussian posterior, got {q.name}.')
+    if isinstance(q.scale, distrax.DiagLinear):
+        scale = q.stddev()
+        log_var = 2 * jnp.log(scale)
+        var = jnp.square(scale)
+    else:
+        var = q.variance()
+        log_var = jnp.log(var)
+    return 0.5 * (jnp.square(q.mean()) + var - 1 - log_var)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces.
+
+
+def _posterior_and_prior(encode, x, prior):
+    """Runs the encoder and checks q and the prior against each other."""
+    q = encode(x)
+    if len(q.event_shape) != 1 or tuple(q.batch_shape) != ():
+        raise ValueError(
+            'encode(x) must return a posterior with event shape [D] and batch shape [] for one '
+            f'example; got event shape {tuple(q.event_shape)} and batch shape '
+            f'{tuple(q.batch_shape)} for x of shape {x.shape}. Batch with jax.vmap outside.'
+        )
+    if prior is None:
+        prior = distributions.standard_normal_prior(q.event_shape[0])
+    elif tuple(prior.event_shape) != tuple(q.event_shape) or tuple(prior.batch_shape) != ():
+        raise ValueError(
+            f'The prior has event shape {tuple(prior.event_shape)} and batch shape '
+            f'{tuple(prior.batch_shape)}, but the posterior has event shape '
+            f'{tuple(q.event_shape)} (the prior needs the same event shape and batch shape []).'
+        )
+    return q, prior
+
+
+def _log_likelihood(decode, z, x):
+    """log p(x | z_k) for z [K, D] from ONE decode call; returns [K]."""
+    px = decode(z)
+    expected_batch = z.shape[:1]
+    if tuple(px.event_shape) != x.shape or tuple(px.batch_shape) != expected_batch:
+        raise ValueError(
+            f'decode(z) for z of shape {z.shape} returned a likelihood with event shape '
+            f'{tuple(px.event_shape)} and batch shape {tuple(px.batch_shape)}, but x has shape '
+            f'{x.shape}: expected event shape {x.shape} and batch shape {expected_batch}.'
+        )
+    return px.log_prob(jnp.broadcast_to(x, expected_batch + x.shape))
+
+
+def _log_prob_of_samples(d: distrax.Distribution, z: jax.Array) -> jax.Array:
+    """log d(z_n) for samples z [N, *batch, *event] -> [N, *batch].
+
+    vmapped over the sample axis because distrax broadcasts [N, D] against loc [D] by implicit
+    rank promotion, which jax_numpy_rank_promotion='raise' (our tests) rejects.
+    """
+    return jax.vmap(d.log_prob)(z)
+
+
+def _is_zero(value) -> bool:
+    """True only for a concrete zero (a traced value is never skipped)."""
+    return not isinstance(value, jax.core.Tracer) and np.ndim(value) == 0 and float(value) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Objectives.
+
+
+def elbo(
+    key: jax.Array,
+    x: jax.Array,
+    encode: Callable[[jax.Array], distrax.Distribution],
+    decode: Callable[[jax.Array], distrax.Distribution],
+    *,
+    beta: float | jax.Array = 1.0,
+    k_samples: int = 1,
+    analytic_kl: bool = True,
+    kl_samples: int = 1,
+    free_bits: float = 0.0,
+    prior: distrax.Distribution | None = None,
+) -> dict[str, jax.Array]:
+    """Negative (beta-)ELBO for one example: recon + beta * KL.
+
+    z_1..z_N ~ q(z|x) by reparameterisation from `key`, N = k_samples (or max(k_samples,
+    kl_samples) for a Monte-Carlo KL). The reconstruction term averages the first k_samples;
+    a Monte-Carlo KL averages log q(z_n) - log p(z_n) over the first kl_samples of the SAME
+    draws, so with kl_samples == k_samples the bound is the standard estimator mean_k log w_k
+    (and with k_samples = 1 it equals `iwae(..., k_samples=1)` for the same key).
+
+    Args:
+        key: PRNG key, consumed once.
+        x: [*event] one example.
+        encode: x -> q(z|x), event [D], batch [].
+        decode: z [K, D] -> p(x|z), batch [K], event x.shape.
+        beta: KL weight (Higgins et al.); may be traced, so changing it does not recompile.
+        k_samples: K samples for the reconstruction term (static).
+        analytic_kl: closed-form KL when one is registered for (q, prior); else Monte Carlo.
+        kl_samples: samples for a Monte-Carlo KL (static).
+        free_bits: lambda >= 0 nats; the LOSS uses sum_d max(KL_d, lambda) with the analytic
+            per-dimension KL (plus, for a full-covariance q, the total-correlation remainder),
+            per example (Kingma et al. 2016 clamp the batch mean). Needs a Gaussian q, the
+            default N(0, I) prior and analytic_kl. 'kl' and 'elbo' stay unclamped.
+        prior: p(z) with event [D]; default N(0, I).
+
+    Returns:
+        {'loss': recon + beta * KL (free bits applied), 'recon': -mean_k log p(x|z_k),
+         'kl': KL(q||p) (analytic or estimated), 'elbo': -(recon + kl)}, all [] float32.
+
+    Raises:
+        ValueError: shape mismatches between x, q, the prior and p(x|z); free bits without an
+            analytic per-dimension KL.
+
+    References: Kingma & Welling, 2014; Higgins et al., 2017 (beta);
+        Kingma et al., 2016 (free bits).
+    """
+    use_free_bits = not _is_zero(free_bits)
+    if use_free_bits and (prior is not None or not analytic_kl):
+        raise ValueError(
+            f'free_bits={free_bits} needs the analytic per-dimension KL against N(0, I): '
+            f'use analytic_kl=True and the default prior (got analytic_kl={analytic_kl}, '
+            f'prior={None if prior is None else prior.name}).'
+        )
+    q, prior = _posterior_and_prior(encode, x, prior)
+    kl = _analytic_kl_or_none(q, prior) if analytic_kl else None
+    num_draws = k_samples if kl is not None else max(k_samples, kl_samples)
+    z = q.sample(seed=key, sample_shape=num_draws)  # [N, D]
+    recon = -jnp.mean(_log_likelihood(decode, z[:k_samples], x))
+    if kl is None:
+        z_kl = z[:kl_samples]
+        kl = jnp.mean(_log_prob_of_samples(q, z_kl) - _log_prob_of_samples(prior, z_kl))
+    kl_loss = kl
+    if use_free_bits:
+        kl_dims = kl_per_dimension(q)  # [D]
+        kl_loss = jnp.sum(jnp.maximum(kl_dims, free_bits)) + (kl - jnp.sum(kl_dims))
+    return {
+        'loss': recon + beta * kl_loss,
+        'recon': recon,
+        'kl': kl,
+        'elbo': -(recon + kl),
+    }
+
+
+@jax.custom_vjp
+def _gradient_scale_tap(z, anchor):
+    """Identity on z [K, D] plus two zero probes, ([K], []), that set z's gradient scale.
+
+    A term `sum_k probe_k * c_k + unit` added to a surrogate S leaves S's value unchanged and
+    sends cotangents u * c_k and u to the probes (u = dLoss/dS); the backward pass multiplies
+    z_k's cotangent by their ratio c_k. So the z-path gradient is scaled by c_k although c_k is
+    only known AFTER the single decode call (the usual identity sg(z) + c (z - sg(z)) would need
+    c first, i.e. a second decode).
+
+    Under vmap the probes must be batched exactly like the loss, or JAX would sum their
+    cotangents over the batch before the ratio is taken. `select` with an always-true predicate
+    makes every output depend on both z and `anchor` (a scalar from x) without changing a value
+    (NaN/inf-safe, unlike 0 * anchor), so the outputs are batched whenever z or x is.
+    """
+    z_out = jax.lax.select(
+        jnp.ones(z.shape, bool), z, jnp.broadcast_to(anchor.astype(z.dtype), z.shape)
+    )
+    probe = jax.lax.select(
+        jnp.ones(z.shape[:1], bool), jnp.zeros(z.shape[:1], z.dtype), z_out[:, 0]
+    )
+    unit = jax.lax.select(jnp.ones((), bool), jnp.zeros((), z.dtype), z_out[0, 0])
+    return z_out, probe, unit
+
+
+def _gradient_scale_tap_fwd(z, anchor):
+    return _gradient_scale_tap(z, anchor), jnp.zeros_like(anchor)
+
+
+def _gradient_scale_tap_bwd(anchor_zero, cotangents):
+    g_z, g_scale, g_unit = cotangents
+    safe_unit = jnp.where(g_unit == 0, jnp.ones_like(g_unit), g_unit)
+    ratio = jnp.where(g_unit == 0, jnp.zeros_like(g_scale), g_scale / safe_unit)  # [K]
+    return g_z * ratio[:, None], anchor_zero
+
+
+_gradient_scale_tap.defvjp(_gradient_scale_tap_fwd, _gradient_scale_tap_bwd)
+
+
+def iwae(
+    key: jax.Array,
+    x: jax.Array,
+    encode: Callable[[jax.Array], distrax.Distribution],
+    decode: Callable[[jax.Array], distrax.Distribution],
+    *,
+    beta: float | jax.Array = 1.0,
+    k_samples: int = 1,
+    estimator: str = 'reparam',
+    prior: distrax.Distribution | None = None,
+) -> dict[str, jax.Array]:
+    """Negative (beta-)IWAE bound for one example, with a choice of gradient estimator.
+
+    log w_k = log p(x|z_k) + beta (log p(z_k) - log q(z_k|x)), z_k ~ q by reparameterisation;
+    bound_beta = logsumexp_k(log w_k) - log K. The loss VALUE is always -bound_beta; its GRADIENT
+    depends on `estimator` (w~ = softmax(log w), sg = stop_gradient, phi = q's parameters):
+    - 'reparam': the plain reparameterised gradient of -bound_beta (Burda et al., 2016).
+    - 'stl': sticking the landing, log q evaluated with sg(phi) (Roeder et al., 2017). Unbiased
+      for k_samples = 1; for k_samples > 1 the encoder gradient is biased (decoder gradient
+      unchanged).
+    - 'dreg': doubly reparameterised (Tucker et al., 2018): decoder/prior gradient
+      sum_k w~_k grad log w_k; encoder gradient through z only, with weights
+      (1 - beta) w~_k + beta w~_k^2 (w~_k^2 at beta = 1), unbiased for the IWAE encoder gradient.
+      The z-path reweighting uses a custom VJP: reverse-mode AD only; differentiate 'loss' only
+      (the other entries are stop-gradient values); under vmap, z or x must be batched along
+      every vmapped axis (always true when keys or data are).
+    With the exact posterior, 'stl' and 'dreg' encoder gradients are zero (up to rounding).
+
+    Args:
+        key: PRNG key, consumed once.
+        x: [*event] one example.
+        encode: x -> q(z|x), event [D], batch [].
+        decode: z [K, D] -> p(x|z), batch [K], event x.shape.
+        beta: weight on log p(z) - log q(z|x); may be traced (no recompiles).
+        k_samples: K importance samples (static).
+        estimator: 'reparam' | 'stl' | 'dreg'.
+        prior: p(z) with event [D]; default N(0, I).
+
+    Returns:
+        {'loss': -bound_beta, 'bound': log mean_k w_k at beta = 1, 'recon': -mean_k log p(x|z_k),
+         'kl': mean_k [log q(z_k) - log p(z_k)], 'elbo': mean_k log w_k at beta = 1},
+        all [] float32.
+
+    Raises:
+        ValueError: unknown estimator; shape mismatches between x, q, the prior and p(x|z).
+
+    References: Burda et al., 2016; Roeder et al., 2017; Tucker et al., 2018.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f'gradient_estimator={estimator!r} is not one of {ESTIMATORS}.')
+    q, prior = _posterior_and_prior(encode, x, prior)
+    z = q.sample(seed=key, sample_shape=k_samples)  # [K, D], live in phi.
+    if estimator == 'dreg':
+        z, probe, unit = _gradient_scale_tap(z, jax.lax.stop_gradient(x.reshape(-1)[0]))
+    # STL / DReG: log q sees z (live) but not phi directly, dropping the score-function term.
+    q_logq = q if estimator == 'reparam' else jax.tree.map(jax.lax.stop_gradient, q)
+    log_px = _log_likelihood(decode, z, x)  # [K]
+    # [K] log p(z) - log q(z|x)
+    log_ratio = _log_prob_of_samples(prior, z) - _log_prob_of_samples(q_logq, z)
+    log_w = log_px + beta * log_ratio
+    log_k = math.log(k_samples)
+    bound_beta = jax.nn.logsumexp(log_w) - log_k  # stable log-mean-exp
+    if estimator == 'reparam':
+        loss = -bound_beta
+    else:
+        if estimator == 'stl':
+            surrogate = bound_beta
+        else:
+            weights = jax.lax.stop_gradient(jax.nn.softmax(log_w))  # [K] w~
+            z_scale = jax.lax.stop_gradient((1 - beta) + beta * weights)  # [K]
+            surrogate = jnp.sum(weights * log_w) + jnp.sum(probe * z_scale) + unit
+        # Value -bound_beta, gradient -grad(surrogate).
+        loss = -(jax.lax.stop_gradient(bound_beta) + surrogate - jax.lax.stop_gradient(surrogate))
+    if estimator == 'dreg':  # the DReG z-path reweighting would also apply to these
+        log_px, log_ratio = jax.lax.stop_gradient((log_px, log_ratio))
+    log_w_unweighted = log_px + log_ratio
+    return {
+        'loss': loss,
+        'bound': jax.nn.logsumexp(log_w_unweighted) - log_k,
+        'recon': -jnp.mean(log_px),
+        'kl': -jnp.mean(log_ratio),
+        'elbo': jnp.mean(log_w_unweighted),
+    }
+
+
+def log_importance_weights(
+    key: jax.Array,
+    x: jax.Array,
+    encode: Callable[[jax.Array], distrax.Distribution],
+    decode: Callable[[jax.Array], distrax.Distribution],
+    *,
+    k_samples: int,
+    prior: distrax.Distribution | None = None,
+) -> jax.Array:
+    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k ~ q(z|x), k = 1..K.
+
+    For chunked importance-sampling estimates of log p(x) (evaluation): combine chunks with
+    logsumexp over all of them, minus log of the total sample count. No gradients intended.
+
+    Args:
+        key: PRNG key, consumed once.
+        x: [*event] one example.
+        encode: x -> q(z|x), event [D], batch [].
+        decode: z [K, D] -> p(x|z), batch [K], event x.shape.
+        k_samples: K (static).
+        prior: p(z) with event [D]; default N(0, I).
+
+    Returns:
+        [K] float32 log weights.
+
+    References: Burda et al., 2016.
+    """
+    q, prior = _posterior_and_prior(encode, x, prior)
+    z = q.sample(seed=key, sample_shape=k_samples)  # [K, D]
+    log_px = _log_likelihood(decode, z, x)
+    return log_px + _log_prob_of_samples(prior, z) - _log_prob_of_samples(q, z)
+
+
+def autoencoder(
+    key: jax.Array,
+    x: jax.Array,
+    encode: Callable[[jax.Array], distrax.Distribution],
+    decode: Callable[[jax.Array], distrax.Distribution],
+    **unused_kwargs,
+) -> dict[str, jax.Array]:
+    """Deterministic autoencoder loss for one example: -log p(x | z = mean of q(z|x)).
+
+    Args:
+        key: unused (kept for a uniform objective signature).
+        x: [*event] one example.
+        encode: x -> q(z|x) (e.g. the 'delta' posterior), event [D]; its mean is the code.
+        decode: z [1, D] -> p(x|z), batch [1], event x.shape.
+        **unused_kwargs: beta, k_samples, ... are accepted and ignored.
+
+    Returns:
+        {'loss': recon, 'recon': -log p(x|z), 'mse': sum (mean of p(x|z) - x)^2}, all [].
+
+    Raises:
+        ValueError: shape mismatches between x, q and p(x|z).
+    """
+    del key, unused_kwargs
+    q, _ = _posterior_and_prior(encode, x, None)
+    z = q.mean()[None]  # [1, D]: decode keeps its [K, D] -> batch [K] convention.
+    px = decode(z)
+    if tuple(px.event_shape) != x.shape or tuple(px.batch_shape) != (1,):
+        raise ValueError(
+            f'decode(z) for z of shape {z.shape} returned a likelihood with event shape '
+            f'{tuple(px.event_shape)} and batch shape {tuple(px.batch_shape)}, but x has shape '
+            f'{x.shape}: expected event shape {x.shape} and batch shape (1,).'
+        )
+    recon = -px.log_prob(x[None])[0]
+    return {'loss': recon, 'recon': recon, 'mse': jnp.sum(jnp.square(px.mean()[0] - x))}
+
+
+OBJECTIVES = {'elbo': elbo, 'iwae': iwae, 'autoencoder': autoencoder}
+
+
+def get_objective(name: str) -> Callable[..., dict[str, jax.Array]]:
+    """The per-example objective called `name`.
+
+    Raises:
+        ValueError: naming the allowed objectives.
+    """
+    if name not in OBJECTIVES:
+        raise ValueError(f'objective={name!r} is not one of {tuple(OBJECTIVES)}.')
+    return OBJECTIVES[name]
+
+
+def make_beta_fn(beta: float, warmup_steps: int) -> Callable[[jax.Array], jax.Array]:
+    """KL weight schedule: linear 0 -> beta over warmup_steps, then beta.
+
+    warmup_steps = 0 means a constant beta. (optax.linear_schedule(0, beta, 0) would stay at
+    0.0 forever, since optax holds init_value when transition_steps <= 0.)
+
+    Args:
+        beta: final KL weight.
+        warmup_steps: >= 0 steps of linear warm-up.
+
+    Returns:
+        step [] int -> beta [] float32, jit-compatible.
+
+    Raises:
+        ValueError: negative warmup_steps.
+    """
+    if warmup_steps < 0:
+        raise ValueError(f'beta_warmup_steps={warmup_steps} must be >= 0.')
+    if warmup_steps == 0:
+        return lambda step: jnp.full(jnp.shape(step), beta, jnp.float32)
+    schedule = optax.linear_schedule(0.0, beta, warmup_steps)
+    return lambda step: jnp.asarray(schedule(step), jnp.float32)
