@@ -1,0 +1,292 @@
+"""Command line: evaluate a trained run: importance-sampled NLL and pictures.
+
+    python -m vae_jax.evaluate --workdir runs/x [--k_samples 5000] [--split test] \
+        [--max_examples N] [--chunk_size 500] [--batch_size 100] [--seed S] [--output eval.json]
+
+Reads the run's config.json and latest checkpoint, evaluates the split with the protocol of
+Burda et al. (2016) (test NLL = -log p(x) estimated with k = 5000 importance samples; dynamic
+binarisation, if the run used it, draws each image once from the eval key), writes the metrics
+and the protocol into `<workdir>/<output>` (keeping keys the trainer wrote there, such as its
+training speed), prints a table, and writes pictures into `<workdir>/images`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from absl import app, flags
+
+from vae_jax import data, evaluation, plots, steps, trainer
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (config.json, checkpoints/).')
+_K_SAMPLES = flags.DEFINE_integer(
+    'k_samples', 5000, 'Importance samples for the NLL (Burda et al. 2016 use 5000); 0 skips it.'
+)
+_SPLIT = flags.DEFINE_enum('split', 'test', ['test', 'train'], 'Which split to evaluate.')
+_MAX_EXAMPLES = flags.DEFINE_integer(
+    'max_examples', None, 'Evaluate only the first N examples of the split.'
+)
+_CHUNK_SIZE = flags.DEFINE_integer(
+    'chunk_size', evaluation.CHUNK_SIZE, 'Importance samples per scan step (memory, not values).'
+)
+_BATCH_SIZE = flags.DEFINE_integer(
+    'batch_size', evaluation.BATCH_SIZE, 'Examples per jitted call (memory, not values).'
+)
+_SEED = flags.DEFINE_integer(
+    'seed', None, "Evaluation seed; default: the run's own eval key (derived from config.seed)."
+)
+_OUTPUT = flags.DEFINE_string('output', 'eval.json', 'File in --workdir to write the results to.')
+_PICTURES = flags.DEFINE_bool('pictures', True, 'Write pictures into <workdir>/images.')
+
+# Importance samples per grid point for the model density of a 2-D toy set.
+TOY_DENSITY_K = 1000
+TOY_GRID = 100
+
+
+def load_config(workdir: Path) -> ml_collections.ConfigDict:
+    """The run's config from `<workdir>/config.json` (written by the trainer).
+
+    Raises:
+      FileNotFoundError: no config.json (not a run directory).
+    """
+    path = workdir / trainer.CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f'{path} not found: --workdir must be a run directory written by vae_jax.train'
+        )
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    config.eval_k_samples = tuple(config.eval_k_samples)
+    return config
+
+
+def restore(run: trainer.Run, workdir: Path) -> tuple[steps.TrainState, int]:
+    """The latest checkpoint of the run.
+
+    Raises:
+      FileNotFoundError: the run has no checkpoint yet.
+    """
+    manager = trainer.checkpoint_manager(workdir, run.config.keep_checkpoints)
+    state, step = trainer.restore_latest(manager, run.create_train_state())
+    if step is None:
+        raise FileNotFoundError(
+            f'no checkpoint in {workdir / "checkpoints"}: train the run first (vae_jax.train)'
+        )
+    return state, step
+
+
+def evaluate(
+    workdir: str | Path,
+    *,
+    k_samples: int = 5000,
+    split: str = 'test',
+    max_examples: int | None = None,
+    chunk_size: int = evaluation.CHUNK_SIZE,
+    batch_size: int = evaluation.BATCH_SIZE,
+    seed: int | None = None,
+    output: str = 'eval.json',
+    pictures: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluates the latest checkpoint of a run; writes `<workdir>/<output>` and pictures.
+
+    Returns:
+      The dict written to the output file: the protocol ('step', 'split', 'num_examples',
+      'nll_k', 'k_list', 'binarize', 'seed', 'seed_from', 'chunk_size', 'batch_size') and the
+      metrics of `evaluation.evaluate_dataset`.
+    """
+    workdir = Path(workdir)
+    config = load_config(workdir)
+    run = trainer.Run(config)
+    state, step = restore(run, workdir)
+    split_data = run.test_data if split == 'test' else run.train_data
+    images, labels = split_data['image'], split_data['label']
+    if max_examples is not None:
+        images, labels = images[:max_examples], labels[:max_examples]
+    key = run.eval_key if seed is None else jax.random.key(seed)
+    bar = tqdm.tqdm(total=images.shape[0], desc=f'eval {split}', unit='ex', disable=not progress)
+    start = time.time()
+    try:
+        metrics = evaluation.evaluate_dataset(
+            key,
+            images,
+            labels,
+            run.bind_fn,
+            run.variables(state),
+            k_list=tuple(config.eval_k_samples),
+            nll_k=k_samples,
+            chunk_size=chunk_size,
+            batch_size=batch_size,
+            dynamic_binarize=run.static.dynamic_binarize,
+            progress=lambda done, total: bar.update(done - bar.n),
+            return_per_example=True,
+        )
+    finally:
+        bar.close()
+    per_example = metrics.pop('per_example')
+    result = {
+        'step': step,
+        'split': split,
+        'num_examples': metrics['num_examples'],
+        'nll_k': k_samples,
+        'k_list': list(config.eval_k_samples),
+        'binarize': config.input.binarize,
+        # Without --seed the key is the run's eval key, split from jax.random.key(config.seed).
+        'seed': config.seed if seed is None else seed,
+        'seed_from': 'config' if seed is None else 'flag',
+        'chunk_size': chunk_size,
+        'batch_size': batch_size,
+        'evaluated_by': 'vae_jax.evaluate',
+        'eval_time_sec': round(time.time() - start, 2),
+        **metrics,
+    }
+    path = workdir / output
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**previous, **result}, indent=2))
+    if pictures:
+        write_pictures(run, state, per_example, labels, workdir)
+    return result
+
+
+def write_pictures(
+    run: trainer.Run,
+    state: steps.TrainState,
+    per_example: dict[str, np.ndarray],
+    labels: np.ndarray,
+    workdir: Path,
+) -> dict[str, np.ndarray]:
+    """Writes `<workdir>/images/*.png`; returns them as RGB arrays.
+
+    The trainer's pictures (reconstructions, samples) plus the latent scatter of the posterior
+    means, the manifold (image data), the density picture (2-D toy data) and the training curves
+    (from metrics.jsonl).
+    """
+    out_dir = workdir / 'images'
+    pictures = trainer.write_pictures(run, state, out_dir)
+    variables = run.variables(state)
+    means = per_example['posterior_mean']  # [N, D]
+    latent_dim = means.shape[1]
+    pictures['latent_scatter'] = plots.latent_scatter(means, labels, out_dir / 'latent_scatter.png')
+    if len(run.data_shape) == 3:
+        # The plane of the two leading principal directions of the posterior means (the first
+        # two axes when D = 2); a conditional model is shown for label 0.
+        basis = plots.pca(means)[1] if latent_dim > 2 else None
+        decode = jax.jit(steps.decode_mean, static_argnums=0)
+
+        def decode_mean(z):
+            zeros = jnp.zeros((z.shape[0],), jnp.int32)
+            return np.asarray(decode(run.bind_fn, variables, jnp.asarray(z), zeros))
+
+        pictures['manifold'], _ = plots.manifold(
+            decode_mean, latent_dim, out_dir / 'manifold.png', basis=basis
+        )
+    if len(run.data_shape) == 1 and run.data_shape[0] == 2:
+        pictures['toy_density'] = _toy_density(run, variables, out_dir / 'toy_density.png')
+    metrics_path = workdir / trainer.METRICS_FILE
+    if metrics_path.is_file() and metrics_path.stat().st_size:
+        pictures['training_curves'] = plots.training_curves(
+            metrics_path, out_dir / 'training_curves.png'
+        )
+    return pictures
+
+
+def _toy_density(run: trainer.Run, variables: Any, path: Path) -> np.ndarray:
+    """Data, model samples, the model's log p(x) on a grid (importance-sampled), true density."""
+    test = run.test_data['image']
+    lo, hi = np.percentile(test, [0.5, 99.5], axis=0)
+    margin = 0.15 * (hi - lo)
+    gx = np.linspace(lo[0] - margin[0], hi[0] + margin[0], TOY_GRID, dtype=np.float32)
+    gy = np.linspace(lo[1] - margin[1], hi[1] + margin[1], TOY_GRID, dtype=np.float32)
+    points = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)  # [G*G, 2], 'xy' layout
+    key = jax.random.fold_in(run.eval_key, 2)
+    model = evaluation.evaluate_dataset(
+        key,
+        points,
+        np.zeros(points.shape[0], np.int32),
+        run.bind_fn,
+        variables,
+        k_list=(),
+        nll_k=TOY_DENSITY_K,
+        batch_size=1000,
+        return_per_example=True,
+    )['per_example']['log_px'].reshape(TOY_GRID, TOY_GRID)
+    num_samples = min(2000, test.shape[0])
+    model_samples = np.asarray(_sample(run, variables, key, num_samples))
+    try:
+        true = data.true_log_density(
+            run.config.input.dataset, points, run.config.input.toy_noise
+        ).reshape(TOY_GRID, TOY_GRID)
+    except ValueError:  # No closed form for this set (e.g. pinwheel).
+        true = None
+    return plots.toy_density(test[:num_samples], model_samples, gx, gy, model, true, path)
+
+
+def _sample(run: trainer.Run, variables: Any, key: jax.Array, n: int) -> jax.Array:
+    """n draws x ~ p(x|z), z ~ N(0, I): [n, *data_shape]."""
+
+    @jax.jit
+    def sample(variables, key):
+        z_key, x_key = jax.random.split(key)
+        z = jax.random.normal(z_key, (n, run.config.model.latent_dim))
+        _, decode = run.bind_fn(variables, jnp.zeros((), jnp.int32))
+        return decode(z).sample(seed=x_key)
+
+    return sample(variables, key)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The scalar metrics as a two-column text table."""
+    rows = [
+        (name, result[name])
+        for name in (
+            'nll',
+            'bits_per_dim',
+            *(f'iwae_k{k}' for k in result['k_list']),
+            'elbo',
+            'recon',
+            'kl',
+            'recon_error',
+            'active_units',
+        )
+        if result.get(name) is not None
+    ]
+    header = (
+        f'{result["split"]} split, {result["num_examples"]} examples, step {result["step"]}, '
+        f'NLL with k={result["nll_k"]}, binarize={result["binarize"]}, seed={result["seed"]}'
+    )
+    width = max(len(name) for name, _ in rows)
+    lines = [header, '-' * len(header)]
+    for name, value in rows:
+        text = f'{value:d}' if isinstance(value, int) else f'{value:.4f}'
+        lines.append(f'{name:<{width}}  {text:>12}')
+    return '\n'.join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    result = evaluate(
+        _WORKDIR.value,
+        k_samples=_K_SAMPLES.value,
+        split=_SPLIT.value,
+        max_examples=_MAX_EXAMPLES.value,
+        chunk_size=_CHUNK_SIZE.value,
+        batch_size=_BATCH_SIZE.value,
+        seed=_SEED.value,
+        output=_OUTPUT.value,
+        pictures=_PICTURES.value,
+    )
+    print(format_table(result))
+    print(f'wrote {Path(_WORKDIR.value) / _OUTPUT.value}')
+
+
+if __name__ == '__main__':
+    flags.mark_flag_as_required('workdir')
+    app.run(main)
