@@ -5,10 +5,13 @@ Each failure is a `ValueError` that names the key, the value and what is allowed
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import ml_collections
+
+from vae_jax import data
 
 OBJECTIVES = ('elbo', 'iwae', 'autoencoder')
 GRADIENT_ESTIMATORS = ('reparam', 'stl', 'dreg')
@@ -57,21 +60,39 @@ def _number(config, key: str, ok: Callable[[float], bool], allowed: str) -> None
     _check(
         config,
         key,
-        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and ok(v),
+        lambda v: (
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and ok(v)
+        ),
         allowed,
     )
+
+
+def _bool(config, key: str) -> None:
+    _check(config, key, lambda v: isinstance(v, bool), 'True | False')
+
+
+def _requires(config, key: str, applies: bool, condition: str, allowed: str) -> None:
+    """A key whose non-default value would be silently ignored unless `condition` holds."""
+    if not applies:
+        raise ValueError(
+            f'config.{key}={_get(config, key)!r} applies only when {condition}; '
+            f'allowed here: {allowed}'
+        )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises `ValueError` naming the first bad key, its value and the allowed values.
 
-    Checks domains (names, positive rates, counts >= 1, probabilities in range) and combinations
-    that would otherwise be silently ignored (e.g. a gradient estimator with the ELBO objective).
-    Data-dependent checks (data set names, shapes, likelihood support) happen where the data is
-    loaded.
+    Checks domains (names, positive rates, counts >= 1, probabilities in range), combinations
+    that would otherwise be silently ignored (e.g. a gradient estimator with the ELBO objective,
+    weight decay with plain Adam), and what the data set's static description decides (a
+    conditional VAE needs labels). Checks that need the data (likelihood support, batch size
+    against the number of examples, layer specs against the data shape) run where the data and
+    the model are built (`trainer.Run`).
     """
+    _check(config, 'seed', lambda v: isinstance(v, int) and not isinstance(v, bool), 'an integer')
     _one_of(config, 'objective', OBJECTIVES)
-    _number(config, 'beta', lambda v: v >= 0, 'a number >= 0')
+    _number(config, 'beta', lambda v: v >= 0, 'a finite number >= 0')
     _int_at_least(config, 'beta_warmup_steps', 0)
     _int_at_least(config, 'k_samples', 1)
     _one_of(config, 'gradient_estimator', GRADIENT_ESTIMATORS)
@@ -81,9 +102,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"objective 'iwae' only (config.objective={config.objective!r}); allowed with this "
             "objective: 'reparam'"
         )
-    _check(config, 'analytic_kl', lambda v: isinstance(v, bool), 'True | False')
+    _bool(config, 'analytic_kl')
     _int_at_least(config, 'kl_samples', 1)
-    _number(config, 'free_bits', lambda v: v >= 0, 'a number >= 0 (nats per latent dimension)')
+    _number(config, 'free_bits', lambda v: v >= 0, 'a finite number >= 0 (nats per latent dim)')
+    if config.free_bits > 0:
+        _requires(
+            config,
+            'free_bits',
+            config.objective == 'elbo' and config.analytic_kl,
+            "objective='elbo' with analytic_kl=True (free bits act on the analytic KL per "
+            f'dimension; here objective={config.objective!r}, '
+            f'analytic_kl={config.analytic_kl!r})',
+            '0.0',
+        )
 
     _int_at_least(config, 'num_train_steps', 0)
     for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps'):
@@ -100,48 +131,112 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(
         config,
         'eval_k_samples',
-        lambda v: all(isinstance(k, int) and k >= 1 for k in v),
-        'a tuple of integers >= 1',
+        lambda v: (
+            len(v) >= 1
+            and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in v)
+        ),
+        'a non-empty tuple of integers >= 1',
     )
     _check(
         config,
         'num_eval_examples',
-        lambda v: v is None or (isinstance(v, int) and v >= 1),
+        lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
         'None or an integer >= 1',
     )
+    _bool(config, 'skip_nonfinite_updates')
 
-    _check(config, 'input.dataset', lambda v: isinstance(v, str) and v, 'a data set name')
+    _one_of(config, 'input.dataset', data.DATASETS)
+    _check(config, 'input.data_dir', lambda v: v is None or isinstance(v, str), 'None or a path')
     _int_at_least(config, 'input.batch_size', 1)
     _int_at_least(config, 'input.eval_batch_size', 1)
     _one_of(config, 'input.binarize', BINARIZE)
+    _bool(config, 'input.pad_to_32')
     for key in ('input.num_train_examples', 'input.num_test_examples'):
-        _check(config, key, lambda v: v is None or (isinstance(v, int) and v >= 1), 'None or >= 1')
+        _check(
+            config,
+            key,
+            lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+            'None or an integer >= 1',
+        )
     _int_at_least(config, 'input.toy_num_examples', 1)
-    _number(config, 'input.toy_noise', lambda v: v >= 0, 'a number >= 0')
+    _number(config, 'input.toy_noise', lambda v: v >= 0, 'a finite number >= 0')
+    data.validate_config(config.input)  # Combinations: binarize / pad_to_32 on toy 2-D sets.
 
     _int_at_least(config, 'model.latent_dim', 1)
+    for key in ('model.encoder', 'model.decoder'):
+        _check(config, key, lambda v: isinstance(v, str), 'a layer spec string (models.py)')
     _one_of(config, 'model.posterior', POSTERIORS)
     _one_of(config, 'model.scale_transform', SCALE_TRANSFORMS)
     _one_of(config, 'model.likelihood', LIKELIHOODS)
     _one_of(config, 'model.gaussian_sigma', GAUSSIAN_SIGMAS)
-    _number(config, 'model.sigma', lambda v: v > 0, 'a number > 0')
+    if config.model.gaussian_sigma != 'fixed':
+        _requires(
+            config,
+            'model.gaussian_sigma',
+            config.model.likelihood == 'gaussian',
+            f"model.likelihood='gaussian' (here {config.model.likelihood!r})",
+            "'fixed'",
+        )
+    _number(config, 'model.sigma', lambda v: v > 0, 'a finite number > 0')
+    _bool(config, 'model.use_labels')
     _int_at_least(config, 'model.num_classes', 1)
+    if config.model.use_labels:
+        info = data.dataset_info(config.input.dataset)
+        if not info['has_labels']:
+            raise ValueError(
+                f'config.model.use_labels=True (a conditional VAE) needs labels, but '
+                f'config.input.dataset={config.input.dataset!r} has none; allowed: '
+                'use_labels=False, or a labelled data set ('
+                + ', '.join(n for n in data.DATASETS if data.dataset_info(n)['has_labels'])
+                + ')'
+            )
+        if config.model.num_classes < info['num_classes']:
+            # one_hot of a label >= num_classes is all zeros: the condition would vanish.
+            raise ValueError(
+                f'config.model.num_classes={config.model.num_classes} is smaller than the '
+                f'{info["num_classes"]} classes of {config.input.dataset!r}; allowed: an '
+                f'integer >= {info["num_classes"]}'
+            )
     _number(config, 'model.batch_norm_momentum', lambda v: 0 <= v < 1, 'a number in [0, 1)')
 
     _one_of(config, 'optim.name', OPTIMIZERS)
-    _number(config, 'optim.learning_rate', lambda v: v > 0, 'a number > 0')
+    _number(config, 'optim.learning_rate', lambda v: v > 0, 'a finite number > 0')
     _one_of(config, 'optim.schedule', SCHEDULES)
     _int_at_least(config, 'optim.warmup_steps', 0)
     for key in ('optim.b1', 'optim.b2'):
         _number(config, key, lambda v: 0 <= v < 1, 'a number in [0, 1)')
-    _number(config, 'optim.eps', lambda v: v > 0, 'a number > 0')
-    _number(config, 'optim.weight_decay', lambda v: v >= 0, 'a number >= 0')
+    _number(config, 'optim.eps', lambda v: v > 0, 'a finite number > 0')
+    _number(config, 'optim.weight_decay', lambda v: v >= 0, 'a finite number >= 0')
+    if config.optim.weight_decay > 0:
+        _requires(
+            config,
+            'optim.weight_decay',
+            config.optim.name == 'adamw',
+            f"optim.name='adamw' (here {config.optim.name!r})",
+            '0.0',
+        )
     _number(config, 'optim.momentum', lambda v: 0 <= v < 1, 'a number in [0, 1)')
+    if config.optim.momentum > 0:
+        _requires(
+            config,
+            'optim.momentum',
+            config.optim.name in ('rmsprop', 'sgd'),
+            f"optim.name is 'rmsprop' or 'sgd' (here {config.optim.name!r})",
+            '0.0',
+        )
     _check(
         config,
         'optim.grad_clip_norm',
-        lambda v: v is None or (isinstance(v, int | float) and v > 0),
-        'None or a number > 0',
+        lambda v: (
+            v is None
+            or (
+                isinstance(v, int | float)
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and v > 0
+            )
+        ),
+        'None or a finite number > 0',
     )
     _int_at_least(config, 'optim.num_stages', 1)
     _int_at_least(config, 'optim.stage_base', 1)

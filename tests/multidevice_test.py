@@ -1,0 +1,303 @@
+"""Data parallelism: one code path for 1 device, 4 devices, and 2 processes x 2 devices.
+
+XLA's CPU platform is split into several devices with
+`XLA_FLAGS=--xla_force_host_platform_device_count=N`, which must be set before JAX starts, so
+those runs are subprocesses; this process (1 CPU device) trains the reference.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from configs import test as test_config
+from vae_jax import train, trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+_PRELUDE = r"""
+import json, os, sys
+
+
+class _NoTorch:  # tensorboardX imports torch when installed: 2 s per process, unused here.
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'torch':
+            raise ImportError('torch is not needed here')
+
+
+sys.meta_path.insert(0, _NoTorch())
+import jax
+
+jax.config.update('jax_disable_most_optimizations', True)  # As tests/conftest.py.
+"""
+
+# Trains configs/test.py on every device of this process, recording how each training batch is
+# laid out across devices (inside the jitted chunk) and how the parameters are.
+_FOUR_DEVICES = (
+    _PRELUDE
+    + r"""
+from configs import test as test_config
+from vae_jax import steps, trainer
+
+layouts = []
+original = steps.train_step
+
+
+def train_step(state, images, labels, *args, **kwargs):
+    for name, x in (('images', images), ('labels', labels)):
+        jax.debug.inspect_array_sharding(
+            x, callback=lambda s, name=name, x=x: layouts.append(
+                [name, s.shard_shape(x.shape), len(s.device_set), s.is_fully_replicated]
+            )
+        )
+    return original(state, images, labels, *args, **kwargs)
+
+
+steps.train_step = train_step
+config = test_config.get_config()
+config.num_train_steps, config.eval_k_samples = 6, (1,)  # As _config() in the test.
+workdir = sys.argv[1]
+trainer.train_and_evaluate(config, workdir)
+run = trainer.Run(config)
+state = trainer.restore_latest(
+    trainer.checkpoint_manager(trainer.Path(workdir), 3), run.create_train_state()
+)[0]
+params = jax.tree.leaves(state.params)
+bad_batch = test_config.get_config()
+bad_batch.input.batch_size = 18
+try:
+    trainer.Run(bad_batch)
+    message = None
+except ValueError as e:
+    message = str(e)
+out = {
+    'device_count': jax.device_count(),
+    'layouts': layouts,
+    'params_replicated': all(p.sharding.is_fully_replicated for p in params),
+    'params_shards': sorted({len(p.addressable_shards) for p in params}),
+    'indivisible_batch': message,
+}
+trainer.Path(workdir, 'layout.json').write_text(json.dumps(out))
+"""
+)
+
+_CLI = (
+    _PRELUDE
+    + r"""
+from absl import app
+from vae_jax import train
+
+app.run(train.main)
+"""
+)
+
+
+def _rows(workdir):
+    out = []
+    for line in (Path(workdir) / 'metrics.jsonl').read_text().splitlines():
+        row = json.loads(line)
+        row.pop('train/steps_per_sec', None)
+        out.append(row)
+    return out
+
+
+# configs/test.py, shortened: two log rows and one (cheaper) evaluation.
+_FLAGS = ('--config.num_train_steps=6', '--config.eval_k_samples=(1,)')
+
+
+def _config():
+    config = test_config.get_config()
+    config.num_train_steps, config.eval_k_samples = 6, (1,)
+    return config
+
+
+def _params(workdir):
+    config = _config()
+    run = trainer.Run(config)
+    manager = trainer.checkpoint_manager(Path(workdir), config.keep_checkpoints)
+    state, step = trainer.restore_latest(manager, run.create_train_state())
+    return jax.device_get(state.params), step
+
+
+def _env(num_devices, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'SLURM_', 'OMPI_'))}
+    flags = f'--xla_force_host_platform_device_count={num_devices}'
+    return {**env, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': flags, **extra}
+
+
+def _class_tempdir(cls):
+    """A temporary directory that lives as long as the test class (removed by its cleanup)."""
+    path = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    cls.addClassCleanup(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+class DataParallelTest(absltest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        assert jax.device_count() == 1, 'the reference must run on one device'
+        cls.reference = _class_tempdir(cls)
+        trainer.train_and_evaluate(_config(), cls.reference)
+
+    def assert_same_run(self, workdir):
+        """Same metrics rows and parameters as the 1-device run, within float tolerance."""
+        rows, expected = _rows(workdir), _rows(self.reference)
+        self.assertEqual([sorted(r) for r in rows], [sorted(r) for r in expected])
+        for row, want in zip(rows, expected, strict=True):
+            for key, value in want.items():
+                np.testing.assert_allclose(row[key], value, rtol=2e-5, atol=1e-6, err_msg=key)
+        params, step = _params(workdir)
+        expected_params, expected_step = _params(self.reference)
+        self.assertEqual(step, expected_step)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+            params,
+            expected_params,
+        )
+
+    def test_four_devices_shard_the_batch_and_match_one_device(self):
+        workdir = self.create_tempdir().full_path
+        proc = subprocess.run(
+            [sys.executable, '-c', _FOUR_DEVICES, workdir],
+            cwd=REPO,
+            env=_env(4),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        layout = json.loads((Path(workdir) / 'layout.json').read_text())
+        self.assertEqual(layout['device_count'], 4)
+        # configs/test.py: batch 16 of 8x8x1 images -> 4 examples on each of the 4 devices.
+        self.assertCountEqual(
+            layout['layouts'], [['images', [4, 8, 8, 1], 4, False], ['labels', [4], 4, False]]
+        )
+        self.assertTrue(layout['params_replicated'])
+        self.assertEqual(layout['params_shards'], [4])
+        self.assertRegex(
+            layout['indivisible_batch'],
+            r'input\.batch_size=18 must be divisible by the number of devices \(4\).*'
+            r'allowed: a multiple of 4',
+        )
+        self.assert_same_run(workdir)
+
+    def test_two_processes_of_two_devices_match_one_device(self):
+        workdir = self.create_tempdir().full_path
+        with socket.socket() as s:
+            s.bind(('localhost', 0))
+            port = s.getsockname()[1]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, '-c', _CLI, '--config', 'configs/test.py', '--workdir', workdir]
+                + list(_FLAGS),
+                cwd=REPO,
+                env=_env(
+                    2,
+                    JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
+                    JAX_NUM_PROCESSES='2',
+                    JAX_PROCESS_ID=str(i),
+                ),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(2)
+        ]
+        outputs = [p.communicate(timeout=600) for p in procs]
+        for proc, (_, err) in zip(procs, outputs, strict=True):
+            self.assertEqual(proc.returncode, 0, err[-3000:])
+        self.assertIn('test ELBO', outputs[0][0])  # Process 0 writes and reports.
+        self.assertNotIn('test ELBO', outputs[1][0])
+        self.assert_same_run(workdir)
+
+
+class DistributedInitArgsTest(parameterized.TestCase):
+    @parameterized.named_parameters(
+        ('single_process', {}, None),
+        (
+            'explicit',
+            {
+                'JAX_COORDINATOR_ADDRESS': 'host0:1234',
+                'JAX_NUM_PROCESSES': '4',
+                'JAX_PROCESS_ID': '3',
+            },
+            {'coordinator_address': 'host0:1234', 'num_processes': 4, 'process_id': 3},
+        ),
+        (
+            'explicit_one_process',
+            {'JAX_COORDINATOR_ADDRESS': 'host0:1234', 'JAX_NUM_PROCESSES': '1'},
+            None,
+        ),
+        (
+            'slurm_srun_with_several_tasks',
+            {
+                'SLURM_JOB_ID': '7',
+                'SLURM_STEP_NODELIST': 'n[1-2]',
+                'SLURM_NTASKS': '8',
+                'SLURM_PROCID': '5',
+                'SLURM_LOCALID': '1',
+            },
+            {},
+        ),
+        (
+            'slurm_one_task',
+            {
+                'SLURM_JOB_ID': '7',
+                'SLURM_STEP_NODELIST': 'n1',
+                'SLURM_NTASKS': '1',
+                'SLURM_PROCID': '0',
+            },
+            None,
+        ),
+        ('slurm_batch_script_without_srun', {'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '8'}, None),
+        (
+            'slurm_with_own_coordinator',
+            {
+                'JAX_COORDINATOR_ADDRESS': 'n1:1234',
+                'SLURM_STEP_NODELIST': 'n[1-2]',
+                'SLURM_NTASKS': '2',
+                'SLURM_PROCID': '0',
+            },
+            {'coordinator_address': 'n1:1234'},
+        ),
+        ('open_mpi', {'OMPI_COMM_WORLD_SIZE': '4'}, {}),
+        ('open_mpi_one_process', {'OMPI_COMM_WORLD_SIZE': '1'}, None),
+        ('tpu_pod', {'TPU_WORKER_HOSTNAMES': 'a,b'}, {}),
+        ('tpu_single_host', {'TPU_WORKER_HOSTNAMES': 'a'}, None),
+    )
+    def test_environment(self, environ, expected):
+        self.assertEqual(train.distributed_init_args(environ), expected)
+
+    @parameterized.named_parameters(
+        (
+            'coordinator_without_process_count',
+            {'JAX_COORDINATOR_ADDRESS': 'h:1'},
+            r"JAX_COORDINATOR_ADDRESS='h:1' is set.*JAX_NUM_PROCESSES.*JAX_PROCESS_ID",
+        ),
+        (
+            'process_id_out_of_range',
+            {'JAX_COORDINATOR_ADDRESS': 'h:1', 'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': '2'},
+            r'JAX_PROCESS_ID=2 is invalid; allowed: 0 \.\. 1',
+        ),
+        (
+            'not_an_integer',
+            {'JAX_COORDINATOR_ADDRESS': 'h:1', 'JAX_NUM_PROCESSES': 'two'},
+            r"JAX_NUM_PROCESSES='two' is invalid; allowed: an integer",
+        ),
+    )
+    def test_bad_environment(self, environ, pattern):
+        with self.assertRaisesRegex(ValueError, pattern):
+            train.distributed_init_args(environ)
+
+
+if __name__ == '__main__':
+    absltest.main()
