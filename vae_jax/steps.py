@@ -294,6 +294,11 @@ def train_step(
         new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
         new_state = new_state.replace(step=state.step + 1)
         skipped = 1.0 - ok.astype(jnp.float32)
+        # A skipped step contributes zeros, so the logged means (trainer.window_row) average
+        # over the applied updates only instead of turning NaN.
+        metrics = jax.tree.map(lambda m: jnp.where(ok, m, 0.0), metrics)
+        grad_norm = jnp.where(ok, grad_norm, 0.0)
+        beta_t = jnp.where(ok, beta_t, 0.0)
     metrics = {**metrics, 'beta': beta_t, 'grad_norm': grad_norm, 'skipped': skipped}
     return new_state, metrics
 
