@@ -630,7 +630,7 @@ def finished_result(
         if result.get('step') == step:
             print(
                 f'{workdir}: run already finished at step {step}; '
-                f'test ELBO {result.get("elbo", float("nan")):.4f} (see {eval_path})'
+                f'test ELBO {_format_metric(result.get("elbo"))} (see {eval_path})'
             )
             return result
     return None
@@ -684,11 +684,16 @@ def finish_run(
         return result
     _write_json(workdir / EVAL_FILE, result)
     print(
-        f'{workdir}: step {step}, test ELBO {result["elbo"]:.4f}, '
+        f'{workdir}: step {step}, test ELBO {_format_metric(result.get("elbo"))}, '
         f'{result["train_steps_per_sec"] or 0:.1f} steps/s, '
         f'wall time {result["wall_time_sec"]:.1f} s'
     )
     return result
+
+
+def _format_metric(value: float | None) -> str:
+    """A metric for the summary line; None (no ELBO for the autoencoder objective) -> 'n/a'."""
+    return 'n/a' if value is None else f'{value:.4f}'
 
 
 def _save(manager: ocp.CheckpointManager, step: int, state: steps.TrainState) -> None:
