@@ -78,4 +78,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.num_stages = 8
     c.optim.stage_base = 3
     c.optim.stage_decay = 10 ** (-1 / 7)
+
+    # Vectorised sweep (vae_jax/sweep.py): when either is set, train.py trains the cross product
+    # of these values as N models in one program (stacked parameters, one vmapped jitted chunk),
+    # each written to <workdir>/beta=<b>,seed=<s> exactly as a separate run with that beta and
+    # seed would be. Comma-separated; unset = the single value of `beta` / `seed` above.
+    c.sweep = ml_collections.ConfigDict()
+    c.sweep.beta = config_dict.placeholder(str)  # e.g. '0.5,1,2,4'
+    c.sweep.seed = config_dict.placeholder(str)  # e.g. '0,1,2'
     return c
