@@ -10,10 +10,12 @@ averages (momentum 0.9) in evaluation and pictures.
 
 Run:
   nice -n 5 python -m vae_jax.train --config configs/fashion_conv_cb.py \
-      --workdir runs/fashion_conv_cb --config.input.data_dir=../shared/data/tfds \
+      --workdir runs/configs/fashion_conv_cb --config.input.data_dir=../shared/data/tfds \
       --config.num_eval_examples=1000
-(the measured run evaluated the first 1,000 test images: the full test split with IWAE k=10
-takes ~20 TFLOP of decoding, an hour on that CPU; drop the override where compute allows.)
+(the measured run evaluated the first 1,000 test images: by a FLOP count, the full test split
+with IWAE k=10 is ~20 TFLOP of decoding, about an hour on that CPU; drop the override where
+compute allows.) Pictures show the continuous Bernoulli's mean, not sigmoid(logits); 'elbo'
+is the unweighted bound -(recon + kl), while the loss is recon + 2 kl.
 
 Differences from the source notebook:
 - BatchNorm momentum 0.9 instead of Keras's 0.99. With 0.99 (measured, same command with
@@ -22,8 +24,6 @@ Differences from the source notebook:
   +1580, but test ELBO -1410 and washed-out white reconstructions (per-pixel MSE 0.226), while
   the same parameters with batch statistics gave +1646 on 256 test images. Long runs, whose
   parameters settle, may keep 0.99.
-- Pictures show the continuous Bernoulli's mean (not sigmoid(logits)); the reported 'elbo' is
-  the unweighted bound -(recon + kl), the loss is recon + 2 kl.
 - Performance: loop 'unroll', 5 steps per call. Measured on XLA:CPU (experiments/configs/
   README.md): 'scan' took ~62 s per step (conv gradients inside lax.scan), 'unroll' 1.4-2 s.
 
