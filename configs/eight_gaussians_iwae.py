@@ -7,7 +7,6 @@ gradients, and beta = 1 (the bound on log p(x)).
 Run:
   nice -n 5 python -m vae_jax.train --config configs/eight_gaussians_iwae.py \
       --workdir runs/configs/eight_gaussians_iwae
-  python experiments/configs/toy_density.py --workdir runs/configs/eight_gaussians_iwae
 
 Differences from the source notebook: its IWAE put the ANALYTIC KL(q || p) inside the
 importance weights (log w_k = log p(x|z_k) - KL: not an importance weight, so its log-mean-exp

@@ -12,8 +12,7 @@ Keras's. RMSprop(5e-4), decay 0.9, eps 1e-14 (see below), batch 128, 10,000 step
 Run:
   nice -n 5 python -m vae_jax.train --config configs/mnist_autoencoder.py \
       --workdir runs/configs/mnist_autoencoder --config.input.data_dir=../shared/data/tfds
-  python -m vae_jax.evaluate --workdir runs/configs/mnist_autoencoder --k_samples 0
-(the second command writes images/latent_scatter.png and images/manifold.png.)
+(the run ends with images/latent_scatter.png and images/manifold.png among its pictures.)
 
 Differences from the source notebook:
 - The 2-D code is linear: encoders end in the automatic Dense head, which has no activation.

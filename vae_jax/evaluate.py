@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import tqdm
 from absl import app, flags
 
-from vae_jax import data, evaluation, plots, steps, trainer
+from vae_jax import evaluation, steps, trainer
+from vae_jax import pictures as vae_pictures
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (config.json, checkpoints/).')
 _K_SAMPLES = flags.DEFINE_integer(
@@ -45,10 +44,6 @@ _SEED = flags.DEFINE_integer(
 )
 _OUTPUT = flags.DEFINE_string('output', 'eval.json', 'File in --workdir to write the results to.')
 _PICTURES = flags.DEFINE_bool('pictures', True, 'Write pictures into <workdir>/images.')
-
-# Importance samples per grid point for the model density of a 2-D toy set.
-TOY_DENSITY_K = 1000
-TOY_GRID = 100
 
 
 def load_config(workdir: Path) -> ml_collections.ConfigDict:
@@ -151,94 +146,15 @@ def evaluate(
     previous = json.loads(path.read_text()) if path.is_file() else {}
     path.write_text(json.dumps({**previous, **result}, indent=2))
     if pictures:
-        write_pictures(run, state, per_example, labels, workdir)
+        vae_pictures.write_pictures(
+            run,
+            state,
+            workdir / 'images',
+            posterior_means=per_example['posterior_mean'],
+            labels=labels,
+            metrics_path=workdir / trainer.METRICS_FILE,
+        )
     return result
-
-
-def write_pictures(
-    run: trainer.Run,
-    state: steps.TrainState,
-    per_example: dict[str, np.ndarray],
-    labels: np.ndarray,
-    workdir: Path,
-) -> dict[str, np.ndarray]:
-    """Writes `<workdir>/images/*.png`; returns them as RGB arrays.
-
-    The trainer's pictures (reconstructions, samples) plus the latent scatter of the posterior
-    means, the manifold (image data), the density picture (2-D toy data) and the training curves
-    (from metrics.jsonl).
-    """
-    out_dir = workdir / 'images'
-    pictures = trainer.write_pictures(run, state, out_dir)
-    variables = run.variables(state)
-    means = per_example['posterior_mean']  # [N, D]
-    latent_dim = means.shape[1]
-    pictures['latent_scatter'] = plots.latent_scatter(means, labels, out_dir / 'latent_scatter.png')
-    if len(run.data_shape) == 3:
-        # The plane of the two leading principal directions of the posterior means (the first
-        # two axes when D = 2); a conditional model is shown for label 0.
-        basis = plots.pca(means)[1] if latent_dim > 2 else None
-        decode = jax.jit(steps.decode_mean, static_argnums=0)
-
-        def decode_mean(z):
-            zeros = jnp.zeros((z.shape[0],), jnp.int32)
-            return np.asarray(decode(run.bind_fn, variables, jnp.asarray(z), zeros))
-
-        pictures['manifold'], _ = plots.manifold(
-            decode_mean, latent_dim, out_dir / 'manifold.png', basis=basis
-        )
-    if len(run.data_shape) == 1 and run.data_shape[0] == 2:
-        pictures['toy_density'] = _toy_density(run, variables, out_dir / 'toy_density.png')
-    metrics_path = workdir / trainer.METRICS_FILE
-    if metrics_path.is_file() and metrics_path.stat().st_size:
-        pictures['training_curves'] = plots.training_curves(
-            metrics_path, out_dir / 'training_curves.png'
-        )
-    return pictures
-
-
-def _toy_density(run: trainer.Run, variables: Any, path: Path) -> np.ndarray:
-    """Data, model samples, the model's log p(x) on a grid (importance-sampled), true density."""
-    test = run.test_data['image']
-    lo, hi = np.percentile(test, [0.5, 99.5], axis=0)
-    margin = 0.15 * (hi - lo)
-    gx = np.linspace(lo[0] - margin[0], hi[0] + margin[0], TOY_GRID, dtype=np.float32)
-    gy = np.linspace(lo[1] - margin[1], hi[1] + margin[1], TOY_GRID, dtype=np.float32)
-    points = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)  # [G*G, 2], 'xy' layout
-    key = jax.random.fold_in(run.eval_key, 2)
-    model = evaluation.evaluate_dataset(
-        key,
-        points,
-        np.zeros(points.shape[0], np.int32),
-        run.bind_fn,
-        variables,
-        k_list=(),
-        nll_k=TOY_DENSITY_K,
-        batch_size=1000,
-        return_per_example=True,
-    )['per_example']['log_px'].reshape(TOY_GRID, TOY_GRID)
-    num_samples = min(2000, test.shape[0])
-    model_samples = np.asarray(_sample(run, variables, key, num_samples))
-    try:
-        true = data.true_log_density(
-            run.config.input.dataset, points, run.config.input.toy_noise
-        ).reshape(TOY_GRID, TOY_GRID)
-    except ValueError:  # No closed form for this set (e.g. pinwheel).
-        true = None
-    return plots.toy_density(test[:num_samples], model_samples, gx, gy, model, true, path)
-
-
-def _sample(run: trainer.Run, variables: Any, key: jax.Array, n: int) -> jax.Array:
-    """n draws x ~ p(x|z), z ~ N(0, I): [n, *data_shape]."""
-
-    @jax.jit
-    def sample(variables, key):
-        z_key, x_key = jax.random.split(key)
-        z = jax.random.normal(z_key, (n, run.config.model.latent_dim))
-        _, decode = run.bind_fn(variables, jnp.zeros((), jnp.int32))
-        return decode(z).sample(seed=x_key)
-
-    return sample(variables, key)
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -30,7 +30,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import config_validation, data, distributions, evaluation, models, optim, plots, steps
+from vae_jax import config_validation, data, distributions, evaluation, models, optim, steps
+from vae_jax import pictures as vae_pictures
 
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
@@ -137,7 +138,9 @@ class Run:
             variables = jax.device_get(variables)
         return variables
 
-    def evaluate(self, state: steps.TrainState, *, nll_k: int = 0) -> dict[str, Any]:
+    def evaluate(
+        self, state: steps.TrainState, *, nll_k: int = 0, return_per_example: bool = False
+    ) -> dict[str, Any]:
         """Test-split metrics with the fixed eval key (comparable across steps and runs)."""
         images, labels = self.eval_split()
         return evaluation.evaluate_dataset(
@@ -150,6 +153,7 @@ class Run:
             nll_k=nll_k,
             batch_size=self.config.input.eval_batch_size,
             dynamic_binarize=self.static.dynamic_binarize,
+            return_per_example=return_per_example,
         )
 
     def eval_split(self) -> tuple[np.ndarray, np.ndarray]:
@@ -661,10 +665,20 @@ def finish_run(
       The contents of eval.json.
     """
     config = run.config
-    result = run.evaluate(state)
+    result = run.evaluate(state, return_per_example=True)
+    per_example = result.pop('per_example')
     log.write(step, _scalar_metrics(result, 'eval'))
     primary = jax.process_index() == 0  # With several processes, process 0 writes the files.
-    pictures = write_pictures(run, state, workdir / 'images') if primary else {}
+    pictures = {}
+    if primary:
+        pictures = vae_pictures.write_pictures(
+            run,
+            state,
+            workdir / 'images',
+            posterior_means=per_example['posterior_mean'],
+            labels=run.eval_split()[1],
+            metrics_path=workdir / METRICS_FILE,
+        )
     for name, image in pictures.items():
         log.image(f'images/{name}', image, step)
     log.close()
@@ -801,29 +815,3 @@ def _check_finite(row: dict[str, float], start: int, end: int, manager) -> None:
         raise _nonfinite_error(
             manager, what, {'steps': [start, end], 'nonfinite': bad, 'metrics': row}
         )
-
-
-def write_pictures(run: Run, state: steps.TrainState, out_dir: Path) -> dict[str, np.ndarray]:
-    """Writes the run's pictures as PNG files; returns them as RGB arrays for TensorBoard."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    variables = run.variables(state)
-    images, labels = run.eval_split()
-    pictures = {}
-    key = jax.random.fold_in(run.eval_key, 1)
-    latent_dim = run.config.model.latent_dim
-    if len(run.data_shape) == 3:
-        n = min(16, images.shape[0])
-        x = images[:n]
-        if run.static.dynamic_binarize:
-            x = np.asarray(steps.binarize(key, jnp.asarray(x)))
-        recon = jax.jit(steps.reconstruct, static_argnums=0)(run.bind_fn, variables, x, labels[:n])
-        pictures['reconstructions'] = plots.reconstructions(
-            x, np.asarray(recon), out_dir / 'reconstructions.png'
-        )
-        z = jax.random.normal(key, (64, latent_dim))
-        sample_labels = jnp.arange(64, dtype=jnp.int32) % run.config.model.num_classes
-        samples = jax.jit(steps.decode_mean, static_argnums=0)(
-            run.bind_fn, variables, z, sample_labels
-        )
-        pictures['samples'] = plots.samples(np.asarray(samples), out_dir / 'samples.png')
-    return pictures

@@ -35,11 +35,7 @@ for name in "${names[@]}"; do
       --config.input.data_dir="$DATA" $extra 2>&1 | tr '\r' '\n' | grep -v WARNING \
       > "runs/configs/$name.log"
   case $name in
-    mnist_conv_latent2|mnist_autoencoder)  # manifold.png / latent_scatter.png
-      nice -n 5 "$PY" -m vae_jax.evaluate --workdir "$wd" --k_samples 0 >> "runs/configs/$name.log" 2>&1 ;;
     mnist_cvae)
       nice -n 5 "$PY" experiments/configs/cvae_digits.py --workdir "$wd" >> "runs/configs/$name.log" 2>&1 ;;
-    eight_gaussians*)  # toy_density.png
-      nice -n 5 "$PY" experiments/configs/toy_density.py --workdir "$wd" >> "runs/configs/$name.log" 2>&1 ;;
   esac
 done

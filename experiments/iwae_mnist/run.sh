@@ -7,6 +7,7 @@
 # Runs live in experiments/iwae_mnist/workdirs/<objective>_k<K> (committed between sessions so that
 # a run of many hours resumes from its last checkpoint in the next session). The model is small,
 # so one XLA thread per run is as fast as two: two runs on two cores train at twice the rate.
+# NICE (default 10) sets the scheduling priority, e.g. NICE=19 for runs that should only use idle time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 objective=$1
@@ -18,8 +19,8 @@ export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_thread
 pin=()
 [[ -n "$core" ]] && pin=(taskset -c "$core")
 mkdir -p "$workdir"
-nice -n 10 "${pin[@]}" .venv/bin/python -m vae_jax.train --config configs/iwae_mnist.py \
+nice -n "${NICE:-10}" "${pin[@]}" .venv/bin/python -m vae_jax.train --config configs/iwae_mnist.py \
   --workdir "$workdir" --config.objective="$objective" --config.k_samples="$k" \
   --config.input.data_dir="$data_dir" >> "$workdir/train.log" 2>&1
-nice -n 10 "${pin[@]}" .venv/bin/python -m vae_jax.evaluate --workdir "$workdir" --k_samples 5000 \
+nice -n "${NICE:-10}" "${pin[@]}" .venv/bin/python -m vae_jax.evaluate --workdir "$workdir" --k_samples 5000 \
   >> "$workdir/train.log" 2>&1
