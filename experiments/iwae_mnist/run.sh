@@ -19,6 +19,10 @@ export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_thread
 pin=()
 [[ -n "$core" ]] && pin=(taskset -c "$core")
 mkdir -p "$workdir"
+# With the kernel's autogroup scheduling (the default on desktop and many server kernels), nice
+# only orders processes within one session; the session's own priority is set here. Started with
+# setsid, this script is a session of its own.
+echo "${NICE:-10}" > /proc/self/autogroup 2>/dev/null || true
 nice -n "${NICE:-10}" "${pin[@]}" .venv/bin/python -m vae_jax.train --config configs/iwae_mnist.py \
   --workdir "$workdir" --config.objective="$objective" --config.k_samples="$k" \
   --config.input.data_dir="$data_dir" >> "$workdir/train.log" 2>&1
