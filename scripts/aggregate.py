@@ -292,12 +292,12 @@ def plot_k(records: list[dict[str, Any]], path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     ks = [r['config']['k_samples'] for r in by_k]
-    series = [
-        ('NLL (-log p(x), importance-sampled)', 'nll', 'o-', 1.0),
-        ('-IWAE bound with the training k', 'iwae_own', 's--', -1.0),
-        ('-ELBO (k=1, analytic KL)', 'elbo', '^:', -1.0),
+    series = [  # label, eval.json key, line style, sign, label offset (points)
+        ('NLL (-log p(x), importance-sampled)', 'nll', 'o-', 1.0, (5, -11)),
+        ('-IWAE bound with the training k', 'iwae_own', 's--', -1.0, (5, -11)),
+        ('-ELBO (k=1, analytic KL)', 'elbo', '^:', -1.0, (5, 5)),
     ]
-    for label, name, style, sign in series:
+    for label, name, style, sign, offset in series:
         xs, ys = [], []
         for k, r in zip(ks, by_k, strict=True):
             value = r['eval'].get(f'iwae_k{k}' if name == 'iwae_own' else name)
@@ -305,12 +305,20 @@ def plot_k(records: list[dict[str, Any]], path: Path) -> bool:
                 xs.append(k)
                 ys.append(sign * value)
         if xs:
-            ax.plot(xs, ys, style, label=label)
+            (line,) = ax.plot(xs, ys, style, label=label)
             for x, y in zip(xs, ys, strict=True):
+                # In the line's colour: where two curves nearly meet (k=1: the IWAE bound is the
+                # one-sample ELBO), the offsets alone do not say which label is whose.
                 ax.annotate(
-                    f'{y:.2f}', (x, y), textcoords='offset points', xytext=(4, 4), fontsize=7
+                    f'{y:.2f}',
+                    (x, y),
+                    textcoords='offset points',
+                    xytext=offset,
+                    fontsize=7,
+                    color=line.get_color(),
                 )
     ax.set_xscale('log')
+    ax.margins(x=0.08, y=0.08)  # room for the labels at the ends
     ax.set_xticks(sorted(set(ks)))
     ax.set_xticklabels([str(k) for k in sorted(set(ks))])
     ax.set_xlabel('k (samples per example in training)')

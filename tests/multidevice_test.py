@@ -19,7 +19,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from configs import test as test_config
-from vae_jax import train, trainer
+from vae_jax import checkpoints, train, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,9 @@ _FOUR_DEVICES = (
     _PRELUDE
     + r"""
 from configs import test as test_config
-from vae_jax import steps, trainer
+from pathlib import Path
+
+from vae_jax import checkpoints, steps, trainer
 
 layouts = []
 original = steps.train_step
@@ -67,8 +69,8 @@ config.num_train_steps, config.eval_k_samples = 6, (1,)  # As _config() in the t
 workdir = sys.argv[1]
 trainer.train_and_evaluate(config, workdir)
 run = trainer.Run(config)
-state = trainer.restore_latest(
-    trainer.checkpoint_manager(trainer.Path(workdir), 3), run.create_train_state()
+state = checkpoints.restore_latest(
+    checkpoints.checkpoint_manager(Path(workdir), 3), run.create_train_state()
 )[0]
 params = jax.tree.leaves(state.params)
 bad_batch = test_config.get_config()
@@ -85,7 +87,7 @@ out = {
     'params_shards': sorted({len(p.addressable_shards) for p in params}),
     'indivisible_batch': message,
 }
-trainer.Path(workdir, 'layout.json').write_text(json.dumps(out))
+Path(workdir, 'layout.json').write_text(json.dumps(out))
 """
 )
 
@@ -122,8 +124,8 @@ def _config():
 def _params(workdir):
     config = _config()
     run = trainer.Run(config)
-    manager = trainer.checkpoint_manager(Path(workdir), config.keep_checkpoints)
-    state, step = trainer.restore_latest(manager, run.create_train_state())
+    manager = checkpoints.checkpoint_manager(Path(workdir), config.keep_checkpoints)
+    state, step = checkpoints.restore_latest(manager, run.create_train_state())
     return jax.device_get(state.params), step
 
 

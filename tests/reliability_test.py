@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from jax.experimental.compilation_cache import compilation_cache
 
 from configs import test as test_config
-from vae_jax import data, distributions, steps, trainer
+from vae_jax import checkpoints, data, distributions, run_files, steps, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 _CACHE = {}
@@ -72,7 +72,7 @@ import jax
 jax.config.update('jax_disable_most_optimizations', True)  # As tests/conftest.py: same numbers.
 jax.config.update('jax_compilation_cache_dir', os.environ['VAE_TEST_CACHE'])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-from vae_jax import trainer
+from vae_jax import checkpoints, trainer
 
 fault, _, at = os.environ.get('VAE_TEST_FAULT', '').partition(':')
 at = int(at or -1)
@@ -89,7 +89,7 @@ if fault == 'kill_in_save':  # Step `at` fully written to its tmp dir; SIGKILL b
 
     cls.finalize = finalize
 elif fault == 'hang_after_save':  # Step `at` on disk: wait to be SIGKILLed from outside.
-    original_save = trainer._save
+    original_save = checkpoints.save
 
     def _save(manager, step, state):
         original_save(manager, step, state)
@@ -97,7 +97,7 @@ elif fault == 'hang_after_save':  # Step `at` on disk: wait to be SIGKILLed from
             open(os.environ['VAE_TEST_MARKER'], 'w').close()
             time.sleep(600)
 
-    trainer._save = _save
+    checkpoints.save = _save
 elif fault == 'sigterm_after_chunk':  # A real SIGTERM once the chunk ending at `at` returns.
     original_chunk_fn = trainer.Run.chunk_fn.func
 
@@ -152,8 +152,8 @@ def _rows(workdir):
 
 def _restore(workdir, config):
     run = trainer.Run(config)
-    manager = trainer.checkpoint_manager(Path(workdir), config.keep_checkpoints)
-    state, step = trainer.restore_latest(manager, run.create_train_state())
+    manager = checkpoints.checkpoint_manager(Path(workdir), config.keep_checkpoints)
+    state, step = checkpoints.restore_latest(manager, run.create_train_state())
     return jax.device_get(state), step
 
 
@@ -221,7 +221,7 @@ class KillAndResumeTest(absltest.TestCase):
         self.assertIn('resuming from checkpoint at step 6', out)
         self.assertIn('stopped by signal 15 (SIGTERM) at step 14', err)
         self.assertEqual(_step_dirs(workdir), ['12', '14', '6'])
-        window = json.loads((Path(workdir) / trainer.WINDOW_FILE).read_text())
+        window = json.loads((Path(workdir) / run_files.WINDOW_FILE).read_text())
         self.assertEqual((window['step'], window['window_start']), (14, 12))
 
         # 3. SIGKILL from outside just after the final checkpoint is on disk, before the final
@@ -256,7 +256,7 @@ class KillAndResumeTest(absltest.TestCase):
 
 class SignalTest(absltest.TestCase):
     def test_a_second_signal_stops_at_once(self):
-        with trainer._StopSignal() as stop:
+        with trainer.StopSignal() as stop:
             os.kill(os.getpid(), signal.SIGTERM)
             self.assertEqual(stop.received, signal.SIGTERM)
             with self.assertRaises(KeyboardInterrupt):
@@ -439,11 +439,11 @@ class BadInputTest(parameterized.TestCase):
         workdir = Path(self.create_tempdir().full_path)
         old = json.loads(config.to_json_best_effort())
         old['input'].pop('data_dir')  # Written before that (unset) key existed.
-        (workdir / trainer.CONFIG_FILE).write_text(json.dumps(old))
-        trainer.prepare_workdir(workdir, config, overwrite=False)
+        (workdir / run_files.CONFIG_FILE).write_text(json.dumps(old))
+        run_files.prepare_workdir(workdir, config, overwrite=False)
         config.input.data_dir = '/elsewhere'
         with self.assertRaisesRegex(ValueError, r"input\.data_dir: None -> '/elsewhere'"):
-            trainer.prepare_workdir(workdir, config, overwrite=False)
+            run_files.prepare_workdir(workdir, config, overwrite=False)
 
 
 def _data_files(step_dir):
@@ -511,7 +511,7 @@ class FromCheckpointTest(parameterized.TestCase):
         trainer.train_and_evaluate(
             self.config, workdir, stop_at_step=6, skip_damaged_checkpoints=True
         )
-        self.assertTrue((workdir / trainer.DAMAGED_DIR / '6').is_dir())
+        self.assertTrue((workdir / run_files.DAMAGED_DIR / '6').is_dir())
         state, step = _restore(workdir, self.config)  # Step 6 again, recomputed from step 3.
         expected, _ = _restore(self.pristine, self.config)
         self.assertEqual(step, 6)
@@ -523,7 +523,7 @@ class FromCheckpointTest(parameterized.TestCase):
         shutil.copytree(
             workdir / 'checkpoints' / '6', workdir / 'checkpoints' / '9.orbax-checkpoint-tmp'
         )
-        manager = trainer.checkpoint_manager(workdir, 3)
+        manager = checkpoints.checkpoint_manager(workdir, 3)
         self.assertEqual(manager.latest_step(), 6)
         deadline = time.time() + 30  # Orbax removes it in the background.
         while len(_step_dirs(workdir)) > 2 and time.time() < deadline:
@@ -552,7 +552,7 @@ class FromCheckpointTest(parameterized.TestCase):
                 trainer.train_and_evaluate(self.config, workdir)
         self.assertIs(signal.getsignal(signal.SIGINT), before)  # Restored.
         self.assertEqual(_step_dirs(workdir), ['3', '6', '8'])
-        window = json.loads((workdir / trainer.WINDOW_FILE).read_text())
+        window = json.loads((workdir / run_files.WINDOW_FILE).read_text())
         self.assertEqual((window['step'], window['window_start']), (8, 6))
         self.assertEqual([r['step'] for r in _rows(workdir)], [3, 6])
 
@@ -566,7 +566,7 @@ class FromCheckpointTest(parameterized.TestCase):
                 r'.*nonfinite\.json',
             ):
                 trainer.train_and_evaluate(self.config, workdir)
-        record = json.loads((workdir / trainer.NONFINITE_FILE).read_text())
+        record = json.loads((workdir / run_files.NONFINITE_FILE).read_text())
         self.assertEqual(record['steps'], [6, 9])
         self.assertIn('train/loss', record['nonfinite'])
         self.assertTrue(np.isnan(record['metrics']['train/loss']))
@@ -604,16 +604,16 @@ class MetricsLogTest(absltest.TestCase):
         ]
         text = ''.join(json.dumps(r) + '\n' for r in rows)
         (workdir / 'metrics.jsonl').write_text(text + '{"step": 15, "train/lo')  # Killed mid-row.
-        trainer._MetricsLog(workdir, 12, final_step=12).close()
+        run_files.MetricsLog(workdir, 12, final_step=12).close()
         self.assertEqual(_rows(workdir), rows[:5])
-        trainer._MetricsLog(workdir, 6, final_step=12).close()
+        run_files.MetricsLog(workdir, 6, final_step=12).close()
         self.assertEqual(_rows(workdir), rows[:3])
 
     def test_unreadable_line_in_the_middle_is_an_error(self):
         workdir = Path(self.create_tempdir().full_path)
         (workdir / 'metrics.jsonl').write_text('{"step": 3}\nnot json\n{"step": 6}\n')
         with self.assertRaisesRegex(RuntimeError, r'metrics\.jsonl line 2 is not JSON'):
-            trainer._MetricsLog(workdir, 6)
+            run_files.MetricsLog(workdir, 6)
 
 
 @st.composite

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
 from configs import test as test_config
-from vae_jax import sweep, trainer
+from vae_jax import checkpoints, sweep, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-5, 1e-6  # vmapped matmuls may sum in another order than unbatched ones
@@ -45,10 +46,28 @@ def _aggregate_module():
     return module
 
 
+def _per_step_metrics(config):
+    """Every step's training metrics of a separate run, one jitted step per call: an
+    independent reference for the log rows (no trainer loop, no log windows)."""
+    run = trainer.Run(config)
+    state = run.create_train_state()
+    perm_epoch = jnp.zeros((), jnp.int32)
+    perm = run.permutation_fn(perm_epoch)
+    images, labels = run.train_data['image'], run.train_data['label']
+    beta = jnp.asarray(config.beta, jnp.float32)
+    out = []
+    for _ in range(config.num_train_steps):
+        state, perm, perm_epoch, metrics = run.chunk_fn(
+            state, perm, perm_epoch, images, labels, run.loop_key, run.data_key, beta, num_steps=1
+        )
+        out.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+    return out
+
+
 def _params(workdir, config):
     run = trainer.Run(config)
-    manager = trainer.checkpoint_manager(Path(workdir), config.keep_checkpoints)
-    state, step = trainer.restore_latest(manager, run.create_train_state())
+    manager = checkpoints.checkpoint_manager(Path(workdir), config.keep_checkpoints)
+    state, step = checkpoints.restore_latest(manager, run.create_train_state())
     return jax.device_get(state.params), step
 
 
@@ -115,6 +134,23 @@ class VectorisedSweepTest(absltest.TestCase):
                 self.assertEqual(set(a), set(b))
                 for k in a:
                     np.testing.assert_allclose(a[k], b[k], rtol=RTOL, atol=ATOL, err_msg=k)
+            # Each row is the mean over its own log window (steps 1-3, 4-6, ...), not over all
+            # steps since the start: against per-step metrics computed without the trainer.
+            per_step = _per_step_metrics(separate)
+            every = separate.log_every_steps
+            for row in rows_vec:
+                window = per_step[row['step'] - every : row['step']]
+                self.assertEqual(row['train/skipped'], 0)
+                for k in window[0]:
+                    if k == 'skipped':
+                        continue
+                    mean = np.mean([m[k] for m in window])
+                    np.testing.assert_allclose(
+                        row[f'train/{k}'], mean, rtol=RTOL, atol=ATOL, err_msg=f'{row["step"]} {k}'
+                    )
+            # The check can tell the two apart: the loss falls, so the means differ.
+            last = rows_vec[-1]['train/loss']
+            self.assertGreater(abs(last - np.mean([m['loss'] for m in per_step])), 1e-3)
             for k in ('elbo', 'recon', 'kl', 'iwae_k1', 'iwae_k4'):
                 np.testing.assert_allclose(
                     results[name][k], alone[k], rtol=RTOL, atol=ATOL, err_msg=k

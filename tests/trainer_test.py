@@ -11,7 +11,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from configs import test as test_config
-from vae_jax import steps, trainer
+from vae_jax import checkpoints, steps, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,8 +34,8 @@ def _train_rows(workdir):
 
 def _restore_params(workdir, config):
     run = trainer.Run(config)
-    manager = trainer.checkpoint_manager(Path(workdir), config.keep_checkpoints)
-    state, step = trainer.restore_latest(manager, run.create_train_state())
+    manager = checkpoints.checkpoint_manager(Path(workdir), config.keep_checkpoints)
+    state, step = checkpoints.restore_latest(manager, run.create_train_state())
     return jax.device_get(state.params), step
 
 

@@ -22,7 +22,7 @@ import ml_collections
 import tqdm
 from absl import app, flags
 
-from vae_jax import evaluation, steps, trainer
+from vae_jax import checkpoints, evaluation, run_files, steps, trainer
 from vae_jax import pictures as vae_pictures
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (config.json, checkpoints/).')
@@ -52,7 +52,7 @@ def load_config(workdir: Path) -> ml_collections.ConfigDict:
     Raises:
       FileNotFoundError: no config.json (not a run directory).
     """
-    path = workdir / trainer.CONFIG_FILE
+    path = workdir / run_files.CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f'{path} not found: --workdir must be a run directory written by vae_jax.train'
@@ -68,8 +68,8 @@ def restore(run: trainer.Run, workdir: Path) -> tuple[steps.TrainState, int]:
     Raises:
       FileNotFoundError: the run has no checkpoint yet.
     """
-    manager = trainer.checkpoint_manager(workdir, run.config.keep_checkpoints)
-    state, step = trainer.restore_latest(manager, run.create_train_state())
+    manager = checkpoints.checkpoint_manager(workdir, run.config.keep_checkpoints)
+    state, step = checkpoints.restore_latest(manager, run.create_train_state())
     if step is None:
         raise FileNotFoundError(
             f'no checkpoint in {workdir / "checkpoints"}: train the run first (vae_jax.train)'
@@ -152,7 +152,7 @@ def evaluate(
             workdir / 'images',
             posterior_means=per_example['posterior_mean'],
             labels=labels,
-            metrics_path=workdir / trainer.METRICS_FILE,
+            metrics_path=workdir / run_files.METRICS_FILE,
         )
     return result
 

@@ -24,8 +24,11 @@ cadence; a rerun restores each unfinished model at the newest step that all of t
 whose loss turns non-finite is reported and dropped (its directory keeps its last good
 checkpoint and gets no eval.json); the others finish, then `RuntimeError` names the failures.
 
-On 2 CPU cores vmapping gives little speed over running models one after another (one model
-already fills both cores; benchmarks/sweep_vs_serial.py); on an accelerator it fills the device.
+On 2 CPU cores vmapping trains no faster per model-step than running the models one after
+another (0.8-0.9x: one model already fills both cores); the sweep saves wall time by loading the
+data and compiling once (4 models: 1.75x at 600 steps each, 1.13x at 3,000;
+benchmarks/sweep_vs_serial.py, experiments/beta_k_sweep/README.md). On an accelerator, which one
+small model leaves mostly idle, the vmapped models fill the device.
 Only values that keep shapes can be vectorised: `k_samples` changes shapes, so sweep it with
 scripts/sweep_k.sh.
 """
@@ -47,7 +50,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tqdm
 
-from vae_jax import steps, trainer
+from vae_jax import checkpoints, run_files, steps, trainer
 
 SWEEP_FILE = 'sweep.json'
 
@@ -116,19 +119,17 @@ def _state_axes(state: steps.TrainState) -> steps.TrainState:
 
 
 def make_chunk_fn(run: trainer.Run) -> Callable[..., Any]:
-    """`steps.train_chunk` vmapped over the model axis and jitted (one compile per num_steps).
+    """The trainer's chunk (`run.chunk_fn`) vmapped over the model axis and jitted.
+
+    `run.chunk_fn` is `steps.train_chunk` with the run's static settings, jitted; a jit inside
+    this jit is inlined, so the program is that of a vmapped `steps.train_chunk` and a separate
+    run and a sweep cannot drift apart in how they call it. One compile per `num_steps`.
 
     The returned function takes (state [stacked], perm [N, num_examples], perm_epoch [],
     train_images, train_labels, loop_keys [N], data_keys [N], betas [N], *, num_steps) and
     returns (state, perm, perm_epoch, metric sums: dict of [N]).
     """
-    chunk = functools.partial(
-        steps.train_chunk,
-        batch_size=run.config.input.batch_size,
-        loop=run.config.loop,
-        static=run.static,
-        batch_sharding=run.batch_sharding,
-    )
+    chunk = run.chunk_fn
 
     def vmapped(state, perm, perm_epoch, images, labels, loop_keys, data_keys, betas, *, num_steps):
         axes = _state_axes(state)
@@ -168,19 +169,19 @@ def _restore(manager: ocp.CheckpointManager, state: steps.TrainState, step: int 
     if step is None:
         return state
     if step == manager.latest_step():
-        return trainer.restore_latest(manager, state)[0]
+        return checkpoints.restore_latest(manager, state)[0]
     return manager.restore(step, args=ocp.args.StandardRestore(state))
 
 
 def _save(manager: ocp.CheckpointManager, step: int, state: steps.TrainState) -> None:
     # A model restored at an older common step may already hold this step: keep it.
     if step not in manager.all_steps():
-        trainer._save(manager, step, state)
+        checkpoints.save(manager, step, state)
 
 
 def _restore_windows(dirs: list[Path], step: int) -> tuple[dict[str, np.ndarray], int]:
-    """The log window open at checkpoint `step` (trainer._restore_window), stacked over models."""
-    windows = [trainer._restore_window(d, step) for d in dirs]
+    """The log window open at checkpoint `step` (run_files.restore_window), stacked over models."""
+    windows = [run_files.restore_window(d, step) for d in dirs]
     if len({start for _, start in windows}) != 1 or not any(sums for sums, _ in windows):
         return {}, step
     keys = sorted(set().union(*(sums for sums, _ in windows)))
@@ -242,11 +243,11 @@ def train_and_evaluate(
     managers = {}
     results: dict[str, dict[str, Any]] = {}
     for name in names:
-        trainer.prepare_workdir(dirs[name], configs[name], overwrite=overwrite)
-        managers[name] = trainer.checkpoint_manager(dirs[name], config.keep_checkpoints)
+        run_files.prepare_workdir(dirs[name], configs[name], overwrite=overwrite)
+        managers[name] = checkpoints.checkpoint_manager(dirs[name], config.keep_checkpoints)
         if skip_damaged_checkpoints:  # Moves damaged newest checkpoints aside.
             fresh = runs[name].create_train_state()
-            trainer.restore_latest(managers[name], fresh, skip_damaged=True)
+            checkpoints.restore_latest(managers[name], fresh, skip_damaged=True)
         done = trainer.finished_result(dirs[name], config, managers[name].latest_step() or 0)
         if done is not None:
             results[name] = done
@@ -262,7 +263,7 @@ def train_and_evaluate(
     if restored_step is not None:
         print(f'{workdir}: resuming {len(active)} models from their checkpoints at step {step}')
     logs = {
-        n: trainer._MetricsLog(dirs[n], step, final_step=config.num_train_steps) for n in active
+        n: run_files.MetricsLog(dirs[n], step, final_step=config.num_train_steps) for n in active
     }
 
     chunk_fn = make_chunk_fn(base)
@@ -309,9 +310,9 @@ def train_and_evaluate(
         logs[name].close()
 
     try:
-        with trainer._StopSignal() as stop:
+        with trainer.StopSignal() as stop:
             while step < config.num_train_steps:
-                boundary = trainer._next_boundary(step, config, stop_at_step)
+                boundary = trainer.next_boundary(step, config, stop_at_step)
                 num_steps = min(config.steps_per_call, boundary - step)
                 t0 = time.time()
                 state, perm, perm_epoch, chunk_sums = chunk_fn(
@@ -342,15 +343,15 @@ def train_and_evaluate(
                         # Written even when non-finite: the record of where the model diverged.
                         logs[name].write(step, {**row, 'train/steps_per_sec': rate})
                         try:
-                            trainer._check_finite(row, window_start, step, managers[name])
+                            trainer.check_finite(row, window_start, step, managers[name])
                         except RuntimeError as e:
                             fail(name, e)
                     sums, window_start, window_time = {}, step, time.time()
                 if step % config.eval_every_steps == 0 and step < config.num_train_steps:
                     for i, name in live():
                         metrics = runs[name].evaluate(unstack_state(state, i))
-                        logs[name].write(step, trainer._scalar_metrics(metrics, 'eval'))
-                signum = trainer._agreed_signal(stop)
+                        logs[name].write(step, trainer.scalar_metrics(metrics, 'eval'))
+                signum = trainer.agreed_signal(stop)
                 stopping = signum is not None or (
                     step == stop_at_step and step < config.num_train_steps
                 )
@@ -360,11 +361,11 @@ def train_and_evaluate(
                         model_sums = _model_sums(sums, i)
                         if stopping and model_sums:  # A partial log window: check it, keep it.
                             row = trainer.window_row(model_sums, step - window_start)
-                            trainer._check_finite(row, window_start, step, managers[name])
+                            trainer.check_finite(row, window_start, step, managers[name])
                         if save or stopping:
                             _save(managers[name], step, unstack_state(state, i))
                         if stopping:
-                            trainer._save_window(dirs[name], step, window_start, model_sums)
+                            run_files.save_window(dirs[name], step, window_start, model_sums)
                             logs[name].close()
                     except RuntimeError as e:
                         fail(name, e)

@@ -1,5 +1,8 @@
 """The training loop: the only owner of files, logs, checkpoints and the progress bar.
 
+The run directory's files are written through vae_jax/run_files.py and vae_jax/checkpoints.py;
+the pictures through vae_jax/pictures.py.
+
 Data flow (DESIGN.md): validate config -> load data once as numpy -> put the train split on the
 device(s) -> build model, optimizer, TrainState -> restore the latest checkpoint if any -> loop over
 chunks (one jitted call runs several optimizer steps) -> metrics leave the device once per chunk ->
@@ -10,10 +13,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 import math
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -24,24 +25,23 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import config_validation, data, distributions, evaluation, models, optim, steps
+from vae_jax import (
+    checkpoints,
+    config_validation,
+    data,
+    distributions,
+    evaluation,
+    models,
+    optim,
+    run_files,
+    steps,
+)
 from vae_jax import pictures as vae_pictures
-
-CONFIG_FILE = 'config.json'
-METRICS_FILE = 'metrics.jsonl'
-EVAL_FILE = 'eval.json'
-# What a run saw when its loss became non-finite (the offending metrics row, steps, checkpoint).
-NONFINITE_FILE = 'nonfinite.json'
-# Metric sums of a log window cut short by a stop between log steps (signal or stop_at_step),
-# so that the resumed run logs the same row as an uninterrupted one.
-WINDOW_FILE = 'train_window.json'
-DAMAGED_DIR = 'damaged_checkpoints'
 
 
 def root_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -179,7 +179,7 @@ class Run:
         if old != new:
             raise ValueError(
                 f'the models of one run may differ only in {", ".join(PER_MODEL_KEYS)}; '
-                f'these differ too: {_config_diff(old, new)}'
+                f'these differ too: {run_files.config_diff(old, new)}'
             )
         run = copy.copy(self)
         for name, attr in vars(Run).items():  # cached properties live in the instance dict
@@ -190,262 +190,10 @@ class Run:
         return run
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.ndarray | jax.Array):
-        return np.asarray(value).tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f'cannot serialise {type(value).__name__} to JSON')
-
-
-def _scalar_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+def scalar_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     return {
         f'{prefix}/{k}': float(v) for k, v in metrics.items() if v is not None and np.ndim(v) == 0
     }
-
-
-def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwrite: bool) -> None:
-    """Creates the workdir, checks it is writable, and refuses a run of a different config.
-
-    Keys that are unset (None) count as absent, so a config key added to the project later as
-    a placeholder does not make older runs unresumable. With several processes, every process
-    checks and process 0 writes.
-
-    Raises:
-      PermissionError: the workdir cannot be created or written.
-      ValueError: the workdir holds a run of a different config and `overwrite` is False, or its
-        config.json cannot be read.
-    """
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / f'.write_test.{jax.process_index()}'
-        probe.write_text('ok')
-        probe.unlink()
-    except OSError as e:
-        raise PermissionError(
-            f'workdir {str(workdir)!r} cannot be written ({e.strerror}); pass a writable --workdir'
-        ) from e
-    config_path = workdir / CONFIG_FILE
-    new = json.loads(config.to_json_best_effort())
-    delete = False
-    if config_path.exists():
-        try:
-            old = json.loads(config_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f'{config_path} cannot be read ({e}); if the run there is not needed, pass '
-                '--overwrite to delete it, else restore that file'
-            ) from e
-        if _drop_unset(old) != _drop_unset(new):
-            if not overwrite:
-                diff = _config_diff(old, new)
-                raise ValueError(
-                    f'workdir {str(workdir)!r} holds a run of a different config '
-                    f'(differs in: {diff}); use another --workdir, or pass --overwrite to '
-                    'delete that run and start again'
-                )
-            delete = True
-    _sync('prepare_workdir_checked')
-    if jax.process_index() == 0:
-        if delete:
-            names = ('checkpoints', DAMAGED_DIR, 'images', METRICS_FILE, EVAL_FILE)
-            for name in (*names, NONFINITE_FILE, WINDOW_FILE):
-                path = workdir / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
-            for path in workdir.glob('events.out.tfevents.*'):
-                path.unlink()
-        _write_json(config_path, new, sort_keys=True)
-    _sync('prepare_workdir_written')
-
-
-def _drop_unset(tree: dict) -> dict:
-    """The config without None leaves and empty sub-dicts (unset placeholders)."""
-    out = {}
-    for k, v in tree.items():
-        v = _drop_unset(v) if isinstance(v, dict) else v
-        if v is not None and v != {}:
-            out[k] = v
-    return out
-
-
-def _write_json(path: Path, value: Any, **kwargs) -> None:
-    """Writes JSON atomically (a temporary file renamed over `path`): never a partial file."""
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(json.dumps(value, indent=2, default=_json_default, **kwargs))
-    tmp.replace(path)
-
-
-def _config_diff(old: dict, new: dict, prefix: str = '') -> str:
-    keys = sorted(set(old) | set(new))
-    out = []
-    for k in keys:
-        a, b = old.get(k, '<missing>'), new.get(k, '<missing>')
-        if isinstance(a, dict) and isinstance(b, dict):
-            sub = _config_diff(a, b, f'{prefix}{k}.')
-            if sub:
-                out.append(sub)
-        elif a != b:
-            out.append(f'{prefix}{k}: {a!r} -> {b!r}')
-    return ', '.join(out)
-
-
-def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
-    """Orbax manager; a step becomes visible only once fully written (atomic rename)."""
-    # A save writes `<step>.orbax-checkpoint-tmp` and renames it when complete, so a kill at any
-    # moment leaves either the whole step or a tmp directory, which is never listed as a step
-    # and is removed here (cleanup_tmp_directories).
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
-        create=True,
-        enable_async_checkpointing=False,
-        cleanup_tmp_directories=True,
-    )
-    return ocp.CheckpointManager((workdir / 'checkpoints').resolve(), options=options)
-
-
-def state_checksum(state: Any) -> str:
-    """SHA-256 of a pytree's leaves (paths, dtypes, shapes and bytes), as saved in checkpoints.
-
-    Orbax stores the arrays without a checksum (a flipped bit restores silently), so `_save`
-    records this in the step's metadata and `restore_latest` compares it.
-    """
-    digest = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
-        value = np.asarray(jax.device_get(leaf))
-        digest.update(f'{jax.tree_util.keystr(path)}:{value.dtype}:{value.shape}'.encode())
-        digest.update(np.ascontiguousarray(value).tobytes())
-    return digest.hexdigest()
-
-
-def restore_latest(
-    manager: ocp.CheckpointManager, state: steps.TrainState, *, skip_damaged: bool = False
-) -> tuple[steps.TrainState, int | None]:
-    """Restores the newest complete checkpoint into `state`'s structure, if there is one.
-
-    A checkpoint is damaged when Orbax cannot read it or when its contents differ from the
-    checksum recorded at save time (checkpoints saved without one are not verified).
-
-    Args:
-      manager: the run's checkpoint manager.
-      state: a freshly initialised state: the structure, dtypes and shardings to restore into.
-      skip_damaged: move a damaged newest checkpoint to `<workdir>/damaged_checkpoints/` and try
-        the one before it (the user asks for this; it is never done silently).
-
-    Returns:
-      (state, the restored step or None when there is no checkpoint).
-
-    Raises:
-      RuntimeError: the newest checkpoint is damaged and `skip_damaged` is False; the message
-        names the directory, the previous checkpoint and what to do.
-    """
-    while (step := manager.latest_step()) is not None:
-        path = Path(manager.directory) / str(step)
-        try:
-            restored = manager.restore(step, args=ocp.args.StandardRestore(state))
-            expected = (manager.metadata(step).custom_metadata or {}).get('checksum')
-            if expected is not None and state_checksum(restored) != expected:
-                raise ValueError('its contents differ from the checksum recorded when it was saved')
-            return restored, step
-        except Exception as e:  # Orbax raises several types for damaged files.
-            reason = f'{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}'
-            older = [s for s in manager.all_steps() if s < step]
-            previous = f'step {max(older)}' if older else 'none: training would start again'
-            moved = Path(manager.directory).parent / DAMAGED_DIR / str(step)
-            if not skip_damaged:
-                raise RuntimeError(
-                    f'checkpoint {path} could not be restored ({reason}). It is damaged or '
-                    'incomplete (or was written by code with another train state structure). '
-                    f'To resume from the previous checkpoint ({previous}), rerun with '
-                    f'--skip_damaged_checkpoints (moves it to {moved}), or move or delete that '
-                    'directory yourself'
-                ) from e
-        print(
-            f'WARNING: checkpoint {path} is damaged ({reason}); moved to {moved}, trying {previous}'
-        )
-        if jax.process_index() == 0:
-            moved.parent.mkdir(parents=True, exist_ok=True)
-            if moved.exists():
-                shutil.rmtree(moved)
-            shutil.move(str(path), str(moved))
-        _sync('skip_damaged_checkpoint')
-        manager.reload()
-    return state, None
-
-
-def _sync(name: str) -> None:
-    """A barrier across processes (a no-op with one process)."""
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
-
-
-class _MetricsLog:
-    """metrics.jsonl (one JSON object per log step) plus TensorBoard scalars.
-
-    With several processes only process 0 writes; the others hold a log that writes nothing.
-    """
-
-    def __init__(self, workdir: Path, resume_step: int, *, final_step: int | None = None):
-        """Opens the log, keeping the rows that the checkpoint at `resume_step` accounts for.
-
-        Args:
-          workdir: the run directory.
-          resume_step: the step of the checkpoint the run resumes from (0 for a fresh run).
-          final_step: config.num_train_steps; its eval/* row is written after the final
-            checkpoint, so a run resumed at that step drops it and writes it again.
-
-        Raises:
-          RuntimeError: metrics.jsonl has an unreadable line other than a partial last line.
-        """
-        self.path = workdir / METRICS_FILE
-        self.enabled = jax.process_index() == 0
-        if not self.enabled:
-            return
-        rows = []
-        if self.path.exists():
-            # Drop rows written after the checkpoint we resume from (a killed run may have logged
-            # past its last checkpoint); the resumed run writes them again, identically.
-            lines = self.path.read_text().splitlines()
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    if number == len(lines):  # A kill in the middle of writing the last row.
-                        continue
-                    raise RuntimeError(
-                        f'{self.path} line {number} is not JSON ({e}); fix or delete that line'
-                    ) from e
-                step = row['step']
-                final_eval = step == final_step and any(k.startswith('eval/') for k in row)
-                if step <= resume_step and not final_eval:
-                    rows.append(line)
-        self.path.write_text(''.join(r + '\n' for r in rows))
-        import tensorboardX  # Imported here: only the trainer writes event files.
-
-        self.tb = tensorboardX.SummaryWriter(str(workdir))
-
-    def write(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open('a') as f:
-            f.write(json.dumps({'step': step, **metrics}, default=_json_default) + '\n')
-        for k, v in metrics.items():
-            self.tb.add_scalar(k, v, step)
-        self.tb.flush()
-
-    def image(self, tag: str, image: np.ndarray, step: int) -> None:
-        if not self.enabled:
-            return
-        self.tb.add_image(tag, image, step, dataformats='HWC')
-        self.tb.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.tb.close()
 
 
 class StoppedBySignal(KeyboardInterrupt):
@@ -460,7 +208,7 @@ class StoppedBySignal(KeyboardInterrupt):
         self.step = step
 
 
-class _StopSignal:
+class StopSignal:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the chunk and exits."""
 
     def __init__(self):
@@ -486,7 +234,7 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
-def _next_boundary(step: int, config: ml_collections.ConfigDict, stop_at: int | None = None) -> int:
+def next_boundary(step: int, config: ml_collections.ConfigDict, stop_at: int | None = None) -> int:
     """The next step at which something happens (log, eval, checkpoint or the end)."""
     out = config.num_train_steps
     for every in (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps):
@@ -528,17 +276,17 @@ def train_and_evaluate(
     start_time = time.time()
     workdir = Path(workdir)
     run = Run(config)
-    prepare_workdir(workdir, config, overwrite=overwrite)
+    run_files.prepare_workdir(workdir, config, overwrite=overwrite)
 
-    manager = checkpoint_manager(workdir, config.keep_checkpoints)
-    state, restored_step = restore_latest(
+    manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
+    state, restored_step = checkpoints.restore_latest(
         manager, run.create_train_state(), skip_damaged=skip_damaged_checkpoints
     )
     step = int(state.step)
     result = finished_result(workdir, config, step)
     if result is not None:
         return result
-    log = _MetricsLog(workdir, step, final_step=config.num_train_steps)
+    log = run_files.MetricsLog(workdir, step, final_step=config.num_train_steps)
     if restored_step is not None:
         print(f'{workdir}: resuming from checkpoint at step {restored_step}')
 
@@ -549,17 +297,17 @@ def train_and_evaluate(
     perm = jax.device_put(run.permutation_fn(perm_epoch), run.replicated)
     compiled: set[int] = set()  # chunk lengths already compiled: their first call is not timed
 
-    sums, window_start = _restore_window(workdir, step)
+    sums, window_start = run_files.restore_window(workdir, step)
     window_time = time.time()
     timed_steps, train_time = 0, 0.0
     bar = tqdm.tqdm(
         total=config.num_train_steps, initial=step, desc='train', unit='step', mininterval=1.0
     )
     try:
-        with _StopSignal() as stop:
+        with StopSignal() as stop:
             while step < config.num_train_steps:
                 num_steps = min(
-                    config.steps_per_call, _next_boundary(step, config, stop_at_step) - step
+                    config.steps_per_call, next_boundary(step, config, stop_at_step) - step
                 )
                 t0 = time.time()
                 state, perm, perm_epoch, chunk_sums = run.chunk_fn(
@@ -588,22 +336,22 @@ def train_and_evaluate(
                     rate = (step - window_start) / max(time.time() - window_time, 1e-9)
                     # Written even when non-finite: the record of where the run diverged.
                     log.write(step, {**row, 'train/steps_per_sec': rate})
-                    _check_finite(row, window_start, step, manager)
+                    check_finite(row, window_start, step, manager)
                     bar.set_postfix(loss=f'{row["train/loss"]:.3f}', steps_per_s=f'{rate:.0f}')
                     sums, window_start, window_time = {}, step, time.time()
                 if step % config.eval_every_steps == 0 and step < config.num_train_steps:
-                    log.write(step, _scalar_metrics(run.evaluate(state), 'eval'))
+                    log.write(step, scalar_metrics(run.evaluate(state), 'eval'))
                 if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
-                    _save(manager, step, state)
-                signum = _agreed_signal(stop)
+                    checkpoints.save(manager, step, state)
+                signum = agreed_signal(stop)
                 if signum is not None or (step == stop_at_step and step < config.num_train_steps):
                     # Between log steps: check the partial window, and keep its sums so that
                     # the resumed run logs the same row as an uninterrupted one.
                     if sums:
                         row = window_row(sums, step - window_start)
-                        _check_finite(row, window_start, step, manager)
-                    _save(manager, step, state)
-                    _save_window(workdir, step, window_start, sums)
+                        check_finite(row, window_start, step, manager)
+                    checkpoints.save(manager, step, state)
+                    run_files.save_window(workdir, step, window_start, sums)
                     log.close()
                     if signum is not None:
                         raise StoppedBySignal(signum, step)
@@ -628,13 +376,13 @@ def finished_result(
     workdir: Path, config: ml_collections.ConfigDict, step: int
 ) -> dict[str, Any] | None:
     """The eval.json of a run that is finished at `step` (and says so), else None."""
-    eval_path = workdir / EVAL_FILE
+    eval_path = workdir / run_files.EVAL_FILE
     if step >= config.num_train_steps and eval_path.exists():
         result = json.loads(eval_path.read_text())
         if result.get('step') == step:
             print(
                 f'{workdir}: run already finished at step {step}; '
-                f'test ELBO {_format_metric(result.get("elbo"))} (see {eval_path})'
+                f'test ELBO {format_metric(result.get("elbo"))} (see {eval_path})'
             )
             return result
     return None
@@ -644,7 +392,7 @@ def finish_run(
     run: Run,
     state: steps.TrainState,
     step: int,
-    log: _MetricsLog,
+    log: run_files.MetricsLog,
     workdir: Path,
     *,
     train_steps_per_sec: float | None,
@@ -667,7 +415,7 @@ def finish_run(
     config = run.config
     result = run.evaluate(state, return_per_example=True)
     per_example = result.pop('per_example')
-    log.write(step, _scalar_metrics(result, 'eval'))
+    log.write(step, scalar_metrics(result, 'eval'))
     primary = jax.process_index() == 0  # With several processes, process 0 writes the files.
     pictures = {}
     if primary:
@@ -677,7 +425,7 @@ def finish_run(
             workdir / 'images',
             posterior_means=per_example['posterior_mean'],
             labels=run.eval_split()[1],
-            metrics_path=workdir / METRICS_FILE,
+            metrics_path=workdir / run_files.METRICS_FILE,
         )
     for name, image in pictures.items():
         log.image(f'images/{name}', image, step)
@@ -696,48 +444,18 @@ def finish_run(
     }
     if not primary:
         return result
-    _write_json(workdir / EVAL_FILE, result)
+    run_files.write_json(workdir / run_files.EVAL_FILE, result)
     print(
-        f'{workdir}: step {step}, test ELBO {_format_metric(result.get("elbo"))}, '
+        f'{workdir}: step {step}, test ELBO {format_metric(result.get("elbo"))}, '
         f'{result["train_steps_per_sec"] or 0:.1f} steps/s, '
         f'wall time {result["wall_time_sec"]:.1f} s'
     )
     return result
 
 
-def _format_metric(value: float | None) -> str:
+def format_metric(value: float | None) -> str:
     """A metric for the summary line; None (no ELBO for the autoencoder objective) -> 'n/a'."""
     return 'n/a' if value is None else f'{value:.4f}'
-
-
-def _save(manager: ocp.CheckpointManager, step: int, state: steps.TrainState) -> None:
-    """Saves `state` at `step` unless that step is already saved; returns once it is on disk.
-
-    The step's metadata records `state_checksum(state)`, which `restore_latest` verifies.
-
-    Raises:
-      RuntimeError: the state holds NaN or inf; nothing is saved (the last good checkpoint
-        stays the newest) and `<workdir>/nonfinite.json` says which arrays.
-    """
-    if manager.latest_step() == step:
-        return
-    host = jax.device_get(state)
-    bad = [
-        jax.tree_util.keystr(path)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(host)
-        if np.issubdtype(np.asarray(leaf).dtype, np.inexact) and not np.isfinite(leaf).all()
-    ]
-    if bad:
-        raise _nonfinite_error(
-            manager,
-            f'the state to checkpoint at step {step} holds NaN or inf in {", ".join(bad[:4])}',
-            {'step': step, 'nonfinite_arrays': bad},
-        )
-    custom_metadata = {'checksum': state_checksum(host)}
-    manager.save(
-        step, args=ocp.args.StandardSave(state), force=True, custom_metadata=custom_metadata
-    )
-    manager.wait_until_finished()
 
 
 def window_row(sums: dict[str, float], num_steps: int) -> dict[str, float]:
@@ -763,24 +481,7 @@ def window_row(sums: dict[str, float], num_steps: int) -> dict[str, float]:
     return row
 
 
-def _restore_window(workdir: Path, step: int) -> tuple[dict[str, float], int]:
-    """The metric sums and start of the log window that was open at the checkpoint `step`."""
-    path = workdir / WINDOW_FILE
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved['step'] == step:
-            return saved['sums'], saved['window_start']
-    return {}, step
-
-
-def _save_window(workdir: Path, step: int, window_start: int, sums: dict[str, float]) -> None:
-    if sums and jax.process_index() == 0:
-        _write_json(
-            workdir / WINDOW_FILE, {'step': step, 'window_start': window_start, 'sums': sums}
-        )
-
-
-def _agreed_signal(stop: _StopSignal) -> int | None:
+def agreed_signal(stop: StopSignal) -> int | None:
     """The stop signal any process has received, or None: all processes stop at one step."""
     if jax.process_count() == 1:
         return stop.received
@@ -788,30 +489,13 @@ def _agreed_signal(stop: _StopSignal) -> int | None:
     return int(np.max(received)) or None
 
 
-def _nonfinite_error(
-    manager: ocp.CheckpointManager, what: str, record: dict[str, Any]
-) -> RuntimeError:
-    """Writes `<workdir>/nonfinite.json` and returns the error that stops the run."""
-    last = manager.latest_step()
-    workdir = Path(manager.directory).parent
-    where = f'step {last} in {manager.directory}' if last is not None else 'none (none saved)'
-    if jax.process_index() == 0:
-        record = {**record, 'last_checkpoint_step': last, 'checkpoint_dir': str(manager.directory)}
-        _write_json(workdir / NONFINITE_FILE, record)
-    return RuntimeError(
-        f'{what}; training stopped. The last good checkpoint is {where}; what was seen is in '
-        f'{workdir / NONFINITE_FILE}. Lower optim.learning_rate, set optim.grad_clip_norm, check '
-        'the data, or set skip_nonfinite_updates=True to drop such updates'
-    )
-
-
-def _check_finite(row: dict[str, float], start: int, end: int, manager) -> None:
+def check_finite(row: dict[str, float], start: int, end: int, manager) -> None:
     """Raises RuntimeError (and writes nonfinite.json) if a log row holds NaN or inf."""
     bad = [k for k, v in row.items() if not math.isfinite(v)]
     if bad:
         what = f'non-finite {", ".join(bad)} between steps {start} and {end}'
         if row.get('train/skipped', 0) >= end - start:
             what += f' (all {end - start} updates were non-finite and skipped)'
-        raise _nonfinite_error(
+        raise checkpoints.nonfinite_error(
             manager, what, {'steps': [start, end], 'nonfinite': bad, 'metrics': row}
         )

@@ -1,0 +1,221 @@
+"""The files of a run directory, other than checkpoints (vae_jax/checkpoints.py).
+
+    <workdir>/config.json        the run's config (a rerun must match it, or pass --overwrite)
+    <workdir>/metrics.jsonl      one JSON object per log/eval step; TensorBoard events beside it
+    <workdir>/eval.json          the final test evaluation (and `vae_jax.evaluate`'s results)
+    <workdir>/train_window.json  the metric sums of a log window cut short by a stop
+    <workdir>/nonfinite.json     what a run saw when its loss or state became non-finite
+    <workdir>/images/            pictures (vae_jax/pictures.py)
+
+Written by the trainer only (with several processes, by process 0); JSON files are replaced
+atomically, so a kill never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+CONFIG_FILE = 'config.json'
+METRICS_FILE = 'metrics.jsonl'
+EVAL_FILE = 'eval.json'
+# What a run saw when its loss became non-finite (the offending metrics row, steps, checkpoint).
+NONFINITE_FILE = 'nonfinite.json'
+# Metric sums of a log window cut short by a stop between log steps (signal or stop_at_step),
+# so that the resumed run logs the same row as an uninterrupted one.
+WINDOW_FILE = 'train_window.json'
+CHECKPOINT_DIR = 'checkpoints'
+DAMAGED_DIR = 'damaged_checkpoints'
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray | jax.Array):
+        return np.asarray(value).tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f'cannot serialise {type(value).__name__} to JSON')
+
+
+def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwrite: bool) -> None:
+    """Creates the workdir, checks it is writable, and refuses a run of a different config.
+
+    Keys that are unset (None) count as absent, so a config key added to the project later as
+    a placeholder does not make older runs unresumable. With several processes, every process
+    checks and process 0 writes.
+
+    Raises:
+      PermissionError: the workdir cannot be created or written.
+      ValueError: the workdir holds a run of a different config and `overwrite` is False, or its
+        config.json cannot be read.
+    """
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f'.write_test.{jax.process_index()}'
+        probe.write_text('ok')
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(
+            f'workdir {str(workdir)!r} cannot be written ({e.strerror}); pass a writable --workdir'
+        ) from e
+    config_path = workdir / CONFIG_FILE
+    new = json.loads(config.to_json_best_effort())
+    delete = False
+    if config_path.exists():
+        try:
+            old = json.loads(config_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f'{config_path} cannot be read ({e}); if the run there is not needed, pass '
+                '--overwrite to delete it, else restore that file'
+            ) from e
+        if drop_unset(old) != drop_unset(new):
+            if not overwrite:
+                diff = config_diff(old, new)
+                raise ValueError(
+                    f'workdir {str(workdir)!r} holds a run of a different config '
+                    f'(differs in: {diff}); use another --workdir, or pass --overwrite to '
+                    'delete that run and start again'
+                )
+            delete = True
+    sync('prepare_workdir_checked')
+    if jax.process_index() == 0:
+        if delete:
+            names = (CHECKPOINT_DIR, DAMAGED_DIR, 'images', METRICS_FILE, EVAL_FILE)
+            for name in (*names, NONFINITE_FILE, WINDOW_FILE):
+                path = workdir / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+            for path in workdir.glob('events.out.tfevents.*'):
+                path.unlink()
+        write_json(config_path, new, sort_keys=True)
+    sync('prepare_workdir_written')
+
+
+def drop_unset(tree: dict) -> dict:
+    """The config without None leaves and empty sub-dicts (unset placeholders)."""
+    out = {}
+    for k, v in tree.items():
+        v = drop_unset(v) if isinstance(v, dict) else v
+        if v is not None and v != {}:
+            out[k] = v
+    return out
+
+
+def write_json(path: Path, value: Any, **kwargs) -> None:
+    """Writes JSON atomically (a temporary file renamed over `path`): never a partial file."""
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(json.dumps(value, indent=2, default=json_default, **kwargs))
+    tmp.replace(path)
+
+
+def config_diff(old: dict, new: dict, prefix: str = '') -> str:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for k in keys:
+        a, b = old.get(k, '<missing>'), new.get(k, '<missing>')
+        if isinstance(a, dict) and isinstance(b, dict):
+            sub = config_diff(a, b, f'{prefix}{k}.')
+            if sub:
+                out.append(sub)
+        elif a != b:
+            out.append(f'{prefix}{k}: {a!r} -> {b!r}')
+    return ', '.join(out)
+
+
+def sync(name: str) -> None:
+    """A barrier across processes (a no-op with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per log step) plus TensorBoard scalars.
+
+    With several processes only process 0 writes; the others hold a log that writes nothing.
+    """
+
+    def __init__(self, workdir: Path, resume_step: int, *, final_step: int | None = None):
+        """Opens the log, keeping the rows that the checkpoint at `resume_step` accounts for.
+
+        Args:
+          workdir: the run directory.
+          resume_step: the step of the checkpoint the run resumes from (0 for a fresh run).
+          final_step: config.num_train_steps; its eval/* row is written after the final
+            checkpoint, so a run resumed at that step drops it and writes it again.
+
+        Raises:
+          RuntimeError: metrics.jsonl has an unreadable line other than a partial last line.
+        """
+        self.path = workdir / METRICS_FILE
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        rows = []
+        if self.path.exists():
+            # Drop rows written after the checkpoint we resume from (a killed run may have logged
+            # past its last checkpoint); the resumed run writes them again, identically.
+            lines = self.path.read_text().splitlines()
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    if number == len(lines):  # A kill in the middle of writing the last row.
+                        continue
+                    raise RuntimeError(
+                        f'{self.path} line {number} is not JSON ({e}); fix or delete that line'
+                    ) from e
+                step = row['step']
+                final_eval = step == final_step and any(k.startswith('eval/') for k in row)
+                if step <= resume_step and not final_eval:
+                    rows.append(line)
+        self.path.write_text(''.join(r + '\n' for r in rows))
+        import tensorboardX  # Imported here: only the trainer writes event files.
+
+        self.tb = tensorboardX.SummaryWriter(str(workdir))
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open('a') as f:
+            f.write(json.dumps({'step': step, **metrics}, default=json_default) + '\n')
+        for k, v in metrics.items():
+            self.tb.add_scalar(k, v, step)
+        self.tb.flush()
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        if not self.enabled:
+            return
+        self.tb.add_image(tag, image, step, dataformats='HWC')
+        self.tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+
+
+def restore_window(workdir: Path, step: int) -> tuple[dict[str, float], int]:
+    """The metric sums and start of the log window that was open at the checkpoint `step`."""
+    path = workdir / WINDOW_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved['step'] == step:
+            return saved['sums'], saved['window_start']
+    return {}, step
+
+
+def save_window(workdir: Path, step: int, window_start: int, sums: dict[str, float]) -> None:
+    if sums and jax.process_index() == 0:
+        write_json(
+            workdir / WINDOW_FILE, {'step': step, 'window_start': window_start, 'sums': sums}
+        )
