@@ -82,6 +82,12 @@ class EvaluateDigitsTest(absltest.TestCase):
         with self.assertRaisesRegex(FileNotFoundError, 'no checkpoint in .*checkpoints'):
             evaluate.evaluate(empty, progress=False)
 
+    def test_importable_beside_the_train_command(self):
+        # Both CLIs have --workdir; only a module run as a program may define its flags.
+        from vae_jax import train
+
+        self.assertTrue(callable(train.main) and callable(evaluate.main))
+
     def test_command_line_prints_the_protocol(self):
         out = subprocess.run(
             [sys.executable, '-m', 'vae_jax.evaluate', f'--workdir={self.workdir}',

@@ -25,25 +25,7 @@ from absl import app, flags
 from vae_jax import checkpoints, evaluation, run_files, steps, trainer
 from vae_jax import pictures as vae_pictures
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (config.json, checkpoints/).')
-_K_SAMPLES = flags.DEFINE_integer(
-    'k_samples', 5000, 'Importance samples for the NLL (Burda et al. 2016 use 5000); 0 skips it.'
-)
-_SPLIT = flags.DEFINE_enum('split', 'test', ['test', 'train'], 'Which split to evaluate.')
-_MAX_EXAMPLES = flags.DEFINE_integer(
-    'max_examples', None, 'Evaluate only the first N examples of the split.'
-)
-_CHUNK_SIZE = flags.DEFINE_integer(
-    'chunk_size', evaluation.CHUNK_SIZE, 'Importance samples per scan step (memory, not values).'
-)
-_BATCH_SIZE = flags.DEFINE_integer(
-    'batch_size', evaluation.BATCH_SIZE, 'Examples per jitted call (memory, not values).'
-)
-_SEED = flags.DEFINE_integer(
-    'seed', None, "Evaluation seed; default: the run's own eval key (derived from config.seed)."
-)
-_OUTPUT = flags.DEFINE_string('output', 'eval.json', 'File in --workdir to write the results to.')
-_PICTURES = flags.DEFINE_bool('pictures', True, 'Write pictures into <workdir>/images.')
+FLAGS = flags.FLAGS
 
 
 def load_config(workdir: Path) -> ml_collections.ConfigDict:
@@ -185,24 +167,51 @@ def format_table(result: dict[str, Any]) -> str:
     return '\n'.join(lines)
 
 
+def define_flags() -> None:
+    """Defines the command-line flags (only when run as a program, so that importing this module
+    next to vae_jax.train, which also has --workdir, does not define a flag twice)."""
+    flags.DEFINE_string('workdir', None, 'Run directory (config.json, checkpoints/).')
+    flags.DEFINE_integer(
+        'k_samples',
+        5000,
+        'Importance samples for the NLL (Burda et al. 2016 use 5000); 0 skips it.',
+    )
+    flags.DEFINE_enum('split', 'test', ['test', 'train'], 'Which split to evaluate.')
+    flags.DEFINE_integer('max_examples', None, 'Evaluate only the first N examples of the split.')
+    flags.DEFINE_integer(
+        'chunk_size',
+        evaluation.CHUNK_SIZE,
+        'Importance samples per scan step (memory, not values).',
+    )
+    flags.DEFINE_integer(
+        'batch_size', evaluation.BATCH_SIZE, 'Examples per jitted call (memory, not values).'
+    )
+    flags.DEFINE_integer(
+        'seed', None, "Evaluation seed; default: the run's own eval key (derived from config.seed)."
+    )
+    flags.DEFINE_string('output', 'eval.json', 'File in --workdir to write the results to.')
+    flags.DEFINE_bool('pictures', True, 'Write pictures into <workdir>/images.')
+    flags.mark_flag_as_required('workdir')
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     result = evaluate(
-        _WORKDIR.value,
-        k_samples=_K_SAMPLES.value,
-        split=_SPLIT.value,
-        max_examples=_MAX_EXAMPLES.value,
-        chunk_size=_CHUNK_SIZE.value,
-        batch_size=_BATCH_SIZE.value,
-        seed=_SEED.value,
-        output=_OUTPUT.value,
-        pictures=_PICTURES.value,
+        FLAGS.workdir,
+        k_samples=FLAGS.k_samples,
+        split=FLAGS.split,
+        max_examples=FLAGS.max_examples,
+        chunk_size=FLAGS.chunk_size,
+        batch_size=FLAGS.batch_size,
+        seed=FLAGS.seed,
+        output=FLAGS.output,
+        pictures=FLAGS.pictures,
     )
     print(format_table(result))
-    print(f'wrote {Path(_WORKDIR.value) / _OUTPUT.value}')
+    print(f'wrote {Path(FLAGS.workdir) / FLAGS.output}')
 
 
 if __name__ == '__main__':
-    flags.mark_flag_as_required('workdir')
+    define_flags()
     app.run(main)
