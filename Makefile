@@ -33,7 +33,12 @@ format: $(TEST_STAMP)
 test: lint
 	$(BIN)/python -m pytest -n 2 tests
 
+# torch is a benchmark-only dependency (the PyTorch reference), not in pyproject. The +cpu pin
+# can only resolve to the CPU build (never CUDA): here from the local wheel; elsewhere run
+# `make bench TORCH_PIP_ARGS='--index-url https://download.pytorch.org/whl/cpu'`.
+TORCH_PIP_ARGS ?=
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'torch==2.13.0+cpu' $(TORCH_PIP_ARGS)
 	$(BIN)/python -m benchmarks.run
 
 clean:

@@ -1,174 +1,221 @@
-"""Wall time and peak memory of the importance-sampled test NLL (Burda et al. 2016 protocol).
+"""E1: wall time and peak memory of the k = 5000 importance-sampled test NLL (Burda et al. 2016).
 
-The IWAE-paper MLP (784-200-200-50, tanh; plain matmuls with random-init parameters, since the
-cost does not depend on the values) with the project's diagonal posterior and Bernoulli
-likelihood, on MNIST-shaped binary data, k = 5000 importance samples, through
-`evaluation.evaluate_dataset`. Peak memory is the process's maximum resident set size (the same
-number `/usr/bin/time -v` reports); on GPU also the device's peak bytes in use.
+`--impl jax` runs `vae_jax.evaluation.evaluate_dataset`, the library's evaluation, with the W1
+model (the IWAE-paper MLP 784-200-200-50 tanh, diagonal posterior, Bernoulli likelihood, built by
+`trainer.Run` from the W1 config; random-init parameters, since the cost does not depend on their
+values) on random binary MNIST-shaped test images. `--impl jax_unchunked` times a straightforward
+unchunked JAX version (all k log-weights of an example at once, vmapped over the batch) for the
+memory comparison. `--impl torch` is a straightforward PyTorch loop over the same computation
+(batches of examples, chunks of importance samples, a running log-sum-exp, `torch.no_grad`).
+Run each in its own process (`benchmarks/run.py` does), so the peak resident set size (VmHWM,
+the number `/usr/bin/time -v` reports) is the evaluation's own.
 
-    python benchmarks/eval_nll_benchmark.py --num_examples 10000 --k 5000
-    python benchmarks/eval_nll_benchmark.py --num_examples 200 --chunk_size 100 --batch_size 50
-
-`--reference` instead times a straightforward unchunked implementation (all k weights of an
-example at once, vmapped over the batch) on the same data, for comparison.
+    python -m benchmarks.eval_nll_benchmark --impl jax --num_examples 10000 --k 5000
+    python -m benchmarks.eval_nll_benchmark --impl jax --num_examples 200 --chunk_size 100
+    python -m benchmarks.eval_nll_benchmark --impl torch --num_examples 200 --threads 2
 
 Prints one JSON object.
 
-Measured (2-core XLA:CPU VM, jax 0.10.2, shared with other jobs: load average ~12, so compare
-CPU seconds; the job got 28% of the machine):
-- 10 000 examples, k = 5000, chunk_size 500, batch_size 20 (the defaults): 854 CPU-s (about
-  0.085 CPU-s per example; 50 min wall under that load, ~7 min wall expected with both cores
-  free), peak RSS 594 MiB (608 MiB by /usr/bin/time -v) of which 410 MiB is the process before
-  evaluation (JAX, the data).
-- chunk_size x batch_size in {50..2500} x {20..200} (200 examples): 16.6-19.1 CPU-s, flat up
-  to ~25 000 samples per scan step and ~10% slower at 50 000; peak RSS grows with the product:
-  ~490 MiB at 2 000-5 000, ~550 MiB at 10 000, ~910 MiB at 50 000.
-- Reference (unchunked, batch_size 20, 100 examples): the same CPU time, peak RSS 1 319 MiB
-  against 541 MiB, and it grows linearly with k.
+Measured earlier (2-core VM shared with other jobs, so CPU seconds): the library's defaults
+(chunk_size 500, batch_size 20) take about 0.085 CPU-s per example and ~600 MiB peak RSS, of
+which ~400 MiB is the process before evaluation; speed is flat over chunk_size x batch_size from
+2,000 to 25,000 samples per scan step while memory grows with it (~910 MiB at 50,000). The
+unchunked version takes the same CPU time but its memory grows linearly with k (1.3 GiB at
+k = 5000, batch 20). Most of the time goes to the per-pixel Bernoulli log-likelihood reduction,
+which XLA:CPU hands to YNNPACK; with `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=` the
+same evaluation ran about 2x faster (see benchmarks/results.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import distributions, evaluation
-
-LATENT, HIDDEN, PIXELS = 50, 200, 784
+from benchmarks import workloads
 
 
-def init_mlp(key, sizes):
-    keys = jax.random.split(key, len(sizes) - 1)
-    return [
-        (jax.random.normal(k, (m, n), jnp.float32) / np.sqrt(m), jnp.zeros((n,), jnp.float32))
-        for k, m, n in zip(keys, sizes[:-1], sizes[1:], strict=True)
-    ]
+def _peak_rss_mb() -> float:
+    """This process's peak resident set size, MiB.
+
+    /proc's VmHWM, which starts afresh at exec; `ru_maxrss` does not (a child started by a
+    large parent would report the parent's peak).
+    """
+    try:
+        for line in open('/proc/self/status').read().splitlines():
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def mlp(layers, h):
-    for i, (w, b) in enumerate(layers):
-        h = h @ w + b
-        if i < len(layers) - 1:
-            h = jnp.tanh(h)
-    return h
-
-
-def make_bind_fn():
-    def bind_fn(variables, y):
-        del y
-
-        def encode(x):
-            params = mlp(variables['encoder'], x.reshape(PIXELS))
-            return distributions.make_posterior('diagonal', params)
-
-        def decode(z):
-            logits = mlp(variables['decoder'], z).reshape(z.shape[:-1] + (28, 28, 1))
-            return distributions.make_likelihood('bernoulli', logits, event_ndims=3)
-
-        return encode, decode
-
-    return bind_fn
-
-
-def cpu_seconds() -> float:
+def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def _w1_run():
+    from vae_jax import trainer
+
+    with workloads.random_data():
+        return trainer.Run(workloads.get_config('W1'))
 
 
-def main(argv):
-    parser = argparse.ArgumentParser()
-    parser.add_argument('--num_examples', type=int, default=10_000)
-    parser.add_argument('--k', type=int, default=5000)
-    parser.add_argument('--chunk_size', type=int, default=evaluation.CHUNK_SIZE)
-    parser.add_argument('--batch_size', type=int, default=evaluation.BATCH_SIZE)
-    parser.add_argument('--reference', action='store_true')
-    args = parser.parse_args(argv)
+def run_jax(num_examples: int, k: int, chunk_size: int | None, batch_size: int | None) -> dict:
+    import jax
 
-    enc_key, dec_key, data_key = jax.random.split(jax.random.key(0), 3)
-    variables = {
-        'encoder': init_mlp(enc_key, (PIXELS, HIDDEN, HIDDEN, 2 * LATENT)),
-        'decoder': init_mlp(dec_key, (LATENT, HIDDEN, HIDDEN, PIXELS)),
-    }
-    rng = np.random.default_rng(0)
-    images = (rng.random((args.num_examples, 28, 28, 1)) < 0.13).astype(np.float32)
-    labels = np.zeros((args.num_examples,), np.int32)
-    bind_fn = make_bind_fn()
-    rss_before = peak_rss_mb()
+    from vae_jax import evaluation
 
-    marks = []  # (examples done, time) after each batch
-    cpu0 = cpu_seconds()
-    t0 = time.perf_counter()
-    if args.reference:
-        fn = jax.jit(
-            jax.vmap(
-                lambda key, x: (
-                    jax.nn.logsumexp(
-                        evaluation.log_importance_weights(
-                            key, x, *bind_fn(variables, None), k_samples=args.k
-                        )
-                    )
-                    - jnp.log(float(args.k))
-                ),
-                in_axes=(0, 0),
-            )
-        )
-        out = []
-        for start in range(0, args.num_examples, args.batch_size):
-            x = images[start : start + args.batch_size]
-            keys = jax.vmap(jax.random.fold_in, (None, 0))(data_key, jnp.arange(x.shape[0]))
-            out.append(np.asarray(fn(keys, jnp.asarray(x))))
-        nll = -float(np.mean(np.concatenate(out)))
-    else:
-        result = evaluation.evaluate_dataset(
-            data_key,
-            images,
-            labels,
-            bind_fn,
-            variables,
-            k_list=(),
-            nll_k=args.k,
-            chunk_size=args.chunk_size,
-            batch_size=args.batch_size,
-            progress=lambda done, total: marks.append((done, time.perf_counter())),
-        )
-        nll = result['nll']
+    run = _w1_run()
+    variables = run.variables(run.create_train_state())
+    images = run.test_data['image'][:num_examples]
+    labels = run.test_data['label'][:num_examples]
+    chunk_size = chunk_size or evaluation.CHUNK_SIZE
+    batch_size = batch_size or evaluation.BATCH_SIZE
+    rss_before = _peak_rss_mb()
+    marks = []
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+    result = evaluation.evaluate_dataset(
+        run.eval_key,
+        images,
+        labels,
+        run.bind_fn,
+        variables,
+        k_list=(),
+        nll_k=k,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        dynamic_binarize=False,
+        progress=lambda done, total: marks.append((done, time.perf_counter())),
+    )
     wall = time.perf_counter() - t0
-    cpu = cpu_seconds() - cpu0
-
     report = {
-        'implementation': 'reference_unchunked' if args.reference else 'evaluate_dataset',
+        'impl': 'jax',
         'device': str(jax.devices()[0]),
-        'num_examples': args.num_examples,
-        'k': args.k,
-        'chunk_size': None if args.reference else args.chunk_size,
-        'batch_size': args.batch_size,
-        'wall_s': round(wall, 2),
-        'examples_per_s': round(args.num_examples / wall, 2),
-        # CPU seconds of this process: less sensitive than wall time to other jobs on the host.
-        'cpu_s': round(cpu, 2),
-        'peak_rss_mb': round(peak_rss_mb(), 1),
-        'peak_rss_before_eval_mb': round(rss_before, 1),
-        'nll': nll,
+        'chunk_size': chunk_size,
+        'batch_size': batch_size,
+        'wall_s': wall,
+        'cpu_s': _cpu_s() - cpu0,
+        'peak_rss_mb': _peak_rss_mb(),
+        'peak_rss_before_eval_mb': rss_before,
+        'nll': result['nll'],
     }
-    if len(marks) > 1:  # Throughput after the first batch (which includes compilation).
+    if len(marks) > 1:  # after the first batch, which includes compilation
         (done0, t_first), (done1, t_last) = marks[0], marks[-1]
-        report['first_batch_s'] = round(t_first - t0, 2)
-        report['steady_examples_per_s'] = round((done1 - done0) / (t_last - t_first), 2)
+        report['first_batch_s'] = t_first - t0
+        report['steady_examples_per_s'] = (done1 - done0) / (t_last - t_first)
     stats = jax.devices()[0].memory_stats()
-    if stats and 'peak_bytes_in_use' in stats:
-        report['device_peak_mb'] = round(stats['peak_bytes_in_use'] / 2**20, 1)
-    print(json.dumps(report))
+    if stats and 'peak_bytes_in_use' in stats:  # accelerators
+        report['device_peak_mb'] = stats['peak_bytes_in_use'] / 2**20
+    return report
+
+
+def run_jax_unchunked(num_examples: int, k: int, batch_size: int | None) -> dict:
+    """All k log-weights of an example at once (memory O(batch_size * k)), vmapped."""
+    import jax
+    import jax.numpy as jnp
+
+    from vae_jax import evaluation
+
+    run = _w1_run()
+    variables = run.variables(run.create_train_state())
+    images = run.test_data['image'][:num_examples]
+    batch_size = batch_size or evaluation.BATCH_SIZE
+
+    def log_px(key, x):
+        encode, decode = run.bind_fn(variables, None)
+        log_w = evaluation.log_importance_weights(key, x, encode, decode, k_samples=k)
+        return jax.nn.logsumexp(log_w) - jnp.log(float(k))
+
+    fn = jax.jit(jax.vmap(log_px))
+    rss_before = _peak_rss_mb()
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+    out = []
+    for start in range(0, num_examples, batch_size):
+        x = jnp.asarray(images[start : start + batch_size])
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(run.eval_key, start + jnp.arange(len(x)))
+        out.append(np.asarray(fn(keys, x)))
+    return {
+        'impl': 'jax_unchunked',
+        'batch_size': batch_size,
+        'wall_s': time.perf_counter() - t0,
+        'cpu_s': _cpu_s() - cpu0,
+        'peak_rss_mb': _peak_rss_mb(),
+        'peak_rss_before_eval_mb': rss_before,
+        'nll': -float(np.mean(np.concatenate(out))),
+    }
+
+
+def run_torch(num_examples: int, k: int, threads: int, batch_size=20, chunk_size=500) -> dict:
+    import torch
+
+    from benchmarks import torch_reference
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = torch_reference.DenseVAE().eval()
+    images = torch.from_numpy(workloads.random_images(workloads.NUM_TEST, 1)[:num_examples])
+    rss_before = _peak_rss_mb()
+    log_likelihoods = []
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+    first_batch = None
+    with torch.no_grad():
+        for start in range(0, num_examples, batch_size):
+            x = images[start : start + batch_size]  # [B, 28, 28, 1]
+            params = model.encoder(x)
+            loc, scale = params[:, :50], torch.exp(params[:, 50:])
+            total = torch.full((x.shape[0],), -math.inf)
+            for chunk_start in range(0, k, chunk_size):
+                c = min(chunk_size, k - chunk_start)
+                z = loc + scale * torch.randn((c, *loc.shape))  # [C, B, D]
+                log_px = torch_reference.bernoulli_log_prob(model.decode(z), x)
+                log_pz = (-0.5 * z**2 - 0.5 * torch_reference.LOG_2PI).sum(-1)
+                log_qz = torch_reference.normal_log_prob(z, loc, scale)
+                total = torch.logaddexp(total, torch.logsumexp(log_px + log_pz - log_qz, 0))
+            log_likelihoods.append(total - math.log(k))
+            if first_batch is None:
+                first_batch = (x.shape[0], time.perf_counter())
+    t_end = time.perf_counter()
+    report = {
+        'impl': 'torch',
+        'threads': threads,
+        'chunk_size': chunk_size,
+        'batch_size': batch_size,
+        'wall_s': t_end - t0,
+        'cpu_s': _cpu_s() - cpu0,
+        'peak_rss_mb': _peak_rss_mb(),
+        'peak_rss_before_eval_mb': rss_before,
+        'nll': -float(torch.cat(log_likelihoods).mean()),
+    }
+    if num_examples > first_batch[0]:
+        report['steady_examples_per_s'] = (num_examples - first_batch[0]) / (t_end - first_batch[1])
+    return report
+
+
+def main(argv) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--impl', choices=('jax', 'jax_unchunked', 'torch'), default='jax')
+    parser.add_argument('--num_examples', type=int, default=workloads.NUM_TEST)
+    parser.add_argument('--k', type=int, default=5000)
+    parser.add_argument('--chunk_size', type=int, default=None, help='jax: default the library')
+    parser.add_argument('--batch_size', type=int, default=None, help='jax: default the library')
+    parser.add_argument('--threads', type=int, default=2, help='torch intra-op threads')
+    args = parser.parse_args(argv)
+    if args.impl == 'jax':
+        report = run_jax(args.num_examples, args.k, args.chunk_size, args.batch_size)
+    elif args.impl == 'jax_unchunked':
+        report = run_jax_unchunked(args.num_examples, args.k, args.batch_size)
+    else:
+        report = run_torch(args.num_examples, args.k, args.threads)
+    report = {'workload': 'E1', 'num_examples': args.num_examples, 'k': args.k, **report}
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in report.items()}))
+    return report
 
 
 if __name__ == '__main__':
