@@ -21,9 +21,10 @@ Measured earlier (2-core VM shared with other jobs, so CPU seconds): the library
 which ~400 MiB is the process before evaluation; speed is flat over chunk_size x batch_size from
 2,000 to 25,000 samples per scan step while memory grows with it (~910 MiB at 50,000). The
 unchunked version takes the same CPU time but its memory grows linearly with k (1.3 GiB at
-k = 5000, batch 20). Most of the time goes to the per-pixel Bernoulli log-likelihood reduction,
-which XLA:CPU hands to YNNPACK; with `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=` the
-same evaluation ran about 2x faster (see benchmarks/results.md).
+k = 5000, batch 20). These figures predate `steps.compiler_options()`: most of the time went to
+the per-pixel Bernoulli log-likelihood reduction, which XLA:CPU handed to YNNPACK; with those
+fusions off, as evaluation now compiles, the same evaluation runs about 2x faster
+(benchmarks/results.md).
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ What is timed:
   (device-resident data, `steps_per_call` steps per call, donated state, one `device_get` of the
   metric sums per call), with the workload config's own `loop` / `steps_per_call`.
 - torch: `benchmarks/torch_reference.py`, eager and (unless --no-torch_compile) `torch.compile`.
-- W3 also (unless --no-ynn_off) "jax, YNNPACK off": the same trainer function compiled with
-  `compiler_options={'xla_cpu_experimental_ynn_fusion_type': ''}` (XLA:CPU's own emitters for
-  convolutions and reductions instead of its YNNPACK library fusions), a candidate fix.
+- W3 also (unless --no-ynn_on) "jax, YNNPACK on": the same trainer function compiled with XLA's
+  default options. vae_jax itself compiles with `steps.compiler_options()` (on XLA:CPU, YNNPACK
+  library fusions off: XLA's own emitters for convolutions and reductions), so this row shows
+  what that choice is worth.
 A round is `--steps` optimizer steps. Every implementation first runs one untimed round
 (compilation, warm-up); then the timed rounds of all implementations are interleaved, in a
 rotating order, so machine load falls on all alike. Medians over rounds; s/epoch is the median
@@ -53,7 +54,6 @@ from benchmarks import workloads
 GEMM_SIZE = 2048
 DEFAULT_STEPS = {'W1': 200, 'W2': 20, 'W3': 24}
 STEPS_PER_EPOCH = workloads.NUM_TRAIN // workloads.BATCH_SIZE  # 468
-YNN_OFF = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
 def _cpu_s() -> float:
@@ -83,8 +83,8 @@ def _median_time(fn, repeats: int) -> float:
 class JaxTrainer:
     """vae_jax's own training path: `trainer.Run(config).chunk_fn`, called like the trainer.
 
-    With `compiler_options`, the same function (`chunk_fn`'s wrapped function, with its static
-    and donated arguments) is jitted again with those XLA options.
+    With `xla_default`, the same function (`chunk_fn`'s wrapped function, with its static and
+    donated arguments) is jitted again without vae_jax's `steps.compiler_options()`.
     """
 
     def __init__(
@@ -93,7 +93,7 @@ class JaxTrainer:
         *,
         loop: str | None = None,
         steps_per_call: int | None = None,
-        compiler_options: dict | None = None,
+        xla_default: bool = False,
     ):
         import jax
         import jax.numpy as jnp
@@ -106,17 +106,14 @@ class JaxTrainer:
             run = trainer.Run(config)
         self.run = run
         self.chunk_fn = run.chunk_fn
-        if compiler_options is not None:
+        if xla_default:
             self.chunk_fn = jax.jit(
-                run.chunk_fn.__wrapped__,
-                static_argnames=('num_steps',),
-                donate_argnums=(0, 1),
-                compiler_options=compiler_options,
+                run.chunk_fn.__wrapped__, static_argnames=('num_steps',), donate_argnums=(0, 1)
             )
         self.steps_per_call = config.steps_per_call
         self.name = f'jax ({config.loop}, {config.steps_per_call} steps/call)'
-        if compiler_options is not None:
-            self.name += ', YNNPACK off'
+        if xla_default:
+            self.name += ', YNNPACK on (XLA default)'
         self.state = run.create_train_state()
         self.train_images = jax.device_put(run.train_data['image'], run.replicated)
         self.train_labels = jax.device_put(run.train_data['label'], run.replicated)
@@ -232,8 +229,8 @@ def time_rounds(impls: dict, num_steps: int, repeats: int) -> dict:
 def bench_workload(name: str, args, peak_gflops: float, rows: list) -> None:
     steps = args.steps.get(name, DEFAULT_STEPS[name])
     impls = {'jax': JaxTrainer(name)}
-    if name == 'W3' and args.ynn_off:
-        impls['jax_ynn_off'] = JaxTrainer(name, compiler_options=YNN_OFF)
+    if name == 'W3' and args.ynn_on:
+        impls['jax_ynn_on'] = JaxTrainer(name, xla_default=True)
     impls['torch_eager'] = TorchTrainer(name, compile=False, threads=args.threads)
     if args.torch_compile:
         try:
@@ -283,9 +280,6 @@ def bench_workload(name: str, args, peak_gflops: float, rows: list) -> None:
 def bench_e1(args, rows: list) -> None:
     """E1 in child processes: jax over --e1_examples, the torch loop over --e1_torch_examples."""
     runs = [('jax', args.e1_examples, {})]
-    if args.ynn_off and args.e1_ynn_off_examples:
-        flags = os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_experimental_ynn_fusion_type='
-        runs.append(('jax', args.e1_ynn_off_examples, {'XLA_FLAGS': flags.strip()}))
     if args.e1_torch_examples:
         runs.append(('torch', args.e1_torch_examples, {}))
     for impl, n, env in runs:
@@ -301,8 +295,6 @@ def bench_e1(args, rows: list) -> None:
         row = json.loads(lines[-1])
         prefix = ' '.join(f'{k}="{v}"' for k, v in env.items())
         row['command'] = ' '.join(filter(None, [prefix, 'python', *cmd[1:]]))
-        if env:
-            row['impl'] += ', YNNPACK off'
         _emit(row, rows)
 
 
@@ -398,13 +390,12 @@ def main(argv=None) -> None:
     parser.add_argument('--threads', type=int, default=2, help='CPUs and torch threads')
     parser.add_argument('--torch_compile', action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
-        '--ynn_off',
+        '--ynn_on',
         action=argparse.BooleanOptionalAction,
         default=True,
-        help='also time W3 and part of E1 with XLA:CPU YNNPACK fusions off',
+        help="also time W3 with XLA:CPU's default (YNNPACK) fusions",
     )
     parser.add_argument('--e1_examples', type=int, default=workloads.NUM_TEST)
-    parser.add_argument('--e1_ynn_off_examples', type=int, default=500)
     parser.add_argument('--e1_torch_examples', type=int, default=200)
     parser.add_argument('--e1_k', type=int, default=5000)
     parser.add_argument('--out', default=str(Path(__file__).with_name('results.md')))

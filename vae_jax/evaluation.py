@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import distributions, losses
+from vae_jax import distributions, losses, steps
 
 Array = jax.Array
 
@@ -217,10 +217,6 @@ def _is_gaussian(q: distrax.Distribution) -> bool:
     return isinstance(q, distrax.MultivariateNormalFromBijector)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=('bind', 'k_list', 'nll_k', 'chunk_size', 'dynamic_binarize', 'has_labels'),
-)
 def _evaluate_batch(
     variables: Any,
     key: Array,
@@ -316,7 +312,7 @@ def evaluate_dataset(
             f'{chunk_size}, {tuple(k_list)}, {nll_k}'
         )
     batch_fn = functools.partial(
-        _evaluate_batch,
+        _jitted_evaluate_batch(),
         bind=bind,
         k_list=tuple(int(k) for k in k_list),
         nll_k=int(nll_k),
@@ -347,6 +343,16 @@ def evaluate_dataset(
     if return_per_example:
         summary['per_example'] = per_example
     return summary
+
+
+@functools.cache
+def _jitted_evaluate_batch() -> Callable[..., Any]:
+    """`_evaluate_batch`, jitted (built on first use, after the backend is set up)."""
+    return jax.jit(
+        _evaluate_batch,
+        static_argnames=('bind', 'k_list', 'nll_k', 'chunk_size', 'dynamic_binarize', 'has_labels'),
+        compiler_options=steps.compiler_options(),
+    )
 
 
 def _fetch(out, start, batch_size, n, progress) -> dict[str, np.ndarray]:

@@ -119,17 +119,17 @@ def _state_axes(state: steps.TrainState) -> steps.TrainState:
 
 
 def make_chunk_fn(run: trainer.Run) -> Callable[..., Any]:
-    """The trainer's chunk (`run.chunk_fn`) vmapped over the model axis and jitted.
+    """The trainer's chunk (`run.chunk_body`) vmapped over the model axis and jitted.
 
-    `run.chunk_fn` is `steps.train_chunk` with the run's static settings, jitted; a jit inside
-    this jit is inlined, so the program is that of a vmapped `steps.train_chunk` and a separate
-    run and a sweep cannot drift apart in how they call it. One compile per `num_steps`.
+    `run.chunk_body` is `steps.train_chunk` with the run's static settings, the function that
+    `run.chunk_fn` jits for a separate run, so a separate run and a sweep cannot drift apart in
+    how they call it. Compiled with the same XLA options. One compile per `num_steps`.
 
     The returned function takes (state [stacked], perm [N, num_examples], perm_epoch [],
     train_images, train_labels, loop_keys [N], data_keys [N], betas [N], *, num_steps) and
     returns (state, perm, perm_epoch, metric sums: dict of [N]).
     """
-    chunk = run.chunk_fn
+    chunk = run.chunk_body
 
     def vmapped(state, perm, perm_epoch, images, labels, loop_keys, data_keys, betas, *, num_steps):
         axes = _state_axes(state)
@@ -139,7 +139,12 @@ def make_chunk_fn(run: trainer.Run) -> Callable[..., Any]:
             out_axes=(axes, 0, None, 0),
         )(state, perm, perm_epoch, images, labels, loop_keys, data_keys, betas)
 
-    return jax.jit(vmapped, static_argnames=('num_steps',), donate_argnums=(0, 1))
+    return jax.jit(
+        vmapped,
+        static_argnames=('num_steps',),
+        donate_argnums=(0, 1),
+        compiler_options=steps.compiler_options(),
+    )
 
 
 def stack_states(states: list[steps.TrainState]) -> steps.TrainState:

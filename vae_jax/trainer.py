@@ -112,17 +112,26 @@ class Run:
         # other hosts' devices, but every process holds the same host values.
         return jax.device_put(jax.device_get(state), self.replicated)
 
-    @functools.cached_property
-    def chunk_fn(self) -> Callable[..., Any]:
-        """The jitted multi-step call; one compile per distinct `num_steps`."""
-        fn = functools.partial(
+    @property
+    def chunk_body(self) -> Callable[..., Any]:
+        """`steps.train_chunk` with this run's static settings, not jitted (the sweep vmaps it)."""
+        return functools.partial(
             steps.train_chunk,
             batch_size=self.config.input.batch_size,
             loop=self.config.loop,
             static=self.static,
             batch_sharding=self.batch_sharding,
         )
-        return jax.jit(fn, static_argnames=('num_steps',), donate_argnums=(0, 1))
+
+    @functools.cached_property
+    def chunk_fn(self) -> Callable[..., Any]:
+        """The jitted multi-step call; one compile per distinct `num_steps`."""
+        return jax.jit(
+            self.chunk_body,
+            static_argnames=('num_steps',),
+            donate_argnums=(0, 1),
+            compiler_options=steps.compiler_options(),
+        )
 
     @functools.cached_property
     def permutation_fn(self) -> Callable[[jax.Array], jax.Array]:
