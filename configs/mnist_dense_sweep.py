@@ -24,7 +24,7 @@ Expected (10 epochs, seed 0; test NLL in nats): beta 0.125 / 0.25 / 0.5 / 1 / 2 
 
 import ml_collections
 
-from configs import default
+from configs import default, iwae_mnist
 
 STEPS_PER_EPOCH = 60_000 // 100
 NUM_EPOCHS = 10
@@ -48,12 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.input.batch_size = 100
     c.input.eval_batch_size = 500
 
-    c.model.latent_dim = 50
-    c.model.encoder = 'dense(200)-tanh-dense(200)-tanh'
-    c.model.decoder = 'dense(200)-tanh-dense(200)-tanh-dense(out)'
-    c.model.posterior = 'diagonal'
-    c.model.scale_transform = 'exp'
-    c.model.likelihood = 'bernoulli'
+    c.model = iwae_mnist.get_config().model  # the IWAE paper's one-stochastic-layer model
 
     c.optim.name = 'adam'
     c.optim.learning_rate = 1e-3
