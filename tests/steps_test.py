@@ -140,6 +140,33 @@ class TrainStepTest(parameterized.TestCase):
         later = jax.device_get(self.step_fn(state.replace(step=state.step + 1), *args[1:]))
         self.assertNotEqual(float(later[1]['loss']), float(first[1]['loss']))
 
+    def test_grad_norm_is_the_norm_of_the_loss_gradient(self):
+        state = self.run_.create_train_state()
+        images, labels = self._batch()
+        beta = jnp.asarray(1.0)
+        _, metrics = self.step_fn(state, images, labels, self.run_.loop_key, beta)
+
+        # The same gradient, taken independently of train_step, normed in float64 by numpy.
+        def loss(params):
+            terms, _ = steps.batch_terms(
+                params, state.batch_stats, jax.random.fold_in(self.run_.loop_key, state.step),
+                images, labels, beta, apply_fn=state.apply_fn, static=self.run_.static,
+                train=True,
+            )  # fmt: skip
+            return jnp.mean(terms['loss'])
+
+        leaves = jax.tree.leaves(jax.grad(loss)(state.params))
+        expected = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in leaves))
+        np.testing.assert_allclose(metrics['grad_norm'], expected, rtol=1e-5)
+
+    def test_global_norm_equals_float64_reference(self):
+        tree = {'a': jax.random.normal(jax.random.key(0), (784, 200)), 'b': [jnp.arange(3.0)]}
+        expected = np.sqrt(
+            sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(tree))
+        )
+        np.testing.assert_allclose(steps.global_norm(tree), expected, rtol=1e-6)
+        self.assertEqual(float(steps.global_norm({})), 0.0)
+
     def test_train_step_compiles_once_over_three_calls(self):
         traces = []
 
