@@ -13,6 +13,9 @@ What is timed:
   (device-resident data, `steps_per_call` steps per call, donated state, one `device_get` of the
   metric sums per call), with the workload config's own `loop` / `steps_per_call`.
 - torch: `benchmarks/torch_reference.py`, eager and (unless --no-torch_compile) `torch.compile`.
+- minimal JAX (unless --no-minimal): `benchmarks/jax_minimal.py`, the same models written as a
+  plain JAX/Flax loop (one key per step, closed-form loss, optax.adam, lax.scan, XLA defaults):
+  what vae_jax's generality costs, or its conv layers and compiler options save.
 - W3 also (unless --no-ynn_on) "jax, YNNPACK on": the same trainer function compiled with XLA's
   default options. vae_jax itself compiles with `steps.compiler_options()` (on XLA:CPU, YNNPACK
   library fusions off: XLA's own emitters for convolutions and reductions), so this row shows
@@ -143,6 +146,22 @@ class JaxTrainer:
         return loss
 
 
+class MinimalJaxTrainer:
+    """`jax_minimal.Trainer`: a hand-written JAX/Flax loop; dense models scan as many steps per
+    call as vae_jax, the conv model runs one step per call (a scanned one ran 50x slower)."""
+
+    def __init__(self, workload: str):
+        from benchmarks import jax_minimal
+
+        family = workloads.WORKLOADS[workload].family
+        steps_per_call = workloads.LOOP_SETTINGS[family][1] if family == 'dense' else 1
+        self.trainer = jax_minimal.Trainer(workload, steps_per_call=steps_per_call)
+        self.name = self.trainer.name
+
+    def epoch(self, num_steps: int) -> float:
+        return self.trainer.epoch(num_steps)
+
+
 class TorchTrainer:
     """`torch_reference.Trainer`, with its intra-op thread count set before every round."""
 
@@ -231,6 +250,8 @@ def bench_workload(name: str, args, peak_gflops: float, rows: list) -> None:
     impls = {'jax': JaxTrainer(name)}
     if name == 'W3' and args.ynn_on:
         impls['jax_ynn_on'] = JaxTrainer(name, xla_default=True)
+    if args.minimal:
+        impls['jax_minimal'] = MinimalJaxTrainer(name)
     impls['torch_eager'] = TorchTrainer(name, compile=False, threads=args.threads)
     if args.torch_compile:
         try:
@@ -332,7 +353,7 @@ def write_markdown(path: Path, meta: dict, rows: list) -> None:
         if r.get('workload') == 'E1' or 'images_per_s' not in r:
             continue
         ratio = f'{r["speedup_vs_torch_eager"]:.2f}x'
-        if r['key'].startswith('jax'):
+        if r['key'] in ('jax', 'jax_ynn_on'):
             ratio = f'**{ratio}**'
         lines.append(
             f'| {r["workload"]} | {r["impl"]} | {r["images_per_s"]:.0f} | '
@@ -394,6 +415,12 @@ def main(argv=None) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also time W3 with XLA:CPU's default (YNNPACK) fusions",
+    )
+    parser.add_argument(
+        '--minimal',
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='also time the hand-written JAX/Flax loop of benchmarks/jax_minimal.py',
     )
     parser.add_argument('--e1_examples', type=int, default=workloads.NUM_TEST)
     parser.add_argument('--e1_torch_examples', type=int, default=200)
