@@ -130,6 +130,22 @@ class TrainerTest(parameterized.TestCase):
             trainer.train_and_evaluate(config, self.create_tempdir().full_path)
 
 
+class ThroughputTest(absltest.TestCase):
+    def test_first_call_of_each_chunk_length_is_left_out(self):
+        throughput = trainer.Throughput()
+        throughput.record(100, 30.0)  # compiles 100-step calls
+        self.assertIsNone(throughput.steps_per_sec)
+        throughput.record(100, 1.0)
+        throughput.record(40, 20.0)  # compiles the shorter last call
+        throughput.record(100, 1.0)
+        self.assertAlmostEqual(throughput.steps_per_sec, 200 / 2.0)
+
+    def test_add_sums_accumulates_in_place(self):
+        sums = {'loss': 1.0}
+        trainer.add_sums(sums, {'loss': np.float32(2.0), 'kl': np.float32(3.0)}, float)
+        self.assertEqual(sums, {'loss': 3.0, 'kl': 3.0})
+
+
 class CommandLineTest(absltest.TestCase):
     def _run(self, *args):
         env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}

@@ -292,10 +292,9 @@ def train_and_evaluate(
         base.replicated,
     )
 
-    compiled: set[int] = set()  # chunk lengths already compiled: their first call is not timed
+    throughput = trainer.Throughput()
     sums, window_start = _restore_windows([dirs[n] for n in active], step)
     window_time = time.time()
-    timed_steps, train_time = 0, 0.0
     failed: dict[str, str] = {}
     bar = tqdm.tqdm(
         total=config.num_train_steps,
@@ -332,13 +331,9 @@ def train_and_evaluate(
                     num_steps=num_steps,
                 )
                 chunk_sums = jax.device_get(chunk_sums)  # The one host sync per chunk.
-                if num_steps in compiled:
-                    train_time += time.time() - t0
-                    timed_steps += num_steps
-                compiled.add(num_steps)
+                throughput.record(num_steps, time.time() - t0)
                 step += num_steps
-                for k, v in chunk_sums.items():
-                    sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
+                trainer.add_sums(sums, chunk_sums, lambda v: np.asarray(v, np.float64))
                 bar.update(num_steps)
 
                 if step % config.log_every_steps == 0 or step == config.num_train_steps:
@@ -381,7 +376,7 @@ def train_and_evaluate(
     finally:
         bar.close()
 
-    steps_per_sec = timed_steps / train_time if train_time > 0 else None
+    steps_per_sec = throughput.steps_per_sec
     extra = {
         'sweep': {
             'workdir': str(workdir),

@@ -217,6 +217,34 @@ class StoppedBySignal(KeyboardInterrupt):
         self.step = step
 
 
+class Throughput:
+    """Steps per second of the training calls, leaving out each chunk length's first call.
+
+    The first call of a chunk length compiles it, so its time is not training time.
+    """
+
+    def __init__(self):
+        self._compiled: set[int] = set()
+        self._steps, self._seconds = 0, 0.0
+
+    def record(self, num_steps: int, seconds: float) -> None:
+        if num_steps in self._compiled:
+            self._steps += num_steps
+            self._seconds += seconds
+        self._compiled.add(num_steps)
+
+    @property
+    def steps_per_sec(self) -> float | None:
+        """None while every call has compiled."""
+        return self._steps / self._seconds if self._seconds > 0 else None
+
+
+def add_sums(sums: dict[str, Any], chunk_sums: dict[str, Any], convert: Callable) -> None:
+    """Adds one call's metric sums (host arrays) into `sums`, in place, through `convert`."""
+    for k, v in chunk_sums.items():
+        sums[k] = sums.get(k, 0.0) + convert(v)
+
+
 class StopSignal:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the chunk and exits."""
 
@@ -304,11 +332,9 @@ def train_and_evaluate(
     beta = jnp.asarray(config.beta, jnp.float32)
     perm_epoch = jax.device_put(jnp.asarray(step // run.steps_per_epoch, jnp.int32), run.replicated)
     perm = jax.device_put(run.permutation_fn(perm_epoch), run.replicated)
-    compiled: set[int] = set()  # chunk lengths already compiled: their first call is not timed
-
+    throughput = Throughput()
     sums, window_start = run_files.restore_window(workdir, step)
     window_time = time.time()
-    timed_steps, train_time = 0, 0.0
     bar = tqdm.tqdm(
         total=config.num_train_steps, initial=step, desc='train', unit='step', mininterval=1.0
     )
@@ -331,13 +357,9 @@ def train_and_evaluate(
                     num_steps=num_steps,
                 )
                 chunk_sums = jax.device_get(chunk_sums)  # The one host sync per chunk.
-                if num_steps in compiled:
-                    train_time += time.time() - t0
-                    timed_steps += num_steps
-                compiled.add(num_steps)
+                throughput.record(num_steps, time.time() - t0)
                 step += num_steps
-                for k, v in chunk_sums.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                add_sums(sums, chunk_sums, float)
                 bar.update(num_steps)
 
                 if step % config.log_every_steps == 0 or step == config.num_train_steps:
@@ -376,7 +398,7 @@ def train_and_evaluate(
         log,
         workdir,
         # Steps per second of training calls, compilation excluded (None if every call compiled).
-        train_steps_per_sec=timed_steps / train_time if train_time > 0 else None,
+        train_steps_per_sec=throughput.steps_per_sec,
         start_time=start_time,
     )
 
