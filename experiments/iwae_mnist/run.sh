@@ -8,6 +8,8 @@
 # a run of many hours resumes from its last checkpoint in the next session). The model is small,
 # so one XLA thread per run is as fast as two: two runs on two cores train at twice the rate.
 # NICE (default 10) sets the scheduling priority, e.g. NICE=19 for runs that should only use idle time.
+# THREADS=1 (default) keeps XLA to one thread; any other value leaves XLA its default (every CPU
+# the run may use): give the last run left the whole machine with THREADS=all and no CORE.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 objective=$1
@@ -15,7 +17,9 @@ k=$2
 core=${3:-}
 workdir=experiments/iwae_mnist/workdirs/${objective}_k${k}
 data_dir=${TFDS_DATA_DIR:-../shared/data/tfds}
-export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+if [[ "${THREADS:-1}" == 1 ]]; then
+  export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+fi
 pin=()
 [[ -n "$core" ]] && pin=(taskset -c "$core")
 mkdir -p "$workdir"
