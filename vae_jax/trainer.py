@@ -316,12 +316,17 @@ def train_and_evaluate(
     run_files.prepare_workdir(workdir, config, overwrite=overwrite)
 
     manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
-    state, restored_step = checkpoints.restore_latest(
-        manager, run.create_train_state(), skip_damaged=skip_damaged_checkpoints
-    )
+    try:
+        state, restored_step = checkpoints.restore_latest(
+            manager, run.create_train_state(), skip_damaged=skip_damaged_checkpoints
+        )
+    except BaseException:
+        manager.close()  # A refused restore leaves no background threads behind.
+        raise
     step = int(state.step)
     result = finished_result(workdir, config, step)
     if result is not None:
+        manager.close()
         return result
     log = run_files.MetricsLog(workdir, step, final_step=config.num_train_steps)
     if restored_step is not None:
