@@ -123,9 +123,9 @@ def _config():
 
 def _params(workdir):
     config = _config()
-    run = trainer.Run(config)
-    manager = checkpoints.checkpoint_manager(Path(workdir), config.keep_checkpoints)
-    state, step = checkpoints.restore_latest(manager, run.create_train_state())
+    state, step = checkpoints.load(
+        workdir, trainer.Run(config).create_train_state(), config.keep_checkpoints
+    )
     return jax.device_get(state.params), step
 
 

@@ -151,9 +151,9 @@ def _rows(workdir):
 
 
 def _restore(workdir, config):
-    run = trainer.Run(config)
-    manager = checkpoints.checkpoint_manager(Path(workdir), config.keep_checkpoints)
-    state, step = checkpoints.restore_latest(manager, run.create_train_state())
+    state, step = checkpoints.load(
+        workdir, trainer.Run(config).create_train_state(), config.keep_checkpoints
+    )
     return jax.device_get(state), step
 
 

@@ -33,9 +33,9 @@ def _train_rows(workdir):
 
 
 def _restore_params(workdir, config):
-    run = trainer.Run(config)
-    manager = checkpoints.checkpoint_manager(Path(workdir), config.keep_checkpoints)
-    state, step = checkpoints.restore_latest(manager, run.create_train_state())
+    state, step = checkpoints.load(
+        workdir, trainer.Run(config).create_train_state(), config.keep_checkpoints
+    )
     return jax.device_get(state.params), step
 
 
@@ -87,6 +87,16 @@ class TrainerTest(parameterized.TestCase):
         again = trainer.train_and_evaluate(test_config.get_config(), workdir)
         self.assertEqual(first, again)
         self.assertEqual(rows, _rows(workdir))
+        _, step = _restore_params(workdir, test_config.get_config())
+        self.assertEqual(step, test_config.get_config().num_train_steps)
+
+    def test_load_of_a_run_without_checkpoints_gives_no_step(self):
+        config = test_config.get_config()
+        fresh = trainer.Run(config).create_train_state()
+        workdir = self.create_tempdir().full_path
+        state, step = checkpoints.load(workdir, fresh, config.keep_checkpoints)
+        self.assertIsNone(step)
+        jax.tree.map(np.testing.assert_array_equal, state.params, fresh.params)
 
     def test_workdir_of_another_config_is_refused(self):
         workdir = self.create_tempdir().full_path

@@ -48,6 +48,24 @@ def state_checksum(state: Any) -> str:
     return digest.hexdigest()
 
 
+def load(workdir: Path, state: steps.TrainState, keep: int) -> tuple[steps.TrainState, int | None]:
+    """`restore_latest` for a run directory, with a manager of its own that is closed after.
+
+    Args:
+      workdir: the run directory (its checkpoints are in `<workdir>/checkpoints/`).
+      state: a freshly initialised state: the structure to restore into.
+      keep: the run's `config.keep_checkpoints` (the manager deletes nothing when only reading).
+
+    Returns:
+      (state, the restored step or None when the run has no checkpoint).
+    """
+    manager = checkpoint_manager(Path(workdir), keep)
+    try:
+        return restore_latest(manager, state)
+    finally:
+        manager.close()
+
+
 def restore_latest(
     manager: ocp.CheckpointManager, state: steps.TrainState, *, skip_damaged: bool = False
 ) -> tuple[steps.TrainState, int | None]:
