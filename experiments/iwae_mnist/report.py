@@ -58,8 +58,8 @@ def training_hours(train: list[dict]) -> float:
 def table() -> str:
     lines = [
         '| row | paper NLL | ours NLL (k=5000) | difference | passes run | training wall time | '
-        'latest test -IWAE_50 (passes) | active units |',
-        '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+        'latest test -IWAE_50 (passes) | active units | command |',
+        '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
     ]
     for name, label, paper in ROWS:
         workdir = HERE / 'workdirs' / name
@@ -80,7 +80,8 @@ def table() -> str:
             status += ' (partial)'
         hours = f'{training_hours(train):.1f} h' if train else '-'
         lines.append(
-            f'| {label} | {paper:.2f} | {ours} | {diff} | {status} | {hours} | {latest} | {units} |'
+            f'| {label} | {paper:.2f} | {ours} | {diff} | {status} | {hours} | {latest} | {units} '
+            f'| `experiments/iwae_mnist/run.sh {name.replace("_k", " ")}` |'
         )
     return '\n'.join(lines)
 
