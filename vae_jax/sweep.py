@@ -375,6 +375,8 @@ def train_and_evaluate(
                     return {name: {'step': step} for name in active}
     finally:
         bar.close()
+        for manager in managers.values():
+            manager.close()
 
     steps_per_sec = throughput.steps_per_sec
     extra = {

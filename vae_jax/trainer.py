@@ -395,6 +395,7 @@ def train_and_evaluate(
         manager.wait_until_finished()
     finally:
         bar.close()
+        manager.close()  # Training is over however it ended; finish_run saves nothing.
 
     return finish_run(
         run,
