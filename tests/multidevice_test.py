@@ -123,9 +123,7 @@ def _config():
 
 def _params(workdir):
     config = _config()
-    state, step = checkpoints.load(
-        workdir, trainer.Run(config).create_train_state(), config.keep_checkpoints
-    )
+    state, step = checkpoints.load(workdir, trainer.Run(config).create_train_state())
     return jax.device_get(state.params), step
 
 

@@ -151,9 +151,7 @@ def _rows(workdir):
 
 
 def _restore(workdir, config):
-    state, step = checkpoints.load(
-        workdir, trainer.Run(config).create_train_state(), config.keep_checkpoints
-    )
+    state, step = checkpoints.load(workdir, trainer.Run(config).create_train_state())
     return jax.device_get(state), step
 
 

@@ -65,9 +65,7 @@ def _per_step_metrics(config):
 
 
 def _params(workdir, config):
-    state, step = checkpoints.load(
-        workdir, trainer.Run(config).create_train_state(), config.keep_checkpoints
-    )
+    state, step = checkpoints.load(workdir, trainer.Run(config).create_train_state())
     return jax.device_get(state.params), step
 
 

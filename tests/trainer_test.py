@@ -33,9 +33,7 @@ def _train_rows(workdir):
 
 
 def _restore_params(workdir, config):
-    state, step = checkpoints.load(
-        workdir, trainer.Run(config).create_train_state(), config.keep_checkpoints
-    )
+    state, step = checkpoints.load(workdir, trainer.Run(config).create_train_state())
     return jax.device_get(state.params), step
 
 
@@ -94,9 +92,21 @@ class TrainerTest(parameterized.TestCase):
         config = test_config.get_config()
         fresh = trainer.Run(config).create_train_state()
         workdir = self.create_tempdir().full_path
-        state, step = checkpoints.load(workdir, fresh, config.keep_checkpoints)
+        state, step = checkpoints.load(workdir, fresh)
         self.assertIsNone(step)
         jax.tree.map(np.testing.assert_array_equal, state.params, fresh.params)
+        self.assertFalse((Path(workdir) / 'checkpoints').exists())  # Read-only: nothing made.
+
+    def test_load_leaves_a_save_in_flight_alone(self):
+        # Evaluating a run while it trains must not remove the trainer's half-written step.
+        config = test_config.get_config()
+        workdir = self.create_tempdir().full_path
+        trainer.train_and_evaluate(config, workdir)
+        in_flight = Path(workdir) / 'checkpoints' / '999.orbax-checkpoint-tmp'
+        in_flight.mkdir()
+        _, step = checkpoints.load(workdir, trainer.Run(config).create_train_state())
+        self.assertEqual(step, config.num_train_steps)
+        self.assertTrue(in_flight.is_dir())
 
     def test_workdir_of_another_config_is_refused(self):
         workdir = self.create_tempdir().full_path

@@ -48,18 +48,27 @@ def state_checksum(state: Any) -> str:
     return digest.hexdigest()
 
 
-def load(workdir: Path, state: steps.TrainState, keep: int) -> tuple[steps.TrainState, int | None]:
-    """`restore_latest` for a run directory, with a manager of its own that is closed after.
+def load(workdir: Path, state: steps.TrainState) -> tuple[steps.TrainState, int | None]:
+    """`restore_latest` for a run directory, read-only, with a manager that is closed after.
+
+    Read-only so that evaluating a run while it trains is safe: a training manager removes
+    leftover `*.orbax-checkpoint-tmp` directories and creates `checkpoints/`; this one touches
+    nothing (the trainer's save in flight keeps its tmp directory).
 
     Args:
       workdir: the run directory (its checkpoints are in `<workdir>/checkpoints/`).
       state: a freshly initialised state: the structure to restore into.
-      keep: the run's `config.keep_checkpoints` (the manager deletes nothing when only reading).
 
     Returns:
       (state, the restored step or None when the run has no checkpoint).
+
+    Raises:
+      RuntimeError: the newest checkpoint is damaged (see `restore_latest`).
     """
-    manager = checkpoint_manager(Path(workdir), keep)
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    manager = ocp.CheckpointManager(
+        (Path(workdir) / run_files.CHECKPOINT_DIR).resolve(), options=options
+    )
     try:
         return restore_latest(manager, state)
     finally:

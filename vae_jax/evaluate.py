@@ -50,7 +50,7 @@ def restore(run: trainer.Run, workdir: Path) -> tuple[steps.TrainState, int]:
     Raises:
       FileNotFoundError: the run has no checkpoint yet.
     """
-    state, step = checkpoints.load(workdir, run.create_train_state(), run.config.keep_checkpoints)
+    state, step = checkpoints.load(workdir, run.create_train_state())
     if step is None:
         raise FileNotFoundError(
             f'no checkpoint in {workdir / "checkpoints"}: train the run first (vae_jax.train)'

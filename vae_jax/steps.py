@@ -246,8 +246,8 @@ def global_norm(tree: Any) -> Array:
     """The L2 norm of all leaves of `tree` together: [] float32.
 
     Equals `optax.global_norm`; written as one dot product per leaf because XLA:CPU lowers a
-    large sum of squares through a slow reduce-window tree (the IWAE-paper model trains ~10%
-    faster per step at batch 20 this way, measured with both on one machine).
+    large sum of squares through a slow reduce-window tree (the IWAE-paper model's step at
+    batch 20 ran 5-10% faster this way in an A/B run on one machine).
     """
     return jnp.sqrt(sum(jnp.vdot(leaf, leaf) for leaf in jax.tree.leaves(tree)))
 
@@ -313,9 +313,9 @@ def train_step(
 
 
 # XLA options for vae_jax's jitted training and evaluation calls on XLA:CPU: its YNNPACK
-# library fusions off (XLA's own emitters instead). Measured in one `make bench` run
-# (benchmarks/results.md): conv VAE training (W3) 1.56x faster, the k=5000 NLL evaluation (E1)
-# 2.2x faster, the dense training workloads unchanged. Not applied on other backends.
+# library fusions off (XLA's own emitters instead). Measured in `make bench` runs
+# (benchmarks/results.md): conv VAE training (W3) 1.6-1.7x faster, the k=5000 NLL evaluation
+# (E1) 2.1-2.2x faster, the dense training workloads unchanged. Not applied on other backends.
 CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 

@@ -68,8 +68,11 @@ def table() -> str:
         ours = diff = '-'
         eval_path = workdir / 'eval.json'
         if eval_path.exists() and passes >= TOTAL_PASSES:
-            nll = json.loads(eval_path.read_text())['nll']
-            ours, diff = f'{nll:.2f}', f'{nll - paper:+.2f}'
+            # The trainer's own eval.json (no NLL) stands until run.sh's k=5000 evaluation.
+            result = json.loads(eval_path.read_text())
+            if result.get('nll_k') == 5000:
+                nll = result['nll']
+                ours, diff = f'{nll:.2f}', f'{nll - paper:+.2f}'
         latest = units = '-'
         if evals:
             e = evals[-1]
