@@ -1,6 +1,7 @@
 """Status of the IWAE-paper runs: a Markdown table and the curves of the bounds against passes.
 
-    python experiments/iwae_mnist/report.py      # prints the table, writes curves.png
+    python experiments/iwae_mnist/report.py            # prints the tables, writes curves.png
+    python experiments/iwae_mnist/report.py --readme   # also puts them into README.md
 
 Reads `workdirs/<objective>_k<K>/metrics.jsonl` (and `eval.json`, written by the k=5000
 evaluation at the end of a finished run). The curves: the test bound -IWAE_50 of the periodic
@@ -12,6 +13,8 @@ batches), with the paper's NLL of each row as a dotted line.
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -55,6 +58,18 @@ def training_hours(train: list[dict]) -> float:
     return seconds / 3600
 
 
+def final_eval(workdir: Path) -> dict | None:
+    """run.sh's k=5000 evaluation of a finished run, or None before it has been written.
+
+    The trainer's own eval.json (without an NLL) stands in the same place until then.
+    """
+    path = workdir / 'eval.json'
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    return result if result.get('nll_k') == 5000 else None
+
+
 def table() -> str:
     lines = [
         '| row | paper NLL | ours NLL (k=5000) | difference | passes run | training wall time | '
@@ -65,19 +80,16 @@ def table() -> str:
         workdir = HERE / 'workdirs' / name
         train, evals = read_metrics(workdir)
         passes = train[-1]['step'] / STEPS_PER_PASS if train else 0
-        ours = diff = '-'
-        eval_path = workdir / 'eval.json'
-        if eval_path.exists() and passes >= TOTAL_PASSES:
-            # The trainer's own eval.json (no NLL) stands until run.sh's k=5000 evaluation.
-            result = json.loads(eval_path.read_text())
-            if result.get('nll_k') == 5000:
-                nll = result['nll']
-                ours, diff = f'{nll:.2f}', f'{nll - paper:+.2f}'
-        latest = units = '-'
+        ours = diff = latest = units = '-'
         if evals:
             e = evals[-1]
             latest = f'{-e["eval/iwae_k50"]:.2f} ({e["step"] / STEPS_PER_PASS:.0f})'
             units = f'{e["eval/active_units"]:.0f}'
+        result = final_eval(workdir) if passes >= TOTAL_PASSES else None
+        if result is not None:
+            nll = result['nll']
+            ours, diff = f'**{nll:.2f}**', f'{nll - paper:+.2f}'
+            units = f'{result["active_units"]}'
         status = f'{passes:,.0f} of {TOTAL_PASSES:,}' if train else 'not started'
         if train and passes < TOTAL_PASSES:
             status += ' (partial)'
@@ -87,6 +99,35 @@ def table() -> str:
             f'| `experiments/iwae_mnist/run.sh {name.replace("_k", " ")}` |'
         )
     return '\n'.join(lines)
+
+
+def details() -> str:
+    """The k=5000 evaluation of each finished row: the NLL beside the bounds it is compared with."""
+    lines = [
+        '| row (test split, 10,000 images) | NLL, k=5000 | -IWAE k=50 / 5 / 1 | -ELBO (recon + KL) '
+        '| active units | evaluation wall time |',
+        '| --- | ---: | ---: | ---: | ---: | ---: |',
+    ]
+    for name, label, _ in ROWS:
+        result = final_eval(HERE / 'workdirs' / name)
+        if result is None:
+            continue
+        bounds = ' / '.join(f'{-result[f"iwae_k{k}"]:.2f}' for k in (50, 5, 1))
+        lines.append(
+            f'| {label} | {result["nll"]:.2f} | {bounds} | {-result["elbo"]:.2f} '
+            f'({result["recon"]:.2f} + {result["kl"]:.2f}) | {result["active_units"]} '
+            f'| {result["eval_time_sec"] / 60:.1f} min |'
+        )
+    return '\n'.join(lines) if len(lines) > 2 else ''
+
+
+def write_readme(text: str, path: Path = HERE / 'README.md') -> None:
+    """Replaces the text between the README's `<!-- report:start -->` and `<!-- report:end -->`."""
+    readme = path.read_text()
+    pattern = re.compile(r'(<!-- report:start -->\n).*?(\n<!-- report:end -->)', re.DOTALL)
+    if not pattern.search(readme):
+        raise SystemExit(f'{path}: no <!-- report:start --> ... <!-- report:end --> markers')
+    path.write_text(pattern.sub(lambda m: m.group(1) + text + m.group(2), readme))
 
 
 def plot(path: Path) -> None:
@@ -125,6 +166,10 @@ def plot(path: Path) -> None:
 
 
 if __name__ == '__main__':
-    print(table())
+    report = '\n\n'.join(part for part in (table(), details()) if part)
+    print(report)
+    if '--readme' in sys.argv[1:]:
+        write_readme(report)
+        print(f'wrote the tables into {HERE / "README.md"}')
     plot(HERE / 'curves.png')
     print(f'wrote {HERE / "curves.png"}')
