@@ -59,15 +59,18 @@ def training_hours(train: list[dict]) -> float:
 
 
 def final_eval(workdir: Path) -> dict | None:
-    """run.sh's k=5000 evaluation of a finished run, or None before it has been written.
+    """The k=5000 evaluation of the run's final checkpoint, or None before it has been written.
 
-    The trainer's own eval.json (without an NLL) stands in the same place until then.
+    The trainer's own eval.json (without an NLL) stands in the same place until run.sh's k=5000
+    evaluation replaces it; an evaluation of an earlier checkpoint (a hand-run `vae_jax.evaluate`
+    on an unfinished run) does not count either.
     """
     path = workdir / 'eval.json'
     if not path.exists():
         return None
     result = json.loads(path.read_text())
-    return result if result.get('nll_k') == 5000 else None
+    finished = result.get('step') == TOTAL_PASSES * STEPS_PER_PASS
+    return result if finished and result.get('nll_k') == 5000 else None
 
 
 def table() -> str:
@@ -85,8 +88,7 @@ def table() -> str:
             e = evals[-1]
             latest = f'{-e["eval/iwae_k50"]:.2f} ({e["step"] / STEPS_PER_PASS:.0f})'
             units = f'{e["eval/active_units"]:.0f}'
-        result = final_eval(workdir) if passes >= TOTAL_PASSES else None
-        if result is not None:
+        if (result := final_eval(workdir)) is not None:
             nll = result['nll']
             ours, diff = f'**{nll:.2f}**', f'{nll - paper:+.2f}'
             units = f'{result["active_units"]}'
