@@ -323,7 +323,9 @@ def iwae(
     if estimator == 'dreg':
         z, probe, unit = _gradient_scale_tap(z, jax.lax.stop_gradient(x.reshape(-1)[0]))
     # STL / DReG: log q sees z (live) but not phi directly, dropping the score-function term.
-    q_logq = q if estimator == 'reparam' else jax.tree.map(jax.lax.stop_gradient, q)
+    # q is rebuilt from stopped parameters: tree-mapping stop_gradient over a distrax
+    # MultivariateNormalDiag leaves its scale live (see distributions.stop_gradient).
+    q_logq = q if estimator == 'reparam' else distributions.stop_gradient(q)
     log_px = _log_likelihood(decode, z, x)  # [K]
     # [K] log p(z) - log q(z|x)
     log_ratio = _log_prob_of_samples(prior, z) - _log_prob_of_samples(q_logq, z)
