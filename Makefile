@@ -38,13 +38,14 @@ test: lint
 # must import every module of vae_jax and configs: this catches an import of a package that is
 # not a declared dependency but happens to be installed for the tests. The script runs from
 # inside the new environment, so the checkout is not on its path. The environment is rebuilt
-# each time (pip reuses its download cache); build/ goes first so that no module deleted from
-# the source survives in setuptools' build directory.
+# each time (pip reuses its download cache; --no-compile skips byte-compiling every installed
+# file, most of the install's CPU time); build/ goes first so that no module deleted from the
+# source survives in setuptools' build directory.
 CHECK_VENV ?= .venv-check-install
 check-install:
 	rm -rf build $(CHECK_VENV)
 	$(PYTHON) -m venv $(CHECK_VENV)
-	$(CHECK_VENV)/bin/python -m pip install --quiet .
+	$(CHECK_VENV)/bin/python -m pip install --quiet --no-compile .
 	cd $(CHECK_VENV) && bin/python $(CURDIR)/scripts/check_install.py
 
 # torch is a benchmark-only dependency (the PyTorch reference), not in pyproject. The +cpu pin
