@@ -1,11 +1,12 @@
-# Quick start: `make demo` trains the default config; `make test` runs lint and the test suite.
+# Quick start: `make demo` trains the default config; `make test` runs lint and the test suite;
+# `make check-install` checks that a plain `pip install .` can import every module.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format check-install bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,20 @@ format: $(TEST_STAMP)
 test: lint
 	$(BIN)/python -m pytest -n 2 tests
 
+# A fresh virtual environment holding only `pip install .` (no test extra, no editable install)
+# must import every module of vae_jax and configs: this catches an import of a package that is
+# not a declared dependency but happens to be installed for the tests. The script runs from
+# inside the new environment, so the checkout is not on its path. The environment is rebuilt
+# each time (pip reuses its download cache; --no-compile skips byte-compiling every installed
+# file, most of the install's CPU time); build/ goes first so that no module deleted from the
+# source survives in setuptools' build directory.
+CHECK_VENV ?= .venv-check-install
+check-install:
+	rm -rf build $(CHECK_VENV)
+	$(PYTHON) -m venv $(CHECK_VENV)
+	$(CHECK_VENV)/bin/python -m pip install --quiet --no-compile .
+	cd $(CHECK_VENV) && bin/python $(CURDIR)/scripts/check_install.py
+
 # torch is a benchmark-only dependency (the PyTorch reference), not in pyproject. The +cpu pin
 # can only resolve to the CPU build (never CUDA): here from the local wheel; elsewhere run
 # `make bench TORCH_PIP_ARGS='--index-url https://download.pytorch.org/whl/cpu'`.
@@ -42,4 +57,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECK_VENV) build runs .pytest_cache .ruff_cache

@@ -9,7 +9,7 @@ Evaluation is trimmed (eval_k_samples=(1,), `--num_eval_examples` test examples)
 comparison about training.
 
 Run:  python benchmarks/sweep_vs_serial.py [--config configs/mnist_dense_sweep.py]
-          [--betas 0.5,1,2,4] [--num_train_steps 600] [--data_dir ../shared/data/tfds]
+          [--betas 0.5,1,2,4] [--num_train_steps 600] [--data_dir /path/to/tfds]
 Prints one JSON object: per repeat, the end-to-end wall time of each way (seconds) and the
 training throughput in model-steps per second (compilation excluded, from eval.json), and their
 medians and ratios (serial / vectorised: > 1 means the vectorised sweep is faster).
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument('--betas', default='0.5,1,2,4')
     parser.add_argument('--num_train_steps', type=int, default=600)
     parser.add_argument('--num_eval_examples', type=int, default=1000)
-    parser.add_argument('--data_dir', default='../shared/data/tfds')
+    parser.add_argument('--data_dir', default=None, help='TFDS data dir; default $TFDS_DATA_DIR')
     parser.add_argument('--repeats', type=int, default=1)
     args = parser.parse_args()
     betas = [float(b) for b in args.betas.split(',')]

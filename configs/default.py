@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 2_000
     c.checkpoint_every_steps = 2_000
     c.keep_checkpoints = 3
-    c.steps_per_call = 100  # optimizer steps per jitted call (DESIGN.md, Performance).
+    c.steps_per_call = 100  # optimizer steps per jitted call (docs/how_it_works.md).
     c.loop = 'scan'  # 'scan' | 'unroll': how the steps of one call are compiled.
     c.eval_k_samples = (1, 10)  # IWAE bounds reported at each eval as eval/iwae_k{K}.
     c.num_eval_examples = config_dict.placeholder(int)  # None = the whole test split.

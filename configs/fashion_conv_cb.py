@@ -10,7 +10,7 @@ averages (momentum 0.9) in evaluation and pictures.
 
 Run:
   nice -n 5 python -m vae_jax.train --config configs/fashion_conv_cb.py \
-      --workdir runs/configs/fashion_conv_cb --config.input.data_dir=../shared/data/tfds \
+      --workdir runs/configs/fashion_conv_cb --config.input.data_dir=/path/to/tfds \
       --config.num_eval_examples=1000
 (the measured run evaluated the first 1,000 test images: by a FLOP count, the full test split
 with IWAE k=10 is ~20 TFLOP of decoding, about an hour on that CPU; drop the override where

@@ -7,7 +7,7 @@ Adam 1e-3, batch 64, 3,000 steps (3.2 epochs).
 
 Run:
   nice -n 5 python -m vae_jax.train --config configs/fashion_conv_gaussian.py \
-      --workdir runs/configs/fashion_conv_gaussian --config.input.data_dir=../shared/data/tfds
+      --workdir runs/configs/fashion_conv_gaussian --config.input.data_dir=/path/to/tfds
 
 Differences from the source notebook:
 - The notebook passed the encoder's raw outputs in as the posterior's scales, which can be

@@ -7,7 +7,7 @@ rate 0.001 * 10^(-i/7). The paper's table rows are `objective` x `k_samples`:
 
 Run (IWAE, k=5):
   python -m vae_jax.train --config configs/iwae_mnist.py --workdir runs/iwae_mnist/iwae_k5 \
-      --config.objective=iwae --config.k_samples=5 --config.input.data_dir=../shared/data/tfds
+      --config.objective=iwae --config.k_samples=5 --config.input.data_dir=/path/to/tfds
 VAE rows use --config.objective=elbo (k-sample Monte-Carlo ELBO, as the paper's VAE).
 Then: python -m vae_jax.evaluate --workdir runs/iwae_mnist/iwae_k5 --k_samples 5000
 Expected (paper, test NLL in nats, k = 1 / 5 / 50): VAE 86.76 / 86.47 / 86.35,

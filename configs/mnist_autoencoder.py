@@ -11,7 +11,7 @@ Keras's. RMSprop(5e-4), decay 0.9, eps 1e-14 (see below), batch 128, 10,000 step
 
 Run:
   nice -n 5 python -m vae_jax.train --config configs/mnist_autoencoder.py \
-      --workdir runs/configs/mnist_autoencoder --config.input.data_dir=../shared/data/tfds
+      --workdir runs/configs/mnist_autoencoder --config.input.data_dir=/path/to/tfds
 (the run ends with images/latent_scatter.png and images/manifold.png among its pictures.)
 
 Differences from the source notebook:

@@ -8,7 +8,7 @@ batch 64, 12,000 steps (15 epochs).
 
 Run:
   nice -n 5 python -m vae_jax.train --config configs/mnist_conv_latent2.py \
-      --workdir runs/configs/mnist_conv_latent2 --config.input.data_dir=../shared/data/tfds
+      --workdir runs/configs/mnist_conv_latent2 --config.input.data_dir=/path/to/tfds
 
 Differences from the source notebook:
 - The notebook's decoder reshaped to 4x4x8: two stride-2 conv-transposes then reach 16 (or 17

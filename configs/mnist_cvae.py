@@ -9,7 +9,7 @@ digit that decode(z, y) draws.
 
 Run:
   nice -n 5 python -m vae_jax.train --config configs/mnist_cvae.py \
-      --workdir runs/configs/mnist_cvae --config.input.data_dir=../shared/data/tfds
+      --workdir runs/configs/mnist_cvae --config.input.data_dir=/path/to/tfds
   python experiments/configs/cvae_digits.py --workdir runs/configs/mnist_cvae   # digits.png
 
 Measured (the command above, seed 0, a shared 2-core CPU at load average ~15):

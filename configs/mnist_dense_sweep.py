@@ -12,11 +12,11 @@ samples on the first 2,000 test images):
   scripts/sweep_beta.sh configs/mnist_dense_sweep.py 0.125 0.25 0.5 1 2 4 --jobs 2 \
       --runs_root runs/beta_k_sweep --name mnist_beta \
       --evaluate 1000 --evaluate_args '--max_examples 2000' -- \
-      --config.input.data_dir=../shared/data/tfds
+      --config.input.data_dir=/path/to/tfds
   scripts/sweep_k.sh configs/mnist_dense_sweep.py 50 1 5 --jobs 2 \
       --runs_root runs/beta_k_sweep --name mnist_k \
       --evaluate 1000 --evaluate_args '--max_examples 2000' -- \
-      --config.objective=iwae --config.input.data_dir=../shared/data/tfds
+      --config.objective=iwae --config.input.data_dir=/path/to/tfds
 Expected (10 epochs, seed 0; test NLL in nats): beta 0.125 / 0.25 / 0.5 / 1 / 2 / 4:
 119.76 / 107.57 / 102.04 / 101.93 / 111.83 / 125.85 (KL 70.9 down to 6.6); IWAE k = 1 / 5 / 50:
 103.53 / 99.34 / 97.61. Tables and plots: experiments/beta_k_sweep/README.md.

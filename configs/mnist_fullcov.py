@@ -7,7 +7,7 @@ MNIST in [0, 1]); Adam 1e-3, batch 128, 6,000 steps (12.8 epochs).
 
 Run:
   nice -n 5 python -m vae_jax.train --config configs/mnist_fullcov.py \
-      --workdir runs/configs/mnist_fullcov --config.input.data_dir=../shared/data/tfds
+      --workdir runs/configs/mnist_fullcov --config.input.data_dir=/path/to/tfds
 Variants (one override line each):
   Bernoulli decoder (dynamic binarisation, as the IWAE paper):
       --config.model.likelihood=bernoulli --config.input.binarize=dynamic

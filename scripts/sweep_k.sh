@@ -8,6 +8,6 @@
 #
 # Example (IWAE, test NLL with 5,000 importance samples after training):
 #   scripts/sweep_k.sh configs/iwae_mnist.py 1 5 50 --evaluate 5000 -- \
-#       --config.input.data_dir=../shared/data/tfds
+#       --config.input.data_dir=/path/to/tfds
 # k changes array shapes, so unlike beta it cannot be vectorised in one program.
 exec "$(dirname "${BASH_SOURCE[0]}")/sweep.sh" k_samples "$@"

@@ -21,6 +21,7 @@ from vae_jax import config_validation, data, models, steps, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_NAMES = sorted(p.stem for p in (REPO / 'configs').glob('*.py') if p.stem != '__init__')
+# ../shared/data/tfds: where CI's clone finds the prepared copies.
 DATA_DIR = Path(os.environ.get('TFDS_DATA_DIR') or REPO.parent / 'shared' / 'data' / 'tfds')
 NUM_TRAIN = 256
 NUM_TEST = 16
@@ -46,7 +47,7 @@ def _skip_without_data(test, config):
     if name in data.TFDS_DATASETS and not (DATA_DIR / name).is_dir():
         test.skipTest(
             f'{name!r} is not prepared in {DATA_DIR} (set $TFDS_DATA_DIR to a TFDS data dir '
-            'holding it; see ../shared/data/README.md)'
+            'holding it; see the README, "Where the data comes from")'
         )
 
 
@@ -137,7 +138,7 @@ class ConfigFilesTest(parameterized.TestCase):
             if name in ('default', 'test'):
                 continue
             doc = importlib.import_module(f'configs.{name}').__doc__
-            # STYLE.md: what it trains, the exact command (naming the file), the result.
+            # A docstring says what it trains, the exact command (naming the file), the result.
             self.assertIn(f'configs/{name}.py', doc, name)
             self.assertRegex(doc, r'Measured|Expected', name)
             self.assertNotIn('RESULT_', doc, f'{name}: result placeholder not filled in')

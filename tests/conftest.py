@@ -1,4 +1,4 @@
-"""Test-wide JAX settings: CPU only, loud broadcasting, fast compiles (STYLE.md)."""
+"""Test-wide JAX settings: CPU only, loud broadcasting, fast compiles."""
 
 import os
 

@@ -1,7 +1,8 @@
 """Tests for vae_jax/data.py.
 
-Real TFDS data are read from ../shared/data/tfds (skipped where that folder is absent) and checked
-against the original files in ../shared/data/<name> where those are present. Reading a full
+Real TFDS data are read from $TFDS_DATA_DIR, else from ../shared/data/tfds beside the checkout
+(where CI finds them; skipped where absent), and checked against the original files in
+../shared/data/<name> where those are present. Reading a full
 train split takes 5-15 s on 2 cores, so by default only the test splits are read in full; train
 counts come from the data source's length and train contents from the first records.
 VAE_JAX_FULL_DATA_TESTS=1 also reads the full train splits.
@@ -20,11 +21,13 @@ from absl.testing import absltest, parameterized
 from vae_jax import data
 
 _REPO = Path(__file__).resolve().parents[1]
+# CI clones the repository beside a shared/ folder holding the prepared TFDS copies (tfds/) and
+# the original files; elsewhere set $TFDS_DATA_DIR (the original-file checks then skip).
 _SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared/data'
-_TFDS_DIR = _SHARED_DATA / 'tfds'
+_TFDS_DIR = Path(os.environ.get('TFDS_DATA_DIR') or _SHARED_DATA / 'tfds')
 _FULL = os.environ.get('VAE_JAX_FULL_DATA_TESTS') == '1'
 
-# Reference facts (../shared/data/README.md; test-split means computed from the original files).
+# Reference facts (published split sizes; test-split means computed from the original files).
 _SIZES = {
     'mnist': (60_000, 10_000),
     'fashion_mnist': (60_000, 10_000),
@@ -114,7 +117,7 @@ class TfdsRealDataTest(parameterized.TestCase):
         super().setUp()
         if not _TFDS_DIR.is_dir():
             self.skipTest(
-                f'{_TFDS_DIR} is absent (prepared TFDS copies; see DESIGN.md, Data sets).'
+                f'{_TFDS_DIR} is absent (set $TFDS_DATA_DIR to a prepared TFDS data dir).'
             )
 
     @parameterized.named_parameters(*_TFDS_NAMES)
@@ -242,7 +245,7 @@ class TfdsErrorTest(parameterized.TestCase):
         self.assertIn(empty, message)
         self.assertIn(f'tfds build {name}', message)
         self.assertIn('--file_format array_record', message)
-        self.assertIn('shared/data/tfds', message)
+        self.assertIn('copy a prepared data dir', message)
 
     def test_data_dir_from_environment(self):
         empty = _tempdir(self)

@@ -1,6 +1,7 @@
 """The evaluate command and the run's pictures, on tiny trained runs (digits, 2-D toy data)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ from configs import test as test_config
 from vae_jax import evaluate, pictures, plots, trainer
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO.parent / 'shared' / 'data' / 'tfds'
+# $TFDS_DATA_DIR, else the prepared copies CI finds beside its clone.
+DATA_DIR = Path(os.environ.get('TFDS_DATA_DIR') or REPO.parent / 'shared' / 'data' / 'tfds')
 
 
 def _png(path: Path) -> np.ndarray:

@@ -14,7 +14,7 @@ from vae_jax import steps, trainer
 # permutation is redrawn inside a chunk) and the chunkings below split the steps differently.
 NUM_TRAIN, BATCH, NUM_STEPS = 64, 16, 6
 DENSE = ('dense(16)-relu', 'dense(16)-relu-dense(out)')
-# A conv model on the 8x8 digits: the unrolled loop exists for conv gradients (DESIGN.md).
+# A conv model on the 8x8 digits: the unrolled loop exists for conv gradients (docs/).
 CONV = ('conv(4,3x3,s2)-relu-flatten', 'dense(32)-relu-reshape(4,4,2)-convt(out,3x3,s2)')
 # (loop, steps of each call): one step per call, all steps in one scanned call, unrolled calls.
 CHUNKINGS = (('scan', (1,) * NUM_STEPS), ('scan', (NUM_STEPS,)), ('unroll', (2, 2, 2)))

@@ -1,6 +1,6 @@
 """Config validation: every field with a domain, checked once at trainer start.
 
-Each failure is a `ValueError` that names the key, the value and what is allowed (STYLE.md).
+Each failure is a `ValueError` that names the key, the value and what is allowed.
 """
 
 from __future__ import annotations

@@ -221,8 +221,8 @@ def resolve_data_dir(data_dir: str | None) -> str:
     if not data_dir:
         raise ValueError(
             'input.data_dir is not set and $TFDS_DATA_DIR is empty: set one of them to a TFDS '
-            'data dir holding the prepared data set (this project keeps a prepared copy in '
-            '../shared/data/tfds).'
+            'data dir holding the prepared data set (see the README, "Where the data comes '
+            'from").'
         )
     data_dir = os.fspath(data_dir)
     if '://' not in data_dir:  # Leave gs:// and other remote paths alone.
@@ -275,7 +275,7 @@ def _not_prepared_message(name: str, builder, data_dir: str) -> str:
         f'{dataset_dir}: {", ".join(found) or "none"}). Prepare it on a machine with TensorFlow '
         f'and internet access: `tfds build {name} --data_dir {data_dir} --file_format '
         'array_record` (tfds.data_source reads array_record only), or copy a prepared data dir '
-        '(e.g. ../shared/data/tfds) and point input.data_dir or $TFDS_DATA_DIR at it.'
+        'from another machine and point input.data_dir or $TFDS_DATA_DIR at it.'
     )
 
 

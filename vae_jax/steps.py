@@ -3,7 +3,7 @@
 Nothing here does I/O. The config is read once, in `StepConfig.from_config`; the jitted code sees
 arrays and the hashable `StepConfig` only.
 
-Randomness (DESIGN.md): step t's key is `fold_in(loop_key, t)`, split per example; the data
+Randomness: step t's key is `fold_in(loop_key, t)`, split per example; the data
 order of epoch e is `permutation(fold_in(data_key, e), N)`. A resumed run therefore draws the same
 noise and the same batches as an uninterrupted one, and no key is checkpointed.
 """
@@ -357,7 +357,7 @@ def train_chunk(
       num_steps: static; steps in this call.
       batch_size: static.
       loop: 'scan' (one compiled loop body) or 'unroll' (num_steps copies; faster for conv
-        gradients on XLA:CPU, see DESIGN.md).
+        gradients on XLA:CPU, see docs/how_it_works.md).
       static: the step configuration.
       batch_sharding: optional `jax.sharding.Sharding` for the gathered batch (data parallel).
 

@@ -3,7 +3,7 @@
 The run directory's files are written through vae_jax/run_files.py and vae_jax/checkpoints.py;
 the pictures through vae_jax/pictures.py.
 
-Data flow (DESIGN.md): validate config -> load data once as numpy -> put the train split on the
+Data flow: validate config -> load data once as numpy -> put the train split on the
 device(s) -> build model, optimizer, TrainState -> restore the latest checkpoint if any -> loop over
 chunks (one jitted call runs several optimizer steps) -> metrics leave the device once per chunk ->
 eval, pictures and checkpoints at their cadences and always at the end -> eval.json + summary line.

@@ -1,7 +1,7 @@
 """Times one config's jitted training chunk for loop in {scan, unroll} x steps_per_call.
 
     nice -n 5 python experiments/configs/loop_timing.py --config configs/fashion_conv_cb.py \
-        --steps 1,5,10 --data_dir ../shared/data/tfds
+        --steps 1,5,10 --data_dir /path/to/tfds
 
 Prints one JSON line per setting: compile time (first call) and steady-state steps/s (median
 over --repeats calls after the first). Uses the first 2,000 training images (the speed does not
@@ -25,7 +25,7 @@ _CONFIG = flags.DEFINE_string('config', None, 'Config file.')
 _STEPS = flags.DEFINE_string('steps', '1,5,10', 'steps_per_call values, comma-separated.')
 _LOOPS = flags.DEFINE_string('loops', 'scan,unroll', 'loop values, comma-separated.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per setting.')
-_DATA_DIR = flags.DEFINE_string('data_dir', '../shared/data/tfds', 'TFDS data dir.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir; default $TFDS_DATA_DIR.')
 
 
 def _load(path: str):

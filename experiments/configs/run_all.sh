@@ -5,7 +5,8 @@
 # Runs go to runs/configs/<run> (git-ignored), logs to runs/configs/<run>.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DATA=../shared/data/tfds
+# A prepared TFDS data dir (the runs below used ../shared/data/tfds on the authors' machines).
+DATA=${TFDS_DATA_DIR:?set TFDS_DATA_DIR to a prepared TFDS data dir (see the README)}
 PY=${PYTHON:-.venv/bin/python}
 
 # run name -> "config file stem|extra overrides"

@@ -17,7 +17,8 @@ objective=$1
 k=$2
 core=${3:-}
 workdir=experiments/iwae_mnist/workdirs/${objective}_k${k}
-data_dir=${TFDS_DATA_DIR:-../shared/data/tfds}
+# A prepared TFDS data dir; the committed runs used ../shared/data/tfds on the authors' machines.
+data_dir=${TFDS_DATA_DIR:?set TFDS_DATA_DIR to a prepared TFDS data dir (see the README)}
 if [[ "${THREADS:-1}" == 1 ]]; then
   export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 fi
