@@ -122,6 +122,35 @@ def data_shape(input_config) -> tuple[int, ...]:
     return shape
 
 
+def value_grid(input_config) -> dict[str, Any]:
+    """The values the evaluated pixels take, for bits/dim (no data are read).
+
+    Args:
+      input_config: the `config.input` ConfigDict.
+
+    Returns:
+      {'num_levels': equally spaced values in [0, 1] a pixel takes (2 for binary data:
+       binarized_mnist or binarize='static'/'dynamic', which evaluates on binarised draws; 256
+       for mnist and fashion_mnist, k/255; 17 for digits, k/16), or None for the real-valued toy
+       sets; 'num_dims': values per example before padding (784 for a 28x28 image, 2 for toy
+       sets); 'num_padding_dims': the zeros `pad_to_32` adds per example (0 without it)}.
+
+    Raises:
+      ValueError: a bad config value (see `validate_config`).
+    """
+    real_shape = _INFO[input_config.dataset]['shape']
+    num_dims = math.prod(real_shape)
+    padding = math.prod(data_shape(input_config)) - num_dims
+    name = input_config.dataset
+    if not _INFO[name]['is_image']:
+        levels = None
+    elif input_config.binarize != 'none' or name == 'binarized_mnist':
+        levels = 2
+    else:
+        levels = (16 if name == 'digits' else _TFDS_MAX_VALUE[name]) + 1
+    return {'num_levels': levels, 'num_dims': num_dims, 'num_padding_dims': padding}
+
+
 def validate_config(input_config) -> None:
     """Checks the `input` config values that need no data; call it at trainer start.
 
