@@ -424,6 +424,7 @@ class BitsPerDimTest(parameterized.TestCase):
     @parameterized.named_parameters(
         ('no_nll', None, 'bernoulli', 2, 0, 'no NLL'),
         ('toy', 1.0, 'gaussian', None, 0, 'real-valued'),
+        ('toy_without_nll', None, 'gaussian', None, 0, 'real-valued'),
         ('continuous_on_binary', 50.0, 'continuous_bernoulli', 2, 0, 'continuous likelihood'),
         ('continuous_on_17_levels', 50.0, 'gaussian', 17, 0, '8-bit data only'),
         ('continuous_padded', -1800.0, 'continuous_bernoulli', 256, 240, 'zero-padded'),

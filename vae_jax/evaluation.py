@@ -435,13 +435,13 @@ def bits_per_dim(
       {'bits_per_dim_note': str} saying why not.
     """
     ln2 = math.log(2.0)
-    if nll is None:
-        return {'bits_per_dim_note': 'undefined: no NLL was estimated (nll_k = 0)'}
-    if num_levels is None:
+    if num_levels is None:  # First: with or without an NLL, real-valued data have no bits/dim.
         return {
             'bits_per_dim_note': 'undefined: the data are real-valued, so the NLL is a density '
             '(nats), not a code length'
         }
+    if nll is None:
+        return {'bits_per_dim_note': 'undefined: no NLL was estimated (nll_k = 0)'}
     if likelihood in DISCRETE_LIKELIHOODS and num_levels == 2:
         if nll < 0:  # An estimate of log p(x) > 0, impossible for probabilities <= 1.
             return {
