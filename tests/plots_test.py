@@ -280,6 +280,19 @@ class ChartTest(PlotsTestCase):
         np.testing.assert_allclose(images[0][1], np.exp(model))  # densities, not normalised
         self.assertIn('density', bars[0].kwargs['label'])
 
+    def test_toy_density_scale_ignores_a_single_overestimated_pixel(self):
+        gx, gy = np.linspace(-2, 2, 20), np.linspace(-2, 2, 20)
+        xx, yy = np.meshgrid(gx, gy)
+        model = -0.5 * (xx**2 + yy**2) - np.log(2 * np.pi)  # peak density 0.16
+        model[3, 4] = np.log(5.0)  # one importance-sampling outlier
+        points = np.random.default_rng(0).normal(size=(50, 2))
+        imshow = Axes.imshow
+        with mock.patch.object(Axes, 'imshow', autospec=True, side_effect=imshow) as spy:
+            plots.toy_density(points, points, gx, gy, model, None, self.dir / 't.png')
+        vmax = spy.call_args.kwargs['norm'].vmax
+        self.assertLess(vmax, 0.2)
+        self.assertGreater(vmax, 0.1)
+
     def test_toy_density_rejects_transposed_density(self):
         gx, gy = np.linspace(-1, 1, 4), np.linspace(-1, 1, 3)
         with self.assertRaisesRegex(ValueError, 'model_log_density'):

@@ -44,6 +44,7 @@ CHART_INCHES = 5.0  # one scatter / density panel is CHART_INCHES x CHART_INCHES
 CURVE_INCHES = (4.5, 3.5)  # one training-curve panel (width, height)
 LOG_STEPS_RATIO = 100  # training curves use a log step axis when max / min step exceeds this
 MANIFOLD_QUANTILES = (0.05, 0.95)
+DENSITY_SCALE_PERCENTILE = 99.5  # of the model's density, for the top of the colour scale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,6 +416,17 @@ def _density_image(ax, density, extent, title, norm):
     return image
 
 
+def _density_scale_max(model: np.ndarray, true: np.ndarray | None = None) -> float:
+    """Top of the shared density scale: the larger of the true density's maximum and the
+    model's 99.5th percentile. Not the model's maximum: an importance-sampled log p(x) has rare
+    large overestimates, and one such pixel would wash out both panels; pixels above the scale
+    show at the top colour (the colour bar then has an arrow)."""
+    top = float(np.percentile(model, DENSITY_SCALE_PERCENTILE))
+    if true is not None:
+        top = max(top, float(np.max(true)))
+    return top if top > 0 else 1.0
+
+
 def toy_density(
     data: np.ndarray,
     samples: np.ndarray,
@@ -426,8 +438,9 @@ def toy_density(
 ) -> np.ndarray:
     """2-D toy data: data and model samples overlaid; the model's density beside the true one.
 
-    The density panels share one linear colour scale (0 to the larger maximum) and one colour
-    bar, so the model and the true density are compared on the same scale.
+    The density panels share one linear colour scale and one colour bar, so the model and the
+    true density are compared on the same scale (from 0 to the larger of the true maximum and
+    the model's 99.5th percentile, see `_density_scale_max`).
 
     Args:
       data: [N, 2] data points.
@@ -481,15 +494,22 @@ def toy_density(
     densities = [np.exp(np.asarray(model_log_density, np.float64))]
     if true_log_density is not None:
         densities.append(np.exp(np.asarray(true_log_density, np.float64)))
-    norm = colors.Normalize(0.0, max(float(np.max(d)) for d in densities))
+    norm = colors.Normalize(0.0, _density_scale_max(*densities))
     titles = ('model density p(x) (importance-sampled)', 'true density')
     for ax, density, title in zip(axes[1:], densities, titles, strict=False):
         image = _density_image(ax, density, extent, title, norm)
+    above = max(float(np.max(d)) for d in densities) > norm.vmax
     for ax in axes:
         ax.set_aspect('equal')
         ax.set_xlabel('x 1')
         ax.set_ylabel('x 2')
-    fig.colorbar(image, ax=list(axes[1:]), label='density (shared scale)', shrink=0.85)
+    fig.colorbar(
+        image,
+        ax=list(axes[1:]),
+        label='density (shared scale)',
+        shrink=0.85,
+        extend='max' if above else 'neither',  # an arrow: some model values are above the scale
+    )
     return _render(fig, path)
 
 
@@ -568,6 +588,8 @@ def training_curves(metrics_jsonl_path: str | Path, path: str | Path) -> np.ndar
             style = {'color': f'C{names.index(name) % 10}'}
             if key.startswith('eval/'):
                 style.update(linestyle='--', marker='o', markersize=3)
+            elif len(steps) == 1:  # A line through one point draws nothing.
+                style.update(marker='o', markersize=3)
             ax.plot(steps, sign * np.asarray(values), label=label, **style)
         ax.set_title(title, fontsize='medium')
         ax.set_xlabel('step (log scale)' if log_x else 'step')
