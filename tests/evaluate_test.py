@@ -113,6 +113,29 @@ class ToyPicturesTest(absltest.TestCase):
         self.assertTrue((workdir / 'images' / 'latent_scatter.png').is_file())
         self.assertFalse((workdir / 'images' / 'reconstructions.png').exists())
 
+    def test_pinwheel_run_writes_eval_json_with_its_true_density(self):
+        workdir = Path(self.create_tempdir().full_path)
+        config = _toy_config()
+        config.input.dataset = 'pinwheel'
+        seen = []
+        original = plots.toy_density
+
+        def spy(*args):
+            seen.append(args[5])  # true_log_density
+            return original(*args)
+
+        with (
+            mock.patch.object(pictures, 'TOY_GRID', 16),
+            mock.patch.object(pictures, 'TOY_DENSITY_K', 8),
+            mock.patch.object(plots, 'toy_density', spy),
+        ):
+            trainer.train_and_evaluate(config, workdir)
+        result = json.loads((workdir / 'eval.json').read_text())
+        self.assertNotIn('bits_per_dim', result)  # Real-valued data: no code length.
+        self.assertIn('real-valued', result['bits_per_dim_note'])
+        self.assertLen(seen, 1)
+        self.assertTrue(np.all(np.isfinite(seen[0])))
+
 
 class UnlabelledDataTest(absltest.TestCase):
     def test_latent_scatter_has_no_labels_for_a_set_without_labels(self):

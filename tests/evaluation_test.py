@@ -5,6 +5,8 @@ posterior is Gaussian with covariance S = (I + W^T W / sigma^2)^-1 and mean S W^
 The references are float64 numpy/scipy, independent of the code under test.
 """
 
+import itertools
+
 import distrax
 import jax
 import jax.numpy as jnp
@@ -12,9 +14,9 @@ import numpy as np
 from absl.testing import absltest, parameterized
 from scipy import special, stats
 
-from vae_jax import evaluation
+from vae_jax import data, distributions, evaluation
 
-EVENT = (2, 3, 1)  # an 'image' of 6 values, so bits/dim applies
+EVENT = (2, 3, 1)  # an 'image' of 6 values
 X_DIM = 6
 LATENT = 3
 SIGMA = 0.5
@@ -204,9 +206,6 @@ class EvaluateDatasetTest(parameterized.TestCase):
         np.testing.assert_allclose(result['kl'], kl_dims.sum(1).mean(), rtol=1e-4)
         recon_mean = q_mean @ W.T + B
         np.testing.assert_allclose(result['recon_error'], np.mean((recon_mean - x) ** 2), rtol=1e-4)
-        np.testing.assert_allclose(
-            result['bits_per_dim'], result['nll'] / (X_DIM * np.log(2)), rtol=1e-6
-        )
         np.testing.assert_allclose(result['posterior_mean_variance'], q_mean.var(0), rtol=1e-3)
         np.testing.assert_allclose(result['elbo'], -(result['recon'] + result['kl']), rtol=1e-5)
         # Bounds in the right order (these gaps are many standard errors wide).
@@ -300,8 +299,9 @@ class EvaluateDatasetTest(parameterized.TestCase):
         result = evaluation.evaluate_dataset(
             jax.random.key(0), images, None, _make_bind('delta'), k_list=(1,), nll_k=10
         )
-        for name in ('elbo', 'kl', 'iwae_k1', 'nll', 'bits_per_dim', 'kl_per_dim'):
+        for name in ('elbo', 'kl', 'iwae_k1', 'nll', 'kl_per_dim'):
             self.assertIsNone(result[name], name)
+        self.assertNotIn('bits_per_dim', result)
         x = images.reshape(n, X_DIM).astype(np.float64)
         recon_mean = (x - B) @ POST_GAIN.T @ W.T + B
         expected = -stats.norm(recon_mean, SIGMA).logpdf(x).sum(1).mean()
@@ -335,3 +335,139 @@ class EvaluateDatasetTest(parameterized.TestCase):
 
 if __name__ == '__main__':
     absltest.main()
+
+
+def _constant_likelihood_bind(likelihood, logits):
+    """bind(y) -> (encode, decode): q = p(z) = N(0, I_2), p(x|z) with fixed `logits` [H, W, C].
+
+    With q equal to the prior every importance weight is p(x|z) = p(x), so the importance-
+    sampled NLL is exact whatever k.
+    """
+
+    def bind(y):
+        del y
+
+        def encode(x):
+            del x
+            return distrax.MultivariateNormalDiag(jnp.zeros(2), jnp.ones(2))
+
+        def decode(z):
+            params = jnp.broadcast_to(logits, z.shape[:-1] + logits.shape)
+            return distributions.make_likelihood(likelihood, params, event_ndims=3)
+
+        return encode, decode
+
+    return bind
+
+
+def _input_config(**overrides):
+    import ml_collections
+
+    values = dict(dataset='mnist', binarize='none', pad_to_32=False)
+    values.update(overrides)
+    return ml_collections.ConfigDict(
+        dict(
+            data_dir=None,
+            num_train_examples=None,
+            num_test_examples=None,
+            toy_num_examples=100,
+            toy_noise=0.2,
+            **values,
+        )
+    )
+
+
+class BitsPerDimTest(parameterized.TestCase):
+    def _evaluate(self, likelihood, logits, images, **grid):
+        result = evaluation.evaluate_dataset(
+            jax.random.key(0),
+            images,
+            None,
+            _constant_likelihood_bind(likelihood, jnp.asarray(logits, jnp.float32)),
+            k_list=(),
+            nll_k=3,
+        )
+        return result, evaluation.bits_per_dim(result['nll'], likelihood=likelihood, **grid)
+
+    def test_fair_coin_bernoulli_is_one_bit(self):
+        # Every binary pixel has probability 1/2: exactly 1 bit each.
+        images = (np.random.default_rng(0).random((4, 28, 28, 1)) < 0.3).astype(np.float32)
+        result, bpd = self._evaluate(
+            'bernoulli', np.zeros((28, 28, 1)), images, num_levels=2, num_dims=784
+        )
+        np.testing.assert_allclose(result['nll'], 784 * np.log(2), rtol=1e-6)
+        np.testing.assert_allclose(bpd['bits_per_dim'], 1.0, rtol=1e-6)
+
+    def test_padding_is_not_counted(self):
+        # A fair coin on the 28x28 pixels, near certainty (logit -30) on the zero padding:
+        # 1 bit per real pixel, where dividing by the 1024 padded pixels would give 0.77.
+        images = (np.random.default_rng(1).random((4, 28, 28, 1)) < 0.3).astype(np.float32)
+        padded = data.pad_to_32(images)
+        logits = data.pad_to_32(np.ones((1, 28, 28, 1), np.float32))[0] * 30.0 - 30.0
+        grid = data.value_grid(_input_config(binarize='static', pad_to_32=True))
+        self.assertEqual(grid, {'num_levels': 2, 'num_dims': 784, 'num_padding_dims': 240})
+        _, bpd = self._evaluate('bernoulli', logits, padded, **grid)
+        np.testing.assert_allclose(bpd['bits_per_dim'], 1.0, rtol=1e-6)
+        self.assertIn('240 zero-padding', bpd['bits_per_dim_note'])
+
+    def test_uniform_density_on_8_bit_data_is_eight_bits(self):
+        # The continuous Bernoulli with logits 0 is uniform on [0, 1] (density 1): each 8-bit
+        # value then has probability 1/256, exactly 8 bits.
+        images = np.random.default_rng(2).integers(0, 256, (4, 28, 28, 1)) / np.float32(255)
+        result, bpd = self._evaluate(
+            'continuous_bernoulli', np.zeros((28, 28, 1)), images.astype(np.float32),
+            **data.value_grid(_input_config()),
+        )  # fmt: skip
+        np.testing.assert_allclose(result['nll'], 0.0, atol=1e-3)
+        np.testing.assert_allclose(bpd['bits_per_dim'], 8.0, atol=1e-5)
+
+    @parameterized.named_parameters(
+        ('no_nll', None, 'bernoulli', 2, 0, 'no NLL'),
+        ('toy', 1.0, 'gaussian', None, 0, 'real-valued'),
+        ('toy_without_nll', None, 'gaussian', None, 0, 'real-valued'),
+        ('continuous_on_binary', 50.0, 'continuous_bernoulli', 2, 0, 'continuous likelihood'),
+        ('continuous_on_17_levels', 50.0, 'gaussian', 17, 0, '8-bit data only'),
+        ('continuous_padded', -1800.0, 'continuous_bernoulli', 256, 240, 'zero-padded'),
+        ('density_spikes', -5000.0, 'gaussian', 256, 0, 'exceeds 256'),
+        ('negative_discrete_nll', -1.0, 'bernoulli', 2, 0, 'negative'),
+        ('unknown_likelihood', 50.0, 'poisson', 2, 0, 'not known'),
+    )
+    def test_absent_where_undefined(self, nll, likelihood, levels, padding, reason):
+        out = evaluation.bits_per_dim(
+            nll, likelihood=likelihood, num_levels=levels, num_dims=784, num_padding_dims=padding
+        )
+        self.assertNotIn('bits_per_dim', out)
+        self.assertIn('undefined', out['bits_per_dim_note'])
+        self.assertIn(reason, out['bits_per_dim_note'])
+
+    def test_absent_or_non_negative_for_every_likelihood_and_data_set(self):
+        inputs = [dict(dataset=name) for name in data.TOY_DATASETS] + [
+            dict(dataset=name, binarize=binarize, pad_to_32=pad)
+            for name in data.TFDS_DATASETS + data.EMBEDDED_DATASETS
+            for binarize in ('none', 'static', 'dynamic')
+            for pad in (False, True)
+        ]
+        nlls = (None, -3000.0, -1800.0, 0.0, 80.0, 3000.0)  # -1800 ~ fashion_conv_cb's NLL
+        for likelihood, overrides, nll in itertools.product(
+            ('bernoulli', 'continuous_bernoulli', 'gaussian'), inputs, nlls
+        ):
+            grid = data.value_grid(_input_config(**overrides))
+            out = evaluation.bits_per_dim(nll, likelihood=likelihood, **grid)
+            with self.subTest(likelihood=likelihood, nll=nll, **overrides):
+                self.assertIn('bits_per_dim_note', out)
+                if 'bits_per_dim' in out:
+                    self.assertGreaterEqual(out['bits_per_dim'], 0.0)
+
+    @parameterized.named_parameters(
+        ('mnist', dict(dataset='mnist'), 256, 784, 0),
+        ('mnist_dynamic', dict(dataset='mnist', binarize='dynamic'), 2, 784, 0),
+        ('binarized_mnist', dict(dataset='binarized_mnist'), 2, 784, 0),
+        ('fashion_padded', dict(dataset='fashion_mnist', pad_to_32=True), 256, 784, 240),
+        ('digits', dict(dataset='digits'), 17, 64, 0),
+        ('pinwheel', dict(dataset='pinwheel'), None, 2, 0),
+    )
+    def test_value_grid(self, overrides, levels, dims, padding):
+        self.assertEqual(
+            data.value_grid(_input_config(**overrides)),
+            {'num_levels': levels, 'num_dims': dims, 'num_padding_dims': padding},
+        )

@@ -27,10 +27,16 @@ def _colourful_pixels(image):
     return int(np.sum(image.max(-1) - image.min(-1) > 40))
 
 
-def _tile(image, row, col, h, w):
-    """Tile (row, col) of a scale-1 grid with tiles of h x w pixels."""
-    top, left = PAD + row * (h + PAD), PAD + col * (w + PAD)
+def _tile(image, row, col, h, w, left_labels=False):
+    """Tile (row, col) of a scale-1 grid with tiles of h x w pixels, below its title strip."""
+    top = plots.TITLE_PIXELS + PAD + row * (h + PAD)
+    left = (plots.LABEL_PIXELS if left_labels else 0) + PAD + col * (w + PAD)
     return image[top : top + h, left : left + w]
+
+
+def _has_text(strip):
+    """Whether a strip of a white canvas holds dark (text) pixels."""
+    return bool(np.any(strip.min(-1) < 100))
 
 
 class PlotsTestCase(parameterized.TestCase):
@@ -58,13 +64,45 @@ class GridTest(PlotsTestCase):
         path = self.dir / 'recon.png'
         image = plots.reconstructions(inputs, recons, path, ncols=3, scale=1)
         # 2 rows of 3 inputs, each followed by a row of reconstructions: 4 tile rows.
-        self.assert_written(image, path, (4 * (8 + PAD) + PAD, 3 * (6 + PAD) + PAD, 3))
+        grid = (4 * (8 + PAD) + PAD, 3 * (6 + PAD) + PAD)
+        shape = (plots.TITLE_PIXELS + grid[0], plots.LABEL_PIXELS + grid[1], 3)
+        self.assert_written(image, path, shape)
         for i in range(5):
             r, c = divmod(i, 3)
             expected_in = np.round(np.broadcast_to(inputs[i], (8, 6, 3)) * 255)
             expected_out = np.round(np.broadcast_to(recons[i], (8, 6, 3)) * 255)
-            np.testing.assert_allclose(_tile(image, 2 * r, c, 8, 6), expected_in, atol=1)
-            np.testing.assert_allclose(_tile(image, 2 * r + 1, c, 8, 6), expected_out, atol=1)
+            tile_in = _tile(image, 2 * r, c, 8, 6, left_labels=True)
+            tile_out = _tile(image, 2 * r + 1, c, 8, 6, left_labels=True)
+            np.testing.assert_allclose(tile_in, expected_in, atol=1)
+            np.testing.assert_allclose(tile_out, expected_out, atol=1)
+        self.assertTrue(_has_text(image[: plots.TITLE_PIXELS]))  # the title
+
+    def test_reconstructions_have_row_labels(self):
+        rng = np.random.default_rng(0)
+        inputs = rng.random((16, 32, 32, 1)).astype(np.float32)
+        texts = []
+        original = plots.Figure.text
+
+        def spy(fig, x, y, text, **kwargs):
+            texts.append(text)
+            return original(fig, x, y, text, **kwargs)
+
+        with mock.patch.object(plots.Figure, 'text', spy):
+            image = plots.reconstructions(inputs, inputs, self.dir / 'r.png')
+        # 16 images in 2 rows of 8: data, reconstruction, data, reconstruction.
+        self.assertEqual(texts[1:], ['data', 'reconstruction'] * 2)
+        label_strip = image[plots.TITLE_PIXELS :, : plots.LABEL_PIXELS]
+        rows = np.array_split(label_strip, 4, axis=0)
+        self.assertTrue(all(_has_text(row) for row in rows))  # every row has its label drawn
+
+    @parameterized.named_parameters(('mnist', 28), ('padded', 32), ('digits', 8))
+    def test_default_scale_makes_digits_legible(self, size):
+        inputs = np.random.default_rng(0).random((16, size, size, 1)).astype(np.float32)
+        image = plots.reconstructions(inputs, inputs, self.dir / 'r.png')
+        scale = (image.shape[1] - plots.LABEL_PIXELS) // (8 * (size + PAD) + PAD)
+        self.assertGreaterEqual(size * scale, plots.MIN_TILE_PIXELS)
+        # Today's 32x32 case was 265 x 133 pixels; now each digit is >= 56 pixels tall.
+        self.assertGreaterEqual(image.shape[1], plots.LABEL_PIXELS + 8 * plots.MIN_TILE_PIXELS)
 
     def test_reconstructions_rejects_mismatched_shapes(self):
         with self.assertRaisesRegex(ValueError, 'same shape'):
@@ -74,7 +112,8 @@ class GridTest(PlotsTestCase):
         images = np.random.default_rng(1).random((10, 28, 28, 1))
         path = self.dir / 'samples.png'
         image = plots.samples(images, path, scale=2)  # 4 columns, 3 rows
-        self.assert_written(image, path, (2 * (3 * 29 + PAD), 2 * (4 * 29 + PAD), 3))
+        shape = (plots.TITLE_PIXELS + 2 * (3 * 29 + PAD), 2 * (4 * 29 + PAD), 3)
+        self.assert_written(image, path, shape)
         default = plots.samples(images, path)
         self.assertGreaterEqual(max(default.shape[:2]), plots.MIN_GRID_PIXELS)
         self.assertEqual(default.shape[1] % (4 * 29 + PAD), 0)  # an integer enlargement
@@ -99,14 +138,22 @@ class ManifoldTest(PlotsTestCase):
 
         path = self.dir / 'manifold.png'
         image, z = plots.manifold(decode_mean, 2, path, n=n, scale=1)
-        self.assert_written(image, path, (n * (h + PAD) + PAD, n * (w + PAD) + PAD, 3))
+        grid = (n * (h + PAD) + PAD, n * (w + PAD) + PAD)
+        shape = (
+            plots.TITLE_PIXELS + grid[0] + plots.AXIS_LABEL_PIXELS,
+            plots.LABEL_PIXELS + grid[1],
+            3,
+        )
+        self.assert_written(image, path, shape)
+        self.assertTrue(_has_text(image[-plots.AXIS_LABEL_PIXELS :]))  # the z 1 axis label
+        self.assertTrue(_has_text(image[plots.TITLE_PIXELS :, : plots.LABEL_PIXELS]))  # z 2
         u = stats.norm.ppf(np.linspace(0.05, 0.95, n))
         self.assertLen(calls, 1)
         np.testing.assert_array_equal(calls[0], z.reshape(n * n, 2))
         for i in range(n):
             for j in range(n):
                 np.testing.assert_allclose(z[i, j], [u[j], u[n - 1 - i]], rtol=1e-6)
-                tile = _tile(image, i, j, h, w).astype(np.float64) / 255
+                tile = _tile(image, i, j, h, w, left_labels=True).astype(np.float64) / 255
                 np.testing.assert_allclose(tile[:, : w // 2], 0.05 + 0.9 * j / (n - 1), atol=3e-3)
                 np.testing.assert_allclose(
                     tile[:, w // 2 :], 0.05 + 0.9 * (n - 1 - i) / (n - 1), atol=3e-3
@@ -207,6 +254,45 @@ class ChartTest(PlotsTestCase):
         again = plots.toy_density(data, model_samples, xx, yy, log_mix(0.5), true, path)
         np.testing.assert_array_equal(again, image)
 
+    def test_toy_density_panels_share_one_colour_scale_with_a_colour_bar(self):
+        gx, gy = np.linspace(-2, 2, 20), np.linspace(-2, 2, 20)
+        xx, yy = np.meshgrid(gx, gy)
+        true = -0.5 * (xx**2 + yy**2) - np.log(2 * np.pi)  # peak density 0.16
+        model = -0.5 * (xx**2 + yy**2) / 4 - np.log(8 * np.pi)  # peak density 0.04
+        points = np.random.default_rng(0).normal(size=(50, 2))
+        images, bars = [], []
+        imshow, colorbar = Axes.imshow, plots.Figure.colorbar
+        with (
+            mock.patch.object(Axes, 'imshow', autospec=True, side_effect=imshow) as spy_imshow,
+            mock.patch.object(
+                plots.Figure, 'colorbar', autospec=True, side_effect=colorbar
+            ) as spy_bar,
+        ):
+            plots.toy_density(points, points, gx, gy, model, true, self.dir / 't.png')
+            images = [c.args for c in spy_imshow.call_args_list]
+            bars = spy_bar.call_args_list
+        self.assertLen(images, 2)
+        self.assertLen(bars, 1)
+        norms = [spy_imshow.call_args_list[i].kwargs['norm'] for i in range(2)]
+        self.assertIs(norms[0], norms[1])  # one scale: equal colours mean equal density
+        self.assertAlmostEqual(norms[0].vmin, 0.0)
+        self.assertAlmostEqual(norms[0].vmax, np.exp(true).max())  # not each panel's own max
+        np.testing.assert_allclose(images[0][1], np.exp(model))  # densities, not normalised
+        self.assertIn('density', bars[0].kwargs['label'])
+
+    def test_toy_density_scale_ignores_a_single_overestimated_pixel(self):
+        gx, gy = np.linspace(-2, 2, 20), np.linspace(-2, 2, 20)
+        xx, yy = np.meshgrid(gx, gy)
+        model = -0.5 * (xx**2 + yy**2) - np.log(2 * np.pi)  # peak density 0.16
+        model[3, 4] = np.log(5.0)  # one importance-sampling outlier
+        points = np.random.default_rng(0).normal(size=(50, 2))
+        imshow = Axes.imshow
+        with mock.patch.object(Axes, 'imshow', autospec=True, side_effect=imshow) as spy:
+            plots.toy_density(points, points, gx, gy, model, None, self.dir / 't.png')
+        vmax = spy.call_args.kwargs['norm'].vmax
+        self.assertLess(vmax, 0.2)
+        self.assertGreater(vmax, 0.1)
+
     def test_toy_density_rejects_transposed_density(self):
         gx, gy = np.linspace(-1, 1, 4), np.linspace(-1, 1, 3)
         with self.assertRaisesRegex(ValueError, 'model_log_density'):
@@ -238,6 +324,28 @@ class ChartTest(PlotsTestCase):
         image = plots.training_curves(self._write_metrics(rows), path)
         width, height = plots.CURVE_INCHES
         self.assert_chart(image, path, (int(height * plots.DPI), int(3 * width * plots.DPI), 3))
+
+    @parameterized.named_parameters(('long_run', 10_000_000, 'log'), ('short_run', 1000, None))
+    def test_training_curves_step_axis_and_bound_signs(self, last_step, scale):
+        steps = np.unique(np.geomspace(100, last_step, 30).astype(int))
+        rows = [{'step': int(t), 'train/loss': 90.0, 'eval/elbo': -95.0, 'eval/nll': 88.0}
+                for t in steps]  # fmt: skip
+        plotted = {}
+        original_plot, original_scale = Axes.plot, Axes.set_xscale
+        with (
+            mock.patch.object(Axes, 'plot', autospec=True, side_effect=original_plot) as plot,
+            mock.patch.object(
+                Axes, 'set_xscale', autospec=True, side_effect=original_scale
+            ) as set_scale,
+        ):
+            plots.training_curves(self._write_metrics(rows), self.dir / 'c.png')
+            for call in plot.call_args_list:
+                plotted[call.kwargs['label']] = np.asarray(call.args[2])
+            scales = [c.args[1] for c in set_scale.call_args_list]
+        self.assertEqual(scales, [scale] * 2 if scale else [])  # both panels, or none
+        # -ELBO beside the NLL: the same kind of number (nats, upper bound >= NLL).
+        np.testing.assert_allclose(plotted['-eval/elbo'], 95.0)
+        np.testing.assert_allclose(plotted['eval/nll'], 88.0)
 
     def test_training_curves_single_panel_and_errors(self):
         path = self._write_metrics([{'step': s, 'train/loss': 1.0 / s} for s in (1, 2, 3)])

@@ -22,7 +22,7 @@ import ml_collections
 import tqdm
 from absl import app, flags
 
-from vae_jax import checkpoints, evaluation, run_files, steps, trainer
+from vae_jax import checkpoints, data, evaluation, run_files, steps, trainer
 from vae_jax import pictures as vae_pictures
 
 FLAGS = flags.FLAGS
@@ -122,9 +122,13 @@ def evaluate(
         'evaluated_by': 'vae_jax.evaluate',
         'eval_time_sec': round(time.time() - start, 2),
         **metrics,
+        **evaluation.bits_per_dim(
+            metrics['nll'], likelihood=config.model.likelihood, **data.value_grid(config.input)
+        ),
     }
     path = workdir / output
     previous = json.loads(path.read_text()) if path.is_file() else {}
+    previous.pop('bits_per_dim', None)  # Absent where undefined: drop an earlier run's value.
     path.write_text(json.dumps({**previous, **result}, indent=2))
     if pictures:
         vae_pictures.write_pictures(

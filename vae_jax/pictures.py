@@ -8,7 +8,7 @@ arrays (for TensorBoard):
   prior quantiles; the plane of the two leading principal directions of the posterior means when
   the latent has more than 2 dimensions; a conditional model is shown for label 0);
 - 2-D toy data: `toy_density` (data and model samples overlaid; the model's log p(x) on a grid,
-  importance-sampled, beside the true density where it has a closed form);
+  importance-sampled, beside the true density where one exists);
 - any data, given the test set's posterior means: `latent_scatter` (coloured by label when the
   data set has labels; PCA to 2-D when the latent has more dimensions);
 - given metrics.jsonl: `training_curves`.
@@ -136,7 +136,7 @@ def toy_density(run: Run, variables: Any, path: Path) -> np.ndarray:
         true = data.true_log_density(
             run.config.input.dataset, points, run.config.input.toy_noise
         ).reshape(TOY_GRID, TOY_GRID)
-    except ValueError:  # No closed form for this set (e.g. pinwheel).
+    except ValueError:  # No density: eight_gaussians or two_moons with toy_noise = 0.
         true = None
     return plots.toy_density(test[:num_samples], model_samples, gx, gy, model, true, path)
 

@@ -3,24 +3,29 @@
 numpy in, PNG out. Each function writes its PNG and returns the RGB image it wrote, uint8
 [H, W, 3] (the PNG holds exactly these pixels), so the trainer can also log it to TensorBoard.
 
-Image grids (reconstructions, samples, manifold) are drawn pixel for pixel, not through a
-matplotlib figure: tiles of [h, w] pixels separated by `pad` grey pixels, the whole grid enlarged
-by an integer `scale` (nearest neighbour; by default the smallest scale >= 1 that makes the long
-side at least `MIN_GRID_PIXELS`). A grid of r x c tiles is therefore
-[(r (h + pad) + pad) * scale, (c (w + pad) + pad) * scale, 3].
+Image grids (reconstructions, samples, manifold) are drawn pixel for pixel, not resampled by a
+matplotlib axes: tiles of [h, w] pixels separated by `PAD` grey pixels, the whole grid enlarged
+by an integer `scale` (nearest neighbour; by default the smallest scale >= 1 that makes each
+tile at least `MIN_TILE_PIXELS` on its long side and the grid at least `MIN_GRID_PIXELS`, so
+28x28 and 32x32 digits are legible). A grid of r x c tiles is [(r (h + PAD) + PAD) * scale,
+(c (w + PAD) + PAD) * scale] pixels; it is placed on a white canvas with a title strip of
+`TITLE_PIXELS` above it, a strip of `LABEL_PIXELS` on its left for row or axis labels (where
+the picture has them) and a strip of `AXIS_LABEL_PIXELS` below it for an axis label (manifold).
 
 Charts use matplotlib's object API with the Agg canvas (no pyplot, no global backend state), so
-they are safe in a headless trainer. Their size is `figsize * DPI` pixels.
+they are safe in a headless trainer. Their size is `figsize * DPI` pixels. Where colour means a
+value there is a colour bar, and panels that are compared share one colour scale.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
@@ -30,9 +35,16 @@ DPI = 100
 PAD = 1  # pixels between tiles
 PAD_VALUE = 0.5  # grey, distinct from black and white pixels
 MIN_GRID_PIXELS = 256
+MIN_TILE_PIXELS = 56  # a 28x28 digit is drawn at least 2x, an 8x8 one 7x
+TITLE_PIXELS = 30  # strip above a grid for its title
+LABEL_PIXELS = 110  # strip left of a grid for row labels or the vertical axis label
+AXIS_LABEL_PIXELS = 28  # strip below a grid for the horizontal axis label
+FONT_SIZE = 10  # points; 14 pixels at DPI 100
 CHART_INCHES = 5.0  # one scatter / density panel is CHART_INCHES x CHART_INCHES
 CURVE_INCHES = (4.5, 3.5)  # one training-curve panel (width, height)
+LOG_STEPS_RATIO = 100  # training curves use a log step axis when max / min step exceeds this
 MANIFOLD_QUANTILES = (0.05, 0.95)
+DENSITY_SCALE_PERCENTILE = 99.5  # of the model's density, for the top of the colour scale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,14 +72,74 @@ def _tile(images: np.ndarray, nrows: int, ncols: int) -> np.ndarray:
     return grid
 
 
-def _finish_grid(grid: np.ndarray, path: str | Path, scale: int | None) -> np.ndarray:
-    """Enlarges by `scale` (default: to MIN_GRID_PIXELS), converts to uint8, writes the PNG."""
+def _default_scale(grid_shape: tuple[int, ...], tile_shape: tuple[int, ...]) -> int:
+    by_tile = math.ceil(MIN_TILE_PIXELS / max(tile_shape[:2]))
+    by_grid = math.ceil(MIN_GRID_PIXELS / max(grid_shape[:2]))
+    return max(1, by_tile, by_grid)
+
+
+def _finish_grid(
+    grid: np.ndarray,
+    path: str | Path,
+    scale: int | None,
+    *,
+    tile_shape: tuple[int, ...],
+    title: str,
+    row_labels: Sequence[tuple[float, str]] = (),
+    x_label: str | None = None,
+    y_label: str | None = None,
+) -> np.ndarray:
+    """Enlarges by `scale`, adds the title and labels around the grid, writes the PNG.
+
+    Args:
+      grid: [GH, GW, 3] float in [0, 1], at scale 1.
+      path: the PNG file.
+      scale: integer enlargement, or None for the default (see the module docstring).
+      tile_shape: (h, w) of one tile at scale 1.
+      title: text of the title strip.
+      row_labels: (row centre in scale-1 grid pixels, text) pairs, written left of the grid.
+      x_label, y_label: axis labels below / left of the grid (y_label is rotated).
+
+    Returns:
+      uint8 [TITLE_PIXELS + GH * scale + (AXIS_LABEL_PIXELS if x_label),
+      (LABEL_PIXELS if row_labels or y_label) + GW * scale, 3]; the grid's top-left pixel is at
+      (TITLE_PIXELS, LABEL_PIXELS or 0).
+    """
     if scale is None:
-        scale = max(1, math.ceil(MIN_GRID_PIXELS / max(grid.shape[:2])))
+        scale = _default_scale(grid.shape, tile_shape)
     if scale < 1:
         raise ValueError(f'scale must be a positive integer, got {scale}')
     grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
-    return _write(np.round(grid * 255.0).astype(np.uint8), path)
+    grid = np.round(grid * 255.0).astype(np.uint8)
+    top, left = TITLE_PIXELS, LABEL_PIXELS if (row_labels or y_label) else 0
+    bottom = AXIS_LABEL_PIXELS if x_label else 0
+    height, width = top + grid.shape[0] + bottom, left + grid.shape[1]
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+
+    def text(x, y, label, **kwargs):  # x, y in canvas pixels from the top left
+        fig.text(x / width, 1 - y / height, label, fontsize=FONT_SIZE, **kwargs)
+
+    text(left + grid.shape[1] / 2, top / 2, title, ha='center', va='center', weight='bold')
+    for centre, label in row_labels:
+        text(left - 6, top + centre * scale, label, ha='right', va='center')
+    if x_label:
+        text(left + grid.shape[1] / 2, top + grid.shape[0] + bottom / 2, x_label, ha='center',
+             va='center')  # fmt: skip
+    if y_label:
+        text(left / 2, top + grid.shape[0] / 2, y_label, ha='center', va='center', rotation=90)
+    canvas = _draw(fig)
+    # The canvas may differ from (height, width) by a pixel of float rounding: crop or pad.
+    rgb = np.full((height, width, 3), 255, np.uint8)
+    h, w = min(height, canvas.shape[0]), min(width, canvas.shape[1])
+    rgb[:h, :w] = canvas[:h, :w]
+    rgb[top : top + grid.shape[0], left : left + grid.shape[1]] = grid
+    return _write(rgb, path)
+
+
+def _draw(fig: Figure) -> np.ndarray:
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.array(canvas.buffer_rgba())[..., :3]
 
 
 def _write(rgb: np.ndarray, path: str | Path) -> np.ndarray:
@@ -95,11 +167,12 @@ def reconstructions(
       recons: [N, H, W, C] in [0, 1] (e.g. the likelihood's mean at the posterior mean).
       path: the PNG file to write.
       ncols: images per row; default min(N, 8).
-      scale: integer enlargement; default the smallest giving a long side >= MIN_GRID_PIXELS.
+      scale: integer enlargement; default: see the module docstring.
 
     Returns:
-      The RGB image written, uint8 [(2 R (H + PAD) + PAD) * scale, (ncols (W + PAD) + PAD) *
-      scale, 3] with R = ceil(N / ncols).
+      The RGB image written, uint8 [TITLE_PIXELS + (2 R (H + PAD) + PAD) * scale, LABEL_PIXELS
+      + (ncols (W + PAD) + PAD) * scale, 3] with R = ceil(N / ncols); each row is labelled
+      'data' or 'reconstruction' on the left.
 
     Raises:
       ValueError: inputs and recons differ in shape, or are not [N, H, W, 1 or 3].
@@ -118,11 +191,29 @@ def reconstructions(
     rows_in = np.concatenate([inputs, blank]).reshape((nrows, ncols) + inputs.shape[1:])
     rows_out = np.concatenate([recons, blank]).reshape((nrows, ncols) + inputs.shape[1:])
     tiles = np.stack([rows_in, rows_out], axis=1).reshape((-1,) + inputs.shape[1:])
-    return _finish_grid(_tile(tiles, 2 * nrows, ncols), path, scale)
+    tile_h = inputs.shape[1] + PAD
+    labels = [
+        (PAD + (2 * r + i) * tile_h + inputs.shape[1] / 2, name)
+        for r in range(nrows)
+        for i, name in enumerate(('data', 'reconstruction'))
+    ]
+    return _finish_grid(
+        _tile(tiles, 2 * nrows, ncols),
+        path,
+        scale,
+        tile_shape=inputs.shape[1:],
+        title='data and reconstructions',
+        row_labels=labels,
+    )
 
 
 def samples(
-    images: np.ndarray, path: str | Path, *, ncols: int | None = None, scale: int | None = None
+    images: np.ndarray,
+    path: str | Path,
+    *,
+    ncols: int | None = None,
+    scale: int | None = None,
+    title: str = 'samples: mean of p(x|z), z ~ N(0, I)',
 ) -> np.ndarray:
     """A grid of images (e.g. decoded prior samples).
 
@@ -130,16 +221,19 @@ def samples(
       images: [N, H, W, C] in [0, 1], C = 1 or 3.
       path: the PNG file to write.
       ncols: images per row; default ceil(sqrt(N)).
-      scale: integer enlargement; default the smallest giving a long side >= MIN_GRID_PIXELS.
+      scale: integer enlargement; default: see the module docstring.
+      title: the title above the grid.
 
     Returns:
-      The RGB image written, uint8 [(R (H + PAD) + PAD) * scale, (ncols (W + PAD) + PAD) *
-      scale, 3] with R = ceil(N / ncols).
+      The RGB image written, uint8 [TITLE_PIXELS + (R (H + PAD) + PAD) * scale, (ncols (W +
+      PAD) + PAD) * scale, 3] with R = ceil(N / ncols).
     """
     images = _to_rgb(images)
     n = images.shape[0]
     ncols = math.ceil(math.sqrt(n)) if ncols is None else ncols
-    return _finish_grid(_tile(images, -(-n // ncols), ncols), path, scale)
+    return _finish_grid(
+        _tile(images, -(-n // ncols), ncols), path, scale, tile_shape=images.shape[1:], title=title
+    )
 
 
 def manifold_grid(latent_dim: int, *, n: int = 20, basis: np.ndarray | None = None) -> np.ndarray:
@@ -193,11 +287,13 @@ def manifold(
       path: the PNG file to write.
       n: tiles per side.
       basis: [2, D] plane for D > 2; see `manifold_grid`.
-      scale: integer enlargement; default the smallest giving a long side >= MIN_GRID_PIXELS.
+      scale: integer enlargement; default: see the module docstring.
 
     Returns:
-      (the RGB image written, uint8 [(n (H + PAD) + PAD) * scale, (n (W + PAD) + PAD) * scale, 3];
-       the latents decoded, [n, n, D] float32 laid out like the tiles, see `manifold_grid`).
+      (the RGB image written, uint8 [TITLE_PIXELS + (n (H + PAD) + PAD) * scale +
+       AXIS_LABEL_PIXELS, LABEL_PIXELS + (n (W + PAD) + PAD) * scale, 3] (no LABEL_PIXELS for
+       D = 1, whose grid is one row); the latents decoded, [n, n, D] float32 laid out like the
+       tiles, see `manifold_grid`).
 
     Raises:
       ValueError: decode_mean returns the wrong number of images.
@@ -210,7 +306,23 @@ def manifold(
             f'decode_mean returned {images.shape[0]} images for {rows * cols} latents '
             f'(shape {images.shape})'
         )
-    return _finish_grid(_tile(_to_rgb(images), rows, cols), path, scale), z
+    lo, hi = MANIFOLD_QUANTILES
+    axis = 'z' if basis is None else 'principal direction'
+    if latent_dim == 1:
+        x_label, y_label = f'z: N(0, 1) quantiles {lo} to {hi}', None
+    else:
+        x_label = f'{axis} 1: N(0, 1) quantiles {lo} to {hi}'
+        y_label = f'{axis} 2 (upwards)'
+    grid = _finish_grid(
+        _tile(_to_rgb(images), rows, cols),
+        path,
+        scale,
+        tile_shape=images.shape[1:],
+        title='decoded means over a latent grid',
+        x_label=x_label,
+        y_label=y_label,
+    )
+    return grid, z
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,10 +352,7 @@ def pca(z: np.ndarray, num_components: int = 2) -> tuple[np.ndarray, np.ndarray,
 
 
 def _render(fig: Figure, path: str | Path) -> np.ndarray:
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    rgb = np.array(canvas.buffer_rgba())[..., :3]
-    return _write(rgb, path)
+    return _write(_draw(fig), path)
 
 
 def latent_scatter(z: np.ndarray, labels: np.ndarray | None, path: str | Path) -> np.ndarray:
@@ -281,25 +390,41 @@ def latent_scatter(z: np.ndarray, labels: np.ndarray | None, path: str | Path) -
         xy = z
         ax.set_xlabel('z 1')
         ax.set_ylabel('z 2')
+        ax.set_title('2-d latents')
     else:
         xy = np.stack([z[:, 0], np.zeros(n) if labels is None else labels], axis=1)
         ax.set_xlabel('z')
         ax.set_ylabel('label')
+        ax.set_title('1-d latents')
     if labels is None:
         ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.6)
-    else:
+    elif len(np.unique(labels)) <= 10:
         points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap='tab10', s=4, alpha=0.7)
-        if len(np.unique(labels)) <= 10:
-            ax.legend(*points.legend_elements(), title='label', fontsize='small', loc='best')
+        ax.legend(*points.legend_elements(), title='label', fontsize='small', loc='best')
+    else:  # Too many labels for a legend: a colour bar says which colour is which.
+        points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap='viridis', s=4, alpha=0.7)
+        fig.colorbar(points, ax=ax, label='label')
     fig.tight_layout()
     return _render(fig, path)
 
 
-def _density_image(ax, log_density, extent, title):
-    # Normalise by the maximum in log space before exp: exp(log p) underflows far from the modes.
-    density = np.exp(log_density - np.max(log_density))
-    ax.imshow(density, origin='lower', extent=extent, aspect='auto', cmap='viridis')
+def _density_image(ax, density, extent, title, norm):
+    image = ax.imshow(
+        density, origin='lower', extent=extent, aspect='auto', cmap='viridis', norm=norm
+    )
     ax.set_title(title)
+    return image
+
+
+def _density_scale_max(model: np.ndarray, true: np.ndarray | None = None) -> float:
+    """Top of the shared density scale: the larger of the true density's maximum and the
+    model's 99.5th percentile. Not the model's maximum: an importance-sampled log p(x) has rare
+    large overestimates, and one such pixel would wash out both panels; pixels above the scale
+    show at the top colour (the colour bar then has an arrow)."""
+    top = float(np.percentile(model, DENSITY_SCALE_PERCENTILE))
+    if true is not None:
+        top = max(top, float(np.max(true)))
+    return top if top > 0 else 1.0
 
 
 def toy_density(
@@ -312,6 +437,10 @@ def toy_density(
     path: str | Path,
 ) -> np.ndarray:
     """2-D toy data: data and model samples overlaid; the model's density beside the true one.
+
+    The density panels share one linear colour scale and one colour bar, so the model and the
+    true density are compared on the same scale (from 0 to the larger of the true maximum and
+    the model's 99.5th percentile, see `_density_scale_max`).
 
     Args:
       data: [N, 2] data points.
@@ -350,7 +479,8 @@ def toy_density(
             f'data and samples must be [N, 2] and [M, 2], got {data.shape} and {samples.shape}'
         )
     panels = 2 if true_log_density is None else 3
-    fig = Figure(figsize=(panels * CHART_INCHES, CHART_INCHES), dpi=DPI)
+    # Constrained layout makes room for the colour bar (tight_layout would not).
+    fig = Figure(figsize=(panels * CHART_INCHES, CHART_INCHES), dpi=DPI, layout='constrained')
     axes = fig.subplots(1, panels)
     extent = (gx[0], gx[-1], gy[0], gy[-1])
     axes[0].scatter(data[:, 0], data[:, 1], s=2, c='0.5', alpha=0.5, label='data')
@@ -359,28 +489,56 @@ def toy_density(
     axes[0].set_ylim(extent[2:])
     axes[0].legend(loc='upper right', markerscale=4)
     axes[0].set_title('data and model samples')
-    _density_image(axes[1], np.asarray(model_log_density, np.float64), extent, 'model density')
+    # Densities, not log densities, on one linear scale shared by the model and the true panel,
+    # so equal colours mean equal p(x). exp is safe: these densities are O(1) at most.
+    densities = [np.exp(np.asarray(model_log_density, np.float64))]
     if true_log_density is not None:
-        _density_image(axes[2], np.asarray(true_log_density, np.float64), extent, 'true density')
+        densities.append(np.exp(np.asarray(true_log_density, np.float64)))
+    norm = colors.Normalize(0.0, _density_scale_max(*densities))
+    titles = ('model density p(x) (importance-sampled)', 'true density')
+    for ax, density, title in zip(axes[1:], densities, titles, strict=False):
+        image = _density_image(ax, density, extent, title, norm)
+    above = max(float(np.max(d)) for d in densities) > norm.vmax
     for ax in axes:
         ax.set_aspect('equal')
-    fig.tight_layout()
+        ax.set_xlabel('x 1')
+        ax.set_ylabel('x 2')
+    fig.colorbar(
+        image,
+        ax=list(axes[1:]),
+        label='density (shared scale)',
+        shrink=0.85,
+        extend='max' if above else 'neither',  # an arrow: some model values are above the scale
+    )
     return _render(fig, path)
 
 
+def _is_bound(name: str) -> bool:
+    """ELBO and IWAE_k: lower bounds on log p(x), drawn negated as upper bounds on the NLL."""
+    return name == 'elbo' or name.startswith('iwae_k')
+
+
+# (title, y label, which metric names): -ELBO, -IWAE_k and the NLL share a panel, all of them
+# estimates of or upper bounds on -log p(x) in nats, the same kind of number on one axis.
 _CURVE_PANELS = (
-    ('loss', lambda name: name == 'loss'),
-    ('bounds (nats)', lambda name: name in ('elbo', 'nll') or name.startswith('iwae_k')),
-    ('recon and KL (nats)', lambda name: name in ('recon', 'kl')),
+    ('loss', 'loss', lambda name: name == 'loss'),
+    (
+        'NLL and its upper bounds -ELBO, -IWAE_k',
+        'nats',
+        lambda name: name == 'nll' or _is_bound(name),
+    ),
+    ('recon and KL', 'nats', lambda name: name in ('recon', 'kl')),
 )
 
 
 def training_curves(metrics_jsonl_path: str | Path, path: str | Path) -> np.ndarray:
-    """Loss, bounds, and recon/KL over steps, from a run's metrics.jsonl.
+    """Loss, the NLL with its bounds, and recon/KL over steps, from a run's metrics.jsonl.
 
     Each line is a JSON object with 'step' and keys like 'train/loss', 'eval/elbo',
-    'eval/iwae_k10'. Panels (those with data): loss; bounds (elbo, iwae_k*, nll); recon and kl.
-    Train curves are solid, eval curves dashed with markers.
+    'eval/iwae_k10'. Panels (those with data): loss; the NLL with -ELBO and -IWAE_k (the bounds
+    negated, so every curve is an upper bound on, or an estimate of, -log p(x) in nats); recon
+    and KL. Train curves are solid, eval curves dashed with markers. The step axis is
+    logarithmic when the steps span more than `LOG_STEPS_RATIO` (long runs), linear otherwise.
 
     Args:
       metrics_jsonl_path: the metrics.jsonl file.
@@ -405,30 +563,39 @@ def training_curves(metrics_jsonl_path: str | Path, path: str | Path) -> np.ndar
             steps.append(row['step'])
             values.append(float(value))
     panels = []
-    for title, wanted in _CURVE_PANELS:
+    for title, y_label, wanted in _CURVE_PANELS:
         keys = sorted(k for k in series if wanted(k.split('/', 1)[1]))
         if keys:
-            panels.append((title, keys))
+            panels.append((title, y_label, keys))
     if not panels:
         raise ValueError(
             f'{metrics_jsonl_path} has no loss/elbo/iwae/recon/kl metrics to plot '
             f'(keys found: {sorted(series)})'
         )
+    all_steps = [step for key, _, keys in panels for k in keys for step in series[k][0]]
+    positive = [step for step in all_steps if step > 0]
+    log_x = bool(positive) and max(positive) > LOG_STEPS_RATIO * min(positive)
     width, height = CURVE_INCHES
-    fig = Figure(figsize=(len(panels) * width, height), dpi=DPI)
+    fig = Figure(figsize=(len(panels) * width, height), dpi=DPI, layout='constrained')
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    for ax, (title, keys) in zip(axes, panels, strict=True):
+    for ax, (title, y_label, keys) in zip(axes, panels, strict=True):
         # One colour per metric, so train/elbo and eval/elbo match; eval is dashed with markers.
         names = sorted({k.split('/', 1)[1] for k in keys})
         for key in keys:
             steps, values = series[key]
-            style = {'color': f'C{names.index(key.split("/", 1)[1]) % 10}'}
+            name = key.split('/', 1)[1]
+            sign, label = (-1.0, f'-{key}') if _is_bound(name) else (1.0, key)
+            style = {'color': f'C{names.index(name) % 10}'}
             if key.startswith('eval/'):
                 style.update(linestyle='--', marker='o', markersize=3)
-            ax.plot(steps, values, label=key, **style)
-        ax.set_title(title)
-        ax.set_xlabel('step')
+            elif len(steps) == 1:  # A line through one point draws nothing.
+                style.update(marker='o', markersize=3)
+            ax.plot(steps, sign * np.asarray(values), label=label, **style)
+        ax.set_title(title, fontsize='medium')
+        ax.set_xlabel('step (log scale)' if log_x else 'step')
+        ax.set_ylabel(y_label)
+        if log_x:
+            ax.set_xscale('log')
         ax.legend(fontsize='small')
         ax.grid(alpha=0.3)
-    fig.tight_layout()
     return _render(fig, path)

@@ -475,6 +475,9 @@ def finish_run(
         'seed': config.seed,
         'eval_k_samples': list(config.eval_k_samples),
         **result,
+        **evaluation.bits_per_dim(
+            result['nll'], likelihood=config.model.likelihood, **data.value_grid(config.input)
+        ),
         'train_steps_per_sec': train_steps_per_sec,
         'wall_time_sec': time.time() - start_time,
         **(extra or {}),
