@@ -74,7 +74,7 @@ TFDS_PREFIX = 'tfds:'  # 'tfds:<name>': any TFDS image data set.
 # Names whose facts (shape, classes) are known here; `npz` and 'tfds:<name>' read them from files.
 DATASETS = TFDS_DATASETS + EMBEDDED_DATASETS + TOY_DATASETS + (NPZ,)
 BINARIZE_MODES = ('none', 'static', 'dynamic')
-ALLOWED_NAMES = ', '.join(DATASETS) + ", or 'tfds:<name>' for any TFDS image data set"
+ALLOWED_NAMES = ', '.join(map(repr, DATASETS)) + ", or 'tfds:<name>' for any TFDS image data set"
 
 # num_classes: labels are in [0, num_classes); has_labels False means every label is 0.
 _INFO = {
