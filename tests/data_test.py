@@ -796,6 +796,20 @@ class NpzTest(parameterized.TestCase):
         self.assertEqual(trainer.train_and_evaluate(config, self.dir / 'run')['step'], 6)
 
 
+class OlderRunConfigTest(parameterized.TestCase):
+    def test_config_json_without_the_new_input_keys(self):
+        """A run recorded before input.path/download/data_shape/num_classes existed still loads."""
+        saved = json.loads(test_config.get_config().to_json_best_effort())
+        for key in ('path', 'download', 'data_shape', 'num_classes'):
+            del saved['input'][key]
+        config = ml_collections.ConfigDict(saved)
+        config_validation.validate(config)
+        self.assertEqual(data.data_shape(config.input), (8, 8, 1))
+        self.assertEqual(data.dataset_info(config.input)['num_classes'], 10)
+        train, _ = data.get_datasets(config.input, likelihood=config.model.likelihood)
+        self.assertEqual(train['image'].shape, (1437, 8, 8, 1))
+
+
 class GenericTfdsTest(parameterized.TestCase):
     """'tfds:<name>': facts from the builder's info; real data where prepared, else mocked."""
 

@@ -147,8 +147,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     _check(config, 'input.dataset', data.is_dataset_name, data.ALLOWED_NAMES)
     _check(config, 'input.data_dir', lambda v: v is None or isinstance(v, str), 'None or a path')
-    _check(config, 'input.path', lambda v: v is None or isinstance(v, str), 'None or a path')
-    _bool(config, 'input.download')
+    # The config.json of a run recorded before these keys existed lacks them: they read as unset.
+    if 'path' in config.input:
+        _check(config, 'input.path', lambda v: v is None or isinstance(v, str), 'None or a path')
+    if 'download' in config.input:
+        _bool(config, 'input.download')
     _int_at_least(config, 'input.batch_size', 1)
     _int_at_least(config, 'input.eval_batch_size', 1)
     _one_of(config, 'input.binarize', BINARIZE)
