@@ -8,6 +8,7 @@ records. VAE_JAX_FULL_DATA_TESTS=1 also reads the full train splits. Nothing her
 network: TFDS sets other than the prepared ones run under `tfds.testing.mock_data`.
 """
 
+import copy
 import gzip
 import importlib.util
 import json
@@ -750,6 +751,9 @@ class NpzTest(parameterized.TestCase):
         loaded.input.num_test_examples = None
         path.unlink()
         self.assertEqual(data.data_shape(loaded.input), (32, 32, 1))
+        only_shape = copy.deepcopy(loaded.input)
+        only_shape.num_classes = None
+        self.assertEqual(data.data_shape(only_shape), (32, 32, 1))
         self.assertEqual(data.dataset_info(loaded.input)['num_classes'], 4)
         config_validation.validate(loaded)
         # Data that changed since the run recorded them are an error, not a silent rebuild.

@@ -136,7 +136,10 @@ def dataset_info(input_config) -> dict[str, Any]:
     _check_name(name)
     if name in _INFO:
         return dataset_info(name)
-    num_classes = _file_facts(input_config)['num_classes']
+    num_classes = input_config.get('num_classes')
+    if num_classes is None:
+        num_classes = _read_file_facts(input_config)['num_classes']
+    num_classes = int(num_classes)
     return {'num_classes': max(num_classes, 1), 'is_image': True, 'has_labels': num_classes > 0}
 
 
@@ -159,10 +162,10 @@ def data_shape(input_config) -> tuple[int, ...]:
     name = input_config.dataset
     if name in _INFO:
         shape = _INFO[name]['shape']
+    elif input_config.get('data_shape') is not None:
+        return tuple(int(d) for d in input_config.data_shape)  # Recorded: already padded.
     else:
-        shape = _file_facts(input_config)['image_shape']
-        if input_config.get('data_shape') is not None:
-            return shape  # Recorded: already the padded shape.
+        shape = _read_file_facts(input_config)['image_shape']
     if input_config.pad_to_32:
         height, width, channels = shape
         if height > 32 or width > 32:
@@ -365,17 +368,6 @@ def get_datasets(
             _check_support(likelihood, image, input_config, split)
         out.append({'image': image, 'label': label.astype(np.int32)})
     return out[0], out[1]
-
-
-def _file_facts(input_config) -> dict[str, Any]:
-    """{'image_shape', 'num_classes'} of an npz/tfds: set: recorded values, else from files.
-
-    With recorded values, image_shape is the recorded (already padded) `input.data_shape`.
-    """
-    shape, num_classes = input_config.get('data_shape'), input_config.get('num_classes')
-    if shape is not None and num_classes is not None:
-        return {'image_shape': tuple(int(d) for d in shape), 'num_classes': int(num_classes)}
-    return _read_file_facts(input_config)
 
 
 def _read_file_facts(input_config) -> dict[str, Any]:
