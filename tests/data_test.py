@@ -614,7 +614,11 @@ class NpzTest(parameterized.TestCase):
         train, _ = data.get_datasets(config)
         self.assertLen(train['image'], 40)
         os.chdir(old)
-        with self.assertRaisesRegex(FileNotFoundError, r"input\.path='mine\.npz': no such file"):
+        with self.assertRaisesRegex(
+            FileNotFoundError,
+            rf"input\.path='mine\.npz': no such file \(relative to the current directory "
+            rf"'{os.getcwd()}': '{os.getcwd()}/mine\.npz'\)",
+        ):
             data.get_datasets(config)
 
     def _bad(self, name, **arrays):

@@ -273,12 +273,17 @@ def resolve_npz_path(path: str) -> str:
     Raises:
       FileNotFoundError: no such file, naming the path as given and as resolved.
     """
-    resolved = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    expanded = os.path.expanduser(os.fspath(path))
+    resolved = os.path.abspath(expanded)
     if not os.path.isfile(resolved):
+        where = (
+            ''
+            if os.path.isabs(expanded)
+            else f' (relative to the current directory {os.getcwd()!r}: {resolved!r})'
+        )
         raise FileNotFoundError(
-            f'input.path={path!r}: no such file (resolved against the current directory '
-            f'{os.getcwd()!r} to {resolved!r}). Give the path of an .npz file with arrays '
-            f'{", ".join(NPZ_IMAGE_KEYS)} (and optionally {", ".join(NPZ_LABEL_KEYS)}).'
+            f'input.path={path!r}: no such file{where}. Give the path of an .npz file with '
+            f'arrays {", ".join(NPZ_IMAGE_KEYS)} (and optionally {", ".join(NPZ_LABEL_KEYS)}).'
         )
     return resolved
 
