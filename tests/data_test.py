@@ -907,6 +907,16 @@ class GenericTfdsTest(parameterized.TestCase):
                 )
         data_source.assert_called_once_with('cifar10', split='train', data_dir=empty, download=True)
 
+    @parameterized.named_parameters(
+        ('text', 'imdb_reviews'), ('variable_image_size', 'cats_vs_dogs')
+    )
+    def test_sets_without_a_fixed_shape_image_are_refused(self, name):
+        empty = _tempdir(self)  # The builders' info comes from their code: nothing is read.
+        with self.assertRaisesRegex(
+            ValueError, rf"TFDS data set '{name}' has features .*fixed shape \[H, W, C\]"
+        ):
+            data.data_shape(_input_config(dataset=f'tfds:{name}', data_dir=empty))
+
     def test_unknown_name_lists_what_was_tried(self):
         empty = _tempdir(self)
         Path(empty, 'my_set').mkdir()

@@ -95,11 +95,13 @@ def tfds_facts(name: str, data_dir: str) -> dict[str, Any]:
     Raises:
       ValueError: unknown name, or not an image set this loader can read.
     """
+    import tensorflow_datasets as tfds
+
     features = tfds_builder(name, data_dir).info.features
     image = features['image'] if 'image' in features else None
     shape = tuple(getattr(image, 'shape', ()) or ())
     if (
-        type(image).__name__ != 'Image'
+        not isinstance(image, tfds.features.Image)
         or len(shape) != 3
         or not all(isinstance(d, int) for d in shape)
         or np.dtype(image.np_dtype) != np.uint8
@@ -112,7 +114,7 @@ def tfds_facts(name: str, data_dir: str) -> dict[str, Any]:
     num_classes = 0
     if 'label' in features:
         num_classes = getattr(features['label'], 'num_classes', None)
-        if not isinstance(num_classes, int):
+        if not isinstance(features['label'], tfds.features.ClassLabel) or not num_classes:
             raise ValueError(
                 f"input.dataset: TFDS data set {name!r} has a 'label' feature "
                 f'{features["label"]} that is not a ClassLabel; this loader reads class labels.'
