@@ -35,10 +35,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.skip_nonfinite_updates = False  # True: drop a step whose loss/grad is NaN/inf.
 
     c.input = ml_collections.ConfigDict()
-    c.input.dataset = (
-        'digits'  # mnist | fashion_mnist | binarized_mnist | digits | eight_gaussians | ...
-    )
-    c.input.data_dir = config_dict.placeholder(str)  # TFDS data dir; None = $TFDS_DATA_DIR.
+    # mnist | fashion_mnist | binarized_mnist | digits | eight_gaussians | two_moons | pinwheel
+    # | checkerboard | npz (your own arrays, input.path) | tfds:<name> (any TFDS image set).
+    c.input.dataset = 'digits'
+    # npz only: file with train_images, test_images [N, H, W(, C)] (uint8 0..255, bool, or
+    # float in [0, 1]) and optional train_labels, test_labels [N]. A relative path counts from
+    # the directory the command runs in.
+    c.input.path = config_dict.placeholder(str)
+    # TFDS data dir. Unset (recommended, so a run names its data but not a machine's folder):
+    # $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+    c.input.data_dir = config_dict.placeholder(str)
+    c.input.download = False  # TFDS sets: True lets TFDS download and prepare (needs internet).
     c.input.batch_size = 64
     c.input.eval_batch_size = 500
     c.input.binarize = 'none'  # 'none' | 'static' | 'dynamic' (fresh draw at every use)
@@ -47,6 +54,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.input.num_test_examples = config_dict.placeholder(int)
     c.input.toy_num_examples = 20_000  # toy 2-D sets: points per split
     c.input.toy_noise = 0.2
+    # Recorded by the trainer at the start of an npz / tfds:<name> run (leave unset): one
+    # example's shape after preprocessing, and the number of label classes (0: no labels), so
+    # the run's config.json rebuilds the model without the data.
+    c.input.data_shape = config_dict.placeholder(tuple)
+    c.input.num_classes = config_dict.placeholder(int)
 
     c.model = ml_collections.ConfigDict()
     c.model.latent_dim = 8

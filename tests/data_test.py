@@ -1,30 +1,34 @@
-"""Tests for vae_jax/data.py.
+"""Tests for vae_jax/data.py and vae_jax/data_sources.py.
 
-Real TFDS data are read from $TFDS_DATA_DIR, else from ../shared/data/tfds beside the checkout
-(where CI finds them; skipped where absent), and checked against the original files in
-../shared/data/<name> where those are present. Reading a full
-train split takes 5-15 s on 2 cores, so by default only the test splits are read in full; train
-counts come from the data source's length and train contents from the first records.
-VAE_JAX_FULL_DATA_TESTS=1 also reads the full train splits.
+Real TFDS data are read from $TFDS_DATA_DIR, else ../shared/data/tfds (skipped where absent), and
+checked against the original files beside that folder (../shared/data/<name>) where present.
+Reading a full train split takes 5-15 s on 2 cores, so by default only the test splits are read
+in full; train counts come from the data source's length and train contents from the first
+records. VAE_JAX_FULL_DATA_TESTS=1 also reads the full train splits. Nothing here uses the
+network: TFDS sets other than the prepared ones run under `tfds.testing.mock_data`.
 """
 
+import copy
 import gzip
 import importlib.util
+import json
 import os
 import tempfile
 from pathlib import Path
 from unittest import mock
 
+import ml_collections
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from vae_jax import data
+from configs import test as test_config
+from vae_jax import config_validation, data, data_sources, trainer
 
 _REPO = Path(__file__).resolve().parents[1]
-# CI clones the repository beside a shared/ folder holding the prepared TFDS copies (tfds/) and
-# the original files; elsewhere set $TFDS_DATA_DIR (the original-file checks then skip).
-_SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared/data'
-_TFDS_DIR = Path(os.environ.get('TFDS_DATA_DIR') or _SHARED_DATA / 'tfds')
+_TFDS_DIR = Path(
+    os.environ.get('TFDS_DATA_DIR') or Path(__file__).resolve().parents[2] / 'shared/data/tfds'
+)
+_SHARED_DATA = _TFDS_DIR.parent  # The original files lie beside the prepared copies.
 _FULL = os.environ.get('VAE_JAX_FULL_DATA_TESTS') == '1'
 
 # Reference facts (published split sizes; test-split means computed from the original files).
@@ -202,7 +206,7 @@ class TfdsMockDataTest(parameterized.TestCase):
 
         self.tfds = tfds
         self.data_dir = _tempdir(self)
-        self.addCleanup(data._read_tfds_split.cache_clear)
+        self.addCleanup(data_sources.read_tfds_split.cache_clear)
 
     def _mock(self, num_examples):
         self.enter_context(
@@ -253,10 +257,22 @@ class TfdsErrorTest(parameterized.TestCase):
             with self.assertRaisesRegex(FileNotFoundError, empty):
                 data.get_datasets(_input_config(dataset='mnist'))
 
-    def test_no_data_dir_at_all(self):
-        with mock.patch.dict(os.environ, {}, clear=True):
-            with self.assertRaisesRegex(ValueError, r'input\.data_dir.*TFDS_DATA_DIR'):
+    def test_no_data_dir_at_all_reads_the_tfds_default(self):
+        home = _tempdir(self)
+        with mock.patch.dict(os.environ, {'HOME': home}, clear=True):
+            with self.assertRaises(FileNotFoundError) as raised:
                 data.get_datasets(_input_config(dataset='mnist'))
+        self.assertIn(os.path.join(home, 'tensorflow_datasets'), str(raised.exception))
+        self.assertIn('input.data_dir, else $TFDS_DATA_DIR, else', str(raised.exception))
+
+    def test_data_dir_order_flag_then_environment_then_default(self):
+        with mock.patch.dict(os.environ, {'HOME': '/home/x', 'TFDS_DATA_DIR': '/env/tfds'}):
+            self.assertEqual(data.resolve_data_dir('/flag/tfds'), '/flag/tfds')
+            self.assertEqual(data.resolve_data_dir(None), '/env/tfds')
+            self.assertEqual(data.resolve_data_dir('gs://bucket/tfds'), 'gs://bucket/tfds')
+            self.assertEqual(data.resolve_data_dir('rel/dir'), os.path.join(os.getcwd(), 'rel/dir'))
+        with mock.patch.dict(os.environ, {'HOME': '/home/x'}, clear=True):
+            self.assertEqual(data.resolve_data_dir(None), '/home/x/tensorflow_datasets')
 
 
 class DigitsTest(parameterized.TestCase):
@@ -497,7 +513,20 @@ class TrueLogDensityTest(parameterized.TestCase):
 
 class ConfigErrorTest(parameterized.TestCase):
     @parameterized.named_parameters(
-        ('unknown_dataset', dict(dataset='cifar10'), r"input\.dataset='cifar10'.*mnist.*digits"),
+        (
+            'unknown_dataset',
+            dict(dataset='cifar10'),
+            r"input\.dataset='cifar10'.*mnist.*digits.*npz.*'tfds:<name>'",
+        ),
+        ('empty_tfds_name', dict(dataset='tfds:'), r"input\.dataset='tfds:' is not supported"),
+        ('npz_without_path', dict(dataset='npz'), r"input\.path=None: input\.dataset='npz'"),
+        ('path_without_npz', dict(path='x.npz'), r"input\.path='x\.npz' applies only to"),
+        ('download_digits', dict(download=True), r'input\.download=True applies to TFDS'),
+        (
+            'recorded_on_fixed_set',
+            dict(data_shape=(8, 8, 1)),
+            r"input\.data_shape=\(8, 8, 1\).*'digits' has fixed facts",
+        ),
         ('unknown_binarize', dict(binarize='always'), r"input\.binarize='always'.*static"),
         ('binarize_toy', dict(dataset='two_moons', binarize='static'), r'input\.binarize'),
         ('dynamic_toy', dict(dataset='pinwheel', binarize='dynamic'), r'input\.binarize'),
@@ -522,6 +551,8 @@ class ConfigErrorTest(parameterized.TestCase):
         self.assertFalse(data.dataset_info('eight_gaussians')['is_image'])
         with self.assertRaisesRegex(ValueError, r"input\.dataset='nope'"):
             data.dataset_info('nope')
+        with self.assertRaisesRegex(ValueError, 'pass the whole input config'):
+            data.dataset_info('npz')
 
     @parameterized.named_parameters(
         ('mnist', 'mnist', False, (28, 28, 1)),
@@ -530,6 +561,397 @@ class ConfigErrorTest(parameterized.TestCase):
     )
     def test_data_shape(self, name, pad, expected):
         self.assertEqual(data.data_shape(_input_config(dataset=name, pad_to_32=pad)), expected)
+
+
+def _write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _npz_arrays(num_train=40, num_test=12, shape=(6, 5), seed=0):
+    """uint8 images [N, H, W] (no channel axis) and labels 0..3."""
+    rng = np.random.default_rng(seed)
+    return dict(
+        train_images=rng.integers(0, 256, (num_train, *shape), dtype=np.uint8),
+        test_images=rng.integers(0, 256, (num_test, *shape), dtype=np.uint8),
+        train_labels=rng.integers(0, 4, num_train),
+        test_labels=rng.integers(0, 4, num_test),
+    )
+
+
+class NpzTest(parameterized.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.dir = Path(_tempdir(self))
+
+    def test_uint8_bool_and_float_images(self):
+        arrays = _npz_arrays()
+        path = _write_npz(self.dir / 'u8.npz', **arrays)
+        train, test = data.get_datasets(_input_config(dataset='npz', path=path))
+        self.assertEqual(train['image'].shape, (40, 6, 5, 1))
+        self.assertEqual(train['image'].dtype, np.float32)
+        # uint8 v -> v / 255, exactly as float32 division gives it.
+        np.testing.assert_array_equal(
+            test['image'][..., 0], arrays['test_images'].astype(np.float32) / np.float32(255)
+        )
+        np.testing.assert_array_equal(train['label'], arrays['train_labels'])
+        self.assertEqual(train['label'].dtype, np.int32)
+        self.assertEqual(data.data_shape(_input_config(dataset='npz', path=path)), (6, 5, 1))
+        info = data.dataset_info(_input_config(dataset='npz', path=path))
+        self.assertEqual(info, dict(num_classes=4, is_image=True, has_labels=True))
+
+        rng = np.random.default_rng(1)
+        floats = rng.random((7, 4, 4, 3)).astype(np.float64)
+        path = _write_npz(self.dir / 'f.npz', train_images=floats, test_images=floats[:2] > 0.5)
+        with self.assertRaisesRegex(ValueError, r"'train_images' is float64 but 'test_images'"):
+            data.get_datasets(_input_config(dataset='npz', path=path))
+        path = _write_npz(self.dir / 'f.npz', train_images=floats, test_images=floats[:2])
+        train, test = data.get_datasets(_input_config(dataset='npz', path=path))
+        np.testing.assert_array_equal(train['image'], floats.astype(np.float32))
+        np.testing.assert_array_equal(train['label'], 0)  # No labels in the file.
+        info = data.dataset_info(_input_config(dataset='npz', path=path))
+        self.assertEqual(info, dict(num_classes=1, is_image=True, has_labels=False))
+
+        binary = rng.random((5, 3, 3)) > 0.5
+        path = _write_npz(self.dir / 'b.npz', train_images=binary, test_images=binary)
+        train, _ = data.get_datasets(
+            _input_config(dataset='npz', path=path), likelihood='bernoulli'
+        )
+        np.testing.assert_array_equal(train['image'][..., 0], binary.astype(np.float32))
+
+    def test_truncate_binarize_and_pad(self):
+        path = _write_npz(self.dir / 'd.npz', **_npz_arrays())
+        config = _input_config(
+            dataset='npz', path=path, num_train_examples=10, binarize='static', pad_to_32=True
+        )
+        train, test = data.get_datasets(config)
+        self.assertEqual(train['image'].shape, (10, 32, 32, 1))
+        self.assertEqual(test['image'].shape, (12, 32, 32, 1))
+        self.assertTrue(np.isin(train['image'], [0.0, 1.0]).all())
+        self.assertEqual(data.data_shape(config), (32, 32, 1))
+
+    def test_relative_path_counts_from_the_current_directory(self):
+        _write_npz(self.dir / 'mine.npz', **_npz_arrays())
+        config = _input_config(dataset='npz', path='mine.npz')
+        old = os.getcwd()
+        os.chdir(self.dir)
+        self.addCleanup(os.chdir, old)
+        train, _ = data.get_datasets(config)
+        self.assertLen(train['image'], 40)
+        os.chdir(old)
+        with self.assertRaisesRegex(
+            FileNotFoundError,
+            rf"input\.path='mine\.npz': no such file \(relative to the current directory "
+            rf"'{os.getcwd()}': '{os.getcwd()}/mine\.npz'\)",
+        ):
+            data.get_datasets(config)
+
+    def _bad(self, name, **arrays):
+        return _write_npz(self.dir / f'{name}.npz', **arrays)
+
+    @parameterized.named_parameters(
+        (
+            'wrong_key',
+            lambda a: dict(x_train=a['train_images'], test_images=a['test_images']),
+            r"bad\.npz: holds arrays \['test_images', 'x_train'\]; missing \['train_images'\]; "
+            r"unexpected \['x_train'\]",
+        ),
+        (
+            'misspelt_label_key',
+            lambda a: dict(a, train_label=a['train_labels']),
+            r"bad\.npz: .*unexpected \['train_label'\]",
+        ),
+        (
+            'label_count',
+            lambda a: dict(a, train_labels=a['train_labels'][:39]),
+            r"bad\.npz: 'train_labels' has 39 entries but 'train_images' has 40\.",
+        ),
+        (
+            'one_split_labelled',
+            lambda a: {k: v for k, v in a.items() if k != 'test_labels'},
+            r"bad\.npz: has 'train_labels' but not 'test_labels'",
+        ),
+        (
+            'float_outside_unit_interval',
+            lambda a: dict(a, test_images=a['test_images'].astype(np.float32)),
+            r"bad\.npz: 'test_images' is float32 with values in \[0, 255\] \(e\.g\. \d+ at index",
+        ),
+        (
+            'nan',
+            lambda a: dict(a, train_images=np.full((40, 6, 5), np.nan)),
+            r"bad\.npz: 'train_images' holds 1200 non-finite values",
+        ),
+        (
+            'int64_images',
+            lambda a: dict(a, train_images=a['train_images'].astype(np.int64)),
+            r"bad\.npz: 'train_images' has dtype int64; allowed: uint8",
+        ),
+        (
+            'image_rank',
+            lambda a: dict(a, train_images=a['train_images'].reshape(40, 30)),
+            r"bad\.npz: 'train_images' has shape \(40, 30\); allowed: \[N, H, W, C\]",
+        ),
+        (
+            'image_shapes_differ',
+            lambda a: dict(a, test_images=a['test_images'][:, :5]),
+            r"bad\.npz: 'train_images' holds images of shape \(6, 5, 1\) but 'test_images' of "
+            r'shape \(5, 5, 1\)',
+        ),
+        (
+            'float_labels',
+            lambda a: dict(a, test_labels=a['test_labels'].astype(float)),
+            r"bad\.npz: 'test_labels' has dtype float64; allowed: an integer dtype",
+        ),
+        (
+            'negative_label',
+            lambda a: dict(a, test_labels=a['test_labels'] - 5),
+            r"bad\.npz: 'test_labels' holds -\d at index \d+; class ids must be >= 0",
+        ),
+    )
+    def test_bad_file_names_the_file_and_key(self, make, pattern):
+        path = self._bad('bad', **make(_npz_arrays()))
+        with self.assertRaisesRegex(ValueError, pattern):
+            data.get_datasets(_input_config(dataset='npz', path=path))
+
+    @parameterized.named_parameters(
+        ('bernoulli', 'bernoulli', r"bad\.npz: 'train_images': model\.likelihood='bernoulli'"),
+    )
+    def test_values_outside_the_likelihood_support(self, likelihood, pattern):
+        path = self._bad('bad', **_npz_arrays())
+        config = _input_config(dataset='npz', path=path)
+        with self.assertRaisesRegex(ValueError, pattern):
+            data.get_datasets(config, likelihood=likelihood)
+        # Binarised data are in {0, 1}: the same file is then fine for a Bernoulli likelihood.
+        config.binarize = 'static'
+        data.get_datasets(config, likelihood=likelihood)
+        # 0/255 images scale to {0, 1}: fine without binarising.
+        arrays = _npz_arrays()
+        for key in ('train_images', 'test_images'):
+            arrays[key] = np.where(arrays[key] > 127, 255, 0).astype(np.uint8)
+        path = self._bad('binary', **arrays)
+        data.get_datasets(_input_config(dataset='npz', path=path), likelihood=likelihood)
+
+    def test_missing_file_and_not_an_npz(self):
+        missing = str(self.dir / 'nothing.npz')
+        with self.assertRaisesRegex(FileNotFoundError, rf"input\.path='{missing}': no such file"):
+            data.get_datasets(_input_config(dataset='npz', path=missing))
+        text = self.dir / 'text.npz'
+        text.write_text('not a zip')
+        with self.assertRaisesRegex(ValueError, r'text\.npz: cannot be read as an \.npz file'):
+            data.data_shape(_input_config(dataset='npz', path=str(text)))
+
+    def test_shape_and_info_read_no_image_arrays(self):
+        arrays = {k: v for k, v in _npz_arrays().items() if 'labels' not in k}
+        path = _write_npz(self.dir / 'h.npz', **arrays)
+        config = _input_config(dataset='npz', path=path)
+        with mock.patch.object(np, 'load', side_effect=AssertionError('read an array')):
+            self.assertEqual(data.data_shape(config), (6, 5, 1))
+            self.assertFalse(data.dataset_info(config)['has_labels'])
+
+    def test_conditional_model_needs_labels_in_the_file(self):
+        arrays = {k: v for k, v in _npz_arrays().items() if 'labels' not in k}
+        config = test_config.get_config()
+        config.input.dataset = 'npz'
+        config.input.path = _write_npz(self.dir / 'nolabels.npz', **arrays)
+        config.model.use_labels = True
+        with self.assertRaisesRegex(
+            ValueError, r"use_labels=True .* but config\.input\.path='.*nolabels\.npz' has none"
+        ):
+            config_validation.validate(config)
+        config.input.path = _write_npz(self.dir / 'labels.npz', **_npz_arrays())
+        config.model.num_classes = 3  # The file's labels go up to 3: 4 classes.
+        with self.assertRaisesRegex(ValueError, r'num_classes=3 is smaller than the 4 classes'):
+            config_validation.validate(config)
+
+    def test_recorded_facts_rebuild_without_the_file(self):
+        path = self.dir / 'r.npz'
+        _write_npz(path, **_npz_arrays())
+        config = test_config.get_config()
+        config.input.dataset = 'npz'
+        config.input.path = str(path)
+        config.input.pad_to_32 = True
+        recorded = data.record_data_facts(config)
+        self.assertIsNone(config.input.data_shape)  # The caller's config is not modified.
+        self.assertEqual(tuple(recorded.input.data_shape), (32, 32, 1))
+        self.assertEqual(recorded.input.num_classes, 4)
+        self.assertEqual(data.record_data_facts(recorded).to_dict(), recorded.to_dict())
+        # As evaluation reads it back from config.json (a list), on a machine without the file.
+        loaded = ml_collections.ConfigDict(json.loads(recorded.to_json_best_effort()))
+        loaded.input.num_test_examples = None
+        path.unlink()
+        self.assertEqual(data.data_shape(loaded.input), (32, 32, 1))
+        only_shape = copy.deepcopy(loaded.input)
+        only_shape.num_classes = None
+        self.assertEqual(data.data_shape(only_shape), (32, 32, 1))
+        self.assertEqual(data.dataset_info(loaded.input)['num_classes'], 4)
+        config_validation.validate(loaded)
+        # Data that changed since the run recorded them are an error, not a silent rebuild.
+        _write_npz(path, **_npz_arrays(shape=(6, 5, 3)))
+        with self.assertRaisesRegex(
+            ValueError,
+            r'input\.data_shape=\(32, 32, 1\) is recorded in the config, but '
+            r"input\.path='.*r\.npz' now gives \(32, 32, 3\)",
+        ):
+            data.get_datasets(loaded.input)
+        _write_npz(path, **dict(_npz_arrays(), test_labels=np.full(12, 9)))
+        with self.assertRaisesRegex(
+            ValueError, r'input\.num_classes=4 is recorded in the config, but .* now gives 10'
+        ):
+            data.get_datasets(loaded.input)
+        for name in ('digits', 'mnist'):
+            config.input.dataset, config.input.path = name, None
+            self.assertIsNone(data.record_data_facts(config).input.data_shape)
+
+    def test_trains_end_to_end(self):
+        arrays = _npz_arrays(num_train=64, num_test=16, shape=(8, 8))
+        _write_npz(self.dir / 'mine.npz', **arrays)
+        config = test_config.get_config()
+        config.num_train_steps = 6
+        config.eval_every_steps = 6
+        config.checkpoint_every_steps = 6
+        config.input.dataset = 'npz'
+        config.input.path = 'mine.npz'  # Relative: recorded as given.
+        config.input.num_test_examples = None
+        config.model.use_labels = True
+        old = os.getcwd()
+        os.chdir(self.dir)
+        self.addCleanup(os.chdir, old)
+        result = trainer.train_and_evaluate(config, self.dir / 'run')
+        self.assertEqual(result['step'], 6)
+        self.assertTrue(np.isfinite(result['elbo']))
+        self.assertEqual(result['num_examples'], 16)  # The file's test split.
+        saved = json.loads((self.dir / 'run' / 'config.json').read_text())
+        self.assertEqual(saved['input']['path'], 'mine.npz')
+        self.assertEqual(saved['input']['data_shape'], [8, 8, 1])
+        self.assertEqual(saved['input']['num_classes'], 4)
+        self.assertIsNone(config.input.data_shape)
+        # The same command resumes (here: finds the run finished) instead of refusing.
+        self.assertEqual(trainer.train_and_evaluate(config, self.dir / 'run')['step'], 6)
+
+
+class OlderRunConfigTest(parameterized.TestCase):
+    def test_config_json_without_the_new_input_keys(self):
+        """A run recorded before input.path/download/data_shape/num_classes existed still loads."""
+        saved = json.loads(test_config.get_config().to_json_best_effort())
+        for key in ('path', 'download', 'data_shape', 'num_classes'):
+            del saved['input'][key]
+        config = ml_collections.ConfigDict(saved)
+        config_validation.validate(config)
+        self.assertEqual(data.data_shape(config.input), (8, 8, 1))
+        self.assertEqual(data.dataset_info(config.input)['num_classes'], 10)
+        train, _ = data.get_datasets(config.input, likelihood=config.model.likelihood)
+        self.assertEqual(train['image'].shape, (1437, 8, 8, 1))
+
+
+class GenericTfdsTest(parameterized.TestCase):
+    """'tfds:<name>': facts from the builder's info; real data where prepared, else mocked."""
+
+    def setUp(self):
+        super().setUp()
+        self.addCleanup(data_sources.read_tfds_split.cache_clear)
+
+    def _require_real_data(self):
+        if not (_TFDS_DIR / 'mnist').is_dir():
+            self.skipTest(f'{_TFDS_DIR}/mnist is absent (prepared TFDS copies).')
+
+    def test_generic_mnist_equals_the_curated_path(self):
+        self._require_real_data()
+        overrides = dict(data_dir=str(_TFDS_DIR), num_train_examples=50, num_test_examples=300)
+        curated = data.get_datasets(_input_config(dataset='mnist', **overrides))
+        data_sources.read_tfds_split.cache_clear()  # Read again, through the generic path.
+        generic = data.get_datasets(_input_config(dataset='tfds:mnist', **overrides))
+        for a, b in zip(curated, generic, strict=True):
+            np.testing.assert_array_equal(a['image'], b['image'])
+            np.testing.assert_array_equal(a['label'], b['label'])
+        self.assertGreater(len(np.unique(generic[1]['label'])), 5)
+        config = _input_config(dataset='tfds:mnist', data_dir=str(_TFDS_DIR))
+        self.assertEqual(data.data_shape(config), data.data_shape(_input_config(dataset='mnist')))
+        self.assertEqual(data.dataset_info(config), data.dataset_info('mnist'))
+
+    def test_generic_binarized_mnist_is_refused_not_scaled(self):
+        self._require_real_data()
+        config = _input_config(
+            dataset='tfds:binarized_mnist',
+            data_dir=str(_TFDS_DIR),
+            num_train_examples=20,
+            num_test_examples=20,
+        )
+        self.assertFalse(data.dataset_info(config)['has_labels'])
+        with self.assertRaisesRegex(ValueError, r"only the values 0 and 1.*'binarized_mnist'"):
+            data.get_datasets(config)
+
+    def test_any_tfds_image_set_under_mock_data(self):
+        import tensorflow_datasets as tfds
+
+        data_dir = _tempdir(self)
+        self.enter_context(
+            mock.patch('tensorflow_datasets.testing.mocking._getitems', _fixed_mock_getitems)
+        )
+        self.enter_context(
+            mock.patch.object(tfds.core.DatasetBuilder, 'is_prepared', return_value=True)
+        )
+        self.enter_context(tfds.testing.mock_data(num_examples=9))
+        config = _input_config(dataset='tfds:cifar10', data_dir=data_dir, num_train_examples=4)
+        self.assertEqual(data.data_shape(config), (32, 32, 3))
+        self.assertEqual(
+            data.dataset_info(config), dict(num_classes=10, is_image=True, has_labels=True)
+        )
+        train, test = data.get_datasets(config)
+        source = tfds.data_source('cifar10', split='test', data_dir=data_dir, download=False)
+        expected = np.stack([source[i]['image'] for i in range(9)]).astype(np.float64) / 255
+        np.testing.assert_allclose(test['image'], expected, rtol=1e-6)
+        np.testing.assert_array_equal(test['label'], [int(source[i]['label']) for i in range(9)])
+        self.assertEqual(train['image'].shape, (4, 32, 32, 3))
+        full = test_config.get_config()
+        full.input = config
+        recorded = data.record_data_facts(full)
+        self.assertEqual(tuple(recorded.input.data_shape), (32, 32, 3))
+        self.assertEqual(recorded.input.num_classes, 10)
+
+    def test_not_prepared_with_download_off_says_where_and_how(self):
+        empty = _tempdir(self)
+        with mock.patch('tensorflow_datasets.data_source') as data_source:
+            with self.assertRaises(FileNotFoundError) as raised:
+                data.get_datasets(_input_config(dataset='tfds:cifar10', data_dir=empty))
+        data_source.assert_not_called()  # Never asked TFDS for (or to download) the data.
+        message = str(raised.exception)
+        self.assertIn(f"'cifar10' (version 3.0.2) is not prepared in data dir '{empty}'", message)
+        self.assertIn(f'tfds build cifar10 --data_dir {empty}', message)
+        self.assertIn('input.download=True', message)
+
+    def test_download_flag_lets_tfds_prepare(self):
+        empty = _tempdir(self)
+
+        class Asked(Exception):
+            pass
+
+        with mock.patch('tensorflow_datasets.data_source', side_effect=Asked) as data_source:
+            with self.assertRaises(Asked):
+                data.get_datasets(
+                    _input_config(dataset='tfds:cifar10', data_dir=empty, download=True)
+                )
+        data_source.assert_called_once_with('cifar10', split='train', data_dir=empty, download=True)
+
+    @parameterized.named_parameters(
+        ('text', 'imdb_reviews'), ('variable_image_size', 'cats_vs_dogs')
+    )
+    def test_sets_without_a_fixed_shape_image_are_refused(self, name):
+        empty = _tempdir(self)  # The builders' info comes from their code: nothing is read.
+        with self.assertRaisesRegex(
+            ValueError, rf"TFDS data set '{name}' has features .*fixed shape \[H, W, C\]"
+        ):
+            data.data_shape(_input_config(dataset=f'tfds:{name}', data_dir=empty))
+
+    def test_unknown_name_lists_what_was_tried(self):
+        empty = _tempdir(self)
+        Path(empty, 'my_set').mkdir()
+        with self.assertRaises(ValueError) as raised:
+            data.data_shape(_input_config(dataset='tfds:no_such_set', data_dir=empty))
+        message = str(raised.exception)
+        self.assertIn("TFDS data set 'no_such_set' was not found", message)
+        self.assertIn('registered in tensorflow-datasets', message)
+        self.assertIn(f"data dir '{empty}' (holds: my_set)", message)
+        self.assertIn(f'tfds build no_such_set --data_dir {empty}', message)
 
 
 if __name__ == '__main__':

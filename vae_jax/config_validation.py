@@ -145,8 +145,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
     _bool(config, 'skip_nonfinite_updates')
 
-    _one_of(config, 'input.dataset', data.DATASETS)
+    _check(config, 'input.dataset', data.is_dataset_name, data.ALLOWED_NAMES)
     _check(config, 'input.data_dir', lambda v: v is None or isinstance(v, str), 'None or a path')
+    # The config.json of a run recorded before these keys existed lacks them: they read as unset.
+    if 'path' in config.input:
+        _check(config, 'input.path', lambda v: v is None or isinstance(v, str), 'None or a path')
+    if 'download' in config.input:
+        _bool(config, 'input.download')
     _int_at_least(config, 'input.batch_size', 1)
     _int_at_least(config, 'input.eval_batch_size', 1)
     _one_of(config, 'input.binarize', BINARIZE)
@@ -160,7 +165,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     _int_at_least(config, 'input.toy_num_examples', 1)
     _number(config, 'input.toy_noise', lambda v: v >= 0, 'a finite number >= 0')
-    data.validate_config(config.input)  # Combinations: binarize / pad_to_32 on toy 2-D sets.
+    # Combinations (binarize / pad_to_32 on toy sets, input.path only with npz, download only
+    # with TFDS sets) and the recorded input.data_shape / input.num_classes.
+    data.validate_config(config.input)
 
     _int_at_least(config, 'model.latent_dim', 1)
     for key in ('model.encoder', 'model.decoder'):
@@ -181,20 +188,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _bool(config, 'model.use_labels')
     _int_at_least(config, 'model.num_classes', 1)
     if config.model.use_labels:
-        info = data.dataset_info(config.input.dataset)
+        info = data.dataset_info(config.input)
+        where = (
+            f'config.input.path={config.input.path!r}'
+            if config.input.dataset == data.NPZ
+            else f'config.input.dataset={config.input.dataset!r}'
+        )
         if not info['has_labels']:
+            labelled = [
+                n for n in data.DATASETS if n != data.NPZ and data.dataset_info(n)['has_labels']
+            ]
             raise ValueError(
-                f'config.model.use_labels=True (a conditional VAE) needs labels, but '
-                f'config.input.dataset={config.input.dataset!r} has none; allowed: '
-                'use_labels=False, or a labelled data set ('
-                + ', '.join(n for n in data.DATASETS if data.dataset_info(n)['has_labels'])
-                + ')'
+                f'config.model.use_labels=True (a conditional VAE) needs labels, but {where} has '
+                'none; allowed: use_labels=False, or a labelled data set ('
+                + ', '.join(labelled)
+                + ", an .npz with 'train_labels' and 'test_labels', or a 'tfds:<name>' set with "
+                "a 'label' feature)"
             )
         if config.model.num_classes < info['num_classes']:
             # one_hot of a label >= num_classes is all zeros: the condition would vanish.
             raise ValueError(
                 f'config.model.num_classes={config.model.num_classes} is smaller than the '
-                f'{info["num_classes"]} classes of {config.input.dataset!r}; allowed: an '
+                f'{info["num_classes"]} classes of {where}; allowed: an '
                 f'integer >= {info["num_classes"]}'
             )
     _number(config, 'model.batch_norm_momentum', lambda v: 0 <= v < 1, 'a number in [0, 1)')

@@ -1,4 +1,4 @@
-"""Data sets as numpy arrays: TFDS images, the embedded `digits`, and toy 2-D sets.
+"""Data sets as numpy arrays: TFDS images, your own `.npz`, the embedded `digits`, toy 2-D sets.
 
 `get_datasets(config.input)` returns `(train, test)`, each `{'image': float32 [N, *data_shape],
 'label': int32 [N]}`, held in host memory; the trainer puts them on the device once.
@@ -9,7 +9,15 @@ Data sets (`input.dataset`):
   `tfds.data_source(..., download=False)` (`array_record` files, no TensorFlow needed). The train
   split is TFDS's `train` (for binarized_mnist the 50k train images only, as in the IWAE paper;
   its 10k `validation` split is not used). Records come in TFDS's order, which TFDS shuffled once
-  when the data set was prepared (deterministic, but not the order of the original files).
+  when the data set was prepared (deterministic, but not the order of the original files). Their
+  shapes and classes are known here, so a run on them can be rebuilt without any data.
+- `tfds:<name>`: any TFDS image data set, e.g. `tfds:cifar10` or `tfds:svhn_cropped`: splits
+  `train` and `test`, an `image` feature of fixed shape (uint8, scaled by 1/255) and an optional
+  `label` ClassLabel, as the builder's info says. `tfds:mnist` reads the same arrays as `mnist`.
+- `npz`: your own arrays in the file `input.path` (layout in vae_jax/data_sources.py):
+  `train_images`, `test_images` ([N, H, W, C] or [N, H, W]; uint8 0..255 scaled by 1/255, bool,
+  or float already in [0, 1]), optionally `train_labels`, `test_labels` (int [N]). The path is
+  recorded as given; a relative one counts from the current directory when the data are read.
 - `digits`: scikit-learn's bundled 8x8 digits (1797 images, values 0..16 scaled to [0, 1]), split
   into train/test by a fixed stratified 80/20 split.
 - Toy 2-D sets (data shape `(2,)`, points unscaled), `input.toy_num_examples` points per split,
@@ -25,6 +33,18 @@ Data sets (`input.dataset`):
   `checkerboard`: FFJORD's checkerboard, uniform on the 8 "black" 2x2 squares of [-4, 4]^2;
   label 0. Fixed definition: `toy_noise` does not apply.
 
+Where TFDS data live: `input.data_dir`, else `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`
+(`resolve_data_dir`); leave `input.data_dir` unset in configs that others rerun, so a run names
+its data but not a machine's folder. `input.download=True` lets TFDS download and prepare a set
+that is not prepared (needs internet); by default a missing set is an error saying where it
+looked and how to prepare it.
+
+A run rebuilt without its data (evaluation or loading on another machine) needs one example's
+shape and the number of classes: `data_shape` and `dataset_info` give them from the config
+alone. For `npz` and `tfds:` sets they come from files, so the trainer records them in the run's
+config at the start (`record_data_facts`: `input.data_shape`, `input.num_classes`) and reading
+the data later checks that they still hold.
+
 Preprocessing, in this order: truncate (`num_train_examples`, `num_test_examples`), scale to
 [0, 1], binarise (`binarize='static'`: one Bernoulli(pixel) draw per pixel with a fixed seed per
 split; `'dynamic'` leaves grey values here because the jitted step draws a fresh binarisation at
@@ -38,18 +58,23 @@ al. (2019, FFJORD) toy 2-D sets.
 
 from __future__ import annotations
 
-import functools
+import copy
 import math
-import os
 from typing import Any
 
 import numpy as np
 
+from vae_jax import data_sources
+
 TFDS_DATASETS = ('mnist', 'fashion_mnist', 'binarized_mnist')
 EMBEDDED_DATASETS = ('digits',)
 TOY_DATASETS = ('eight_gaussians', 'two_moons', 'pinwheel', 'checkerboard')
-DATASETS = TFDS_DATASETS + EMBEDDED_DATASETS + TOY_DATASETS
+NPZ = 'npz'
+TFDS_PREFIX = 'tfds:'  # 'tfds:<name>': any TFDS image data set.
+# Names whose facts (shape, classes) are known here; `npz` and 'tfds:<name>' read them from files.
+DATASETS = TFDS_DATASETS + EMBEDDED_DATASETS + TOY_DATASETS + (NPZ,)
 BINARIZE_MODES = ('none', 'static', 'dynamic')
+ALLOWED_NAMES = ', '.join(map(repr, DATASETS)) + ", or 'tfds:<name>' for any TFDS image data set"
 
 # num_classes: labels are in [0, num_classes); has_labels False means every label is 0.
 _INFO = {
@@ -68,9 +93,6 @@ _SPLITS = ('train', 'test')
 # Fixed seeds: the data never depend on config.seed (see the module docstring).
 _STATIC_BINARIZE_SEED = {'train': 0, 'test': 1}
 _TOY_SEED = {'train': 0, 'test': 1}
-_DIGITS_SPLIT_SEED = 0
-_DIGITS_TEST_FRACTION = 0.2
-_READ_CHUNK = 10_000  # records per batched read: bounds the list of decoded dicts held at once.
 EIGHT_GAUSSIANS_RADIUS = 5.0
 _MOONS_SCALE = 2.0
 _MOONS_CENTRE = np.array([0.5, 0.25])  # Centre of make_moons' bounding box [-1, 2] x [-0.5, 1].
@@ -85,40 +107,83 @@ _PINWHEEL_SCALE = 2.0
 _PINWHEEL_GRID = 1024
 _PINWHEEL_BISECTIONS = 40
 
+resolve_data_dir = data_sources.resolve_data_dir
 
-def dataset_info(name: str) -> dict[str, Any]:
-    """Static facts about a data set (no data are read).
+
+def is_dataset_name(name) -> bool:
+    """Whether `input.dataset` names a data set this module reads (`ALLOWED_NAMES`)."""
+    return isinstance(name, str) and (
+        name in DATASETS or (name.startswith(TFDS_PREFIX) and len(name) > len(TFDS_PREFIX))
+    )
+
+
+def dataset_info(input_config) -> dict[str, Any]:
+    """Facts about a data set, without reading its examples.
 
     Args:
-      name: one of `DATASETS`.
+      input_config: the `config.input` ConfigDict, or just a data set name for the sets whose
+        facts are fixed here (`DATASETS` except 'npz').
 
     Returns:
       `{'num_classes': int, 'is_image': bool, 'has_labels': bool}`; labels lie in
-      [0, num_classes); a set without labels has num_classes 1 and all labels 0.
+      [0, num_classes); a set without labels has num_classes 1 and all labels 0. For `npz` and
+      `tfds:` sets: the recorded `input.num_classes` if set, else read from the file's labels or
+      the TFDS builder's info.
 
     Raises:
-      ValueError: unknown name.
+      ValueError: unknown name, a bare name of a set whose facts live in files, or a bad file.
+      FileNotFoundError: an `npz` file that does not exist (and nothing recorded).
     """
+    if isinstance(input_config, str):
+        _check_name(input_config)
+        if input_config not in _INFO:
+            raise ValueError(
+                f'dataset_info({input_config!r}): the facts of this data set live in files; '
+                'pass the whole input config (config.input).'
+            )
+        return {k: v for k, v in _INFO[input_config].items() if k != 'shape'}
+    name = input_config.dataset
     _check_name(name)
-    return {k: v for k, v in _INFO[name].items() if k != 'shape'}
+    if name in _INFO:
+        return dataset_info(name)
+    num_classes = input_config.get('num_classes')
+    if num_classes is None:
+        num_classes = _read_file_facts(input_config)['num_classes']
+    num_classes = int(num_classes)
+    return {'num_classes': max(num_classes, 1), 'is_image': True, 'has_labels': num_classes > 0}
 
 
 def data_shape(input_config) -> tuple[int, ...]:
-    """Shape of one example after preprocessing, without reading any data.
+    """Shape of one example after preprocessing, without reading the examples.
 
     Args:
       input_config: the `config.input` ConfigDict (keys as in configs/default.py).
 
     Returns:
-      `(H, W, C)` for images (`(32, 32, C)` with `pad_to_32`), `(2,)` for toy sets.
+      `(H, W, C)` for images (`(32, 32, C)` with `pad_to_32`), `(2,)` for toy sets. For `npz`
+      and `tfds:` sets: the recorded `input.data_shape` if set, else read from the `.npy`
+      headers or the TFDS builder's info.
 
     Raises:
-      ValueError: a bad config value (see `validate_config`).
+      ValueError: a bad config value (see `validate_config`) or a bad file.
+      FileNotFoundError: an `npz` file that does not exist (and nothing recorded).
     """
     validate_config(input_config)
-    shape = _INFO[input_config.dataset]['shape']
+    name = input_config.dataset
+    if name in _INFO:
+        shape = _INFO[name]['shape']
+    elif input_config.get('data_shape') is not None:
+        return tuple(int(d) for d in input_config.data_shape)  # Recorded: already padded.
+    else:
+        shape = _read_file_facts(input_config)['image_shape']
     if input_config.pad_to_32:
-        shape = (32, 32, shape[-1])
+        height, width, channels = shape
+        if height > 32 or width > 32:
+            raise ValueError(
+                f'input.pad_to_32=True: {_describe(input_config)} images are {height}x{width}, '
+                'over 32x32.'
+            )
+        shape = (32, 32, channels)
     return shape
 
 
@@ -138,10 +203,16 @@ def value_grid(input_config) -> dict[str, Any]:
     Raises:
       ValueError: a bad config value (see `validate_config`).
     """
-    real_shape = _INFO[input_config.dataset]['shape']
+    name = input_config.dataset
+    if name not in _INFO:
+        # npz / tfds: the value grid (and, with padding, the real size) is not known without the
+        # data, except for binarised draws of unpadded images.
+        num_dims = math.prod(data_shape(input_config))
+        binary = input_config.binarize != 'none' and not input_config.pad_to_32
+        return {'num_levels': 2 if binary else None, 'num_dims': num_dims, 'num_padding_dims': 0}
+    real_shape = _INFO[name]['shape']
     num_dims = math.prod(real_shape)
     padding = math.prod(data_shape(input_config)) - num_dims
-    name = input_config.dataset
     if not _INFO[name]['is_image']:
         levels = None
     elif input_config.binarize != 'none' or name == 'binarized_mnist':
@@ -151,8 +222,42 @@ def value_grid(input_config) -> dict[str, Any]:
     return {'num_levels': levels, 'num_dims': num_dims, 'num_padding_dims': padding}
 
 
+def record_data_facts(config):
+    """Returns a copy of `config` with the data facts that live in files recorded in it.
+
+    For `npz` and `tfds:` sets, sets `input.data_shape` (one example after preprocessing) and
+    `input.num_classes` (0 for a set without labels), so that the run's config.json rebuilds the
+    model without the data. Other sets' facts are fixed in this module: nothing is recorded,
+    and the config is returned unchanged. Call it once at train start, before config.json is
+    written.
+
+    Args:
+      config: the experiment config (`config.input` as in configs/default.py).
+
+    Returns:
+      A deep copy of `config` (the caller's object is not modified).
+
+    Raises:
+      ValueError: recorded values that disagree with the data, or a bad config or file.
+      FileNotFoundError: an `npz` file that does not exist.
+    """
+    config = copy.deepcopy(config)
+    inputs = config.input
+    validate_config(inputs)
+    if inputs.dataset in _INFO:
+        return config
+    recorded = _recordable_facts(inputs)
+    _check_recorded(inputs, recorded)
+    for key, value in recorded.items():
+        inputs[key] = value
+    return config
+
+
 def validate_config(input_config) -> None:
     """Checks the `input` config values that need no data; call it at trainer start.
+
+    Keys added after a run was recorded (`path`, `download`, `data_shape`, `num_classes`) read
+    as unset when an older config.json lacks them.
 
     Raises:
       ValueError: naming the key, the value and what is allowed.
@@ -164,7 +269,47 @@ def validate_config(input_config) -> None:
             f'input.binarize={input_config.binarize!r} is not supported; '
             f'allowed: {", ".join(BINARIZE_MODES)}.'
         )
-    if not _INFO[name]['is_image']:
+    path = input_config.get('path')
+    if name == NPZ:
+        if not isinstance(path, str) or not path:
+            raise ValueError(
+                f"input.path={path!r}: input.dataset='npz' needs the path of an .npz file "
+                '(e.g. --config.input.path=my_data.npz).'
+            )
+    elif path is not None:
+        raise ValueError(
+            f"input.path={path!r} applies only to input.dataset='npz' (here {name!r}); "
+            'allowed here: unset (None).'
+        )
+    download = input_config.get('download', False)
+    if not isinstance(download, bool):
+        raise ValueError(f'input.download={download!r} is invalid; allowed: True | False.')
+    if download and not _is_tfds(name):
+        raise ValueError(
+            f'input.download=True applies to TFDS data sets only ({", ".join(TFDS_DATASETS)}, '
+            f"'tfds:<name>'), not input.dataset={name!r}; allowed here: False."
+        )
+    shape, num_classes = input_config.get('data_shape'), input_config.get('num_classes')
+    if (shape is not None or num_classes is not None) and name in _INFO:
+        raise ValueError(
+            f'input.data_shape={shape!r}, input.num_classes={num_classes!r}: these record the '
+            f"facts of 'npz' and 'tfds:' data sets; {name!r} has fixed facts, so leave them unset."
+        )
+    if shape is not None and (
+        not isinstance(shape, tuple | list)
+        or len(shape) != 3
+        or not all(_is_positive_int(d) for d in shape)
+    ):
+        raise ValueError(
+            f'input.data_shape={shape!r} is invalid; allowed: None or (H, W, C) of positive ints '
+            '(recorded at train start).'
+        )
+    if num_classes is not None and not (_is_positive_int(num_classes) or num_classes == 0):
+        raise ValueError(
+            f'input.num_classes={num_classes!r} is invalid; allowed: None or an int >= 0 '
+            '(0: no labels; recorded at train start).'
+        )
+    if name in _INFO and not _INFO[name]['is_image']:
         if input_config.binarize != 'none':
             raise ValueError(
                 f'input.binarize={input_config.binarize!r} applies to images only, but '
@@ -183,7 +328,7 @@ def validate_config(input_config) -> None:
         noise = input_config.toy_noise
         if not isinstance(noise, int | float) or not math.isfinite(noise) or noise < 0:
             raise ValueError(f'input.toy_noise must be a finite float >= 0, got {noise!r}.')
-    elif input_config.pad_to_32:
+    elif name in _INFO and input_config.pad_to_32:
         height, width, _ = _INFO[name]['shape']
         if height > 32 or width > 32:
             raise ValueError(f'input.pad_to_32: {name} images are {height}x{width}, over 32x32.')
@@ -193,30 +338,37 @@ def validate_config(input_config) -> None:
             raise ValueError(f'input.{key} must be None or a positive int, got {value!r}.')
 
 
-def get_datasets(input_config) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def get_datasets(
+    input_config, likelihood: str | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Loads and preprocesses the train and test splits of `input_config.dataset`.
 
-    Real data sets are read once per process per (name, split, data dir, truncation) and cached;
+    TFDS data sets are read once per process per (name, split, data dir, truncation) and cached;
     the returned arrays are fresh copies.
 
     Args:
       input_config: the `config.input` ConfigDict (keys as in configs/default.py): dataset,
-        data_dir, binarize, pad_to_32, num_train_examples, num_test_examples,
-        toy_num_examples, toy_noise.
+        path, data_dir, download, binarize, pad_to_32, num_train_examples, num_test_examples,
+        toy_num_examples, toy_noise, and the recorded data_shape, num_classes.
+      likelihood: `model.likelihood`; when given and `binarize='none'`, each split must lie in
+        its support (`distributions.check_support`), and an error names the file and key (or
+        data set and split) that does not.
 
     Returns:
       `(train, test)`, each `{'image': float32 [N, *data_shape(input_config)], 'label': int32
       [N]}`. Images lie in [0, 1] (in {0, 1} with binarize='static'); toy points are unscaled.
 
     Raises:
-      ValueError: a bad config value (naming the key), no data dir for a TFDS set, or a
-        truncation longer than the split.
-      FileNotFoundError: the TFDS data set is not prepared in the data dir.
+      ValueError: a bad config value (naming the key), a bad file (naming it and the key), data
+        outside the likelihood's support, recorded facts the data contradict, or a truncation
+        longer than the split.
+      FileNotFoundError: an `npz` file that does not exist, or a TFDS data set that is not
+        prepared in the data dir (and `input.download` is False).
     """
     validate_config(input_config)
     name = input_config.dataset
     limits = {'train': input_config.num_train_examples, 'test': input_config.num_test_examples}
-    if name in TOY_DATASETS:
+    if name in _INFO and not _INFO[name]['is_image']:
         splits = {
             split: make_toy(
                 name, input_config.toy_num_examples, input_config.toy_noise, seed=_TOY_SEED[split]
@@ -224,12 +376,21 @@ def get_datasets(input_config) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
             for split in _SPLITS
         }
     elif name == 'digits':
-        splits = _load_digits()
+        splits, max_value = data_sources.load_digits(), 16
+    elif name == NPZ:
+        raw = data_sources.read_npz(input_config.path)
+        splits, max_value = {split: raw[split] for split in _SPLITS}, raw['max_value']
     else:
         data_dir = resolve_data_dir(input_config.data_dir)
-        splits = {
-            split: _read_tfds_split(name, split, data_dir, limits[split]) for split in _SPLITS
-        }
+        download = input_config.get('download', False)
+        if name in _INFO:
+            curated = dict(has_labels=_INFO[name]['has_labels'], max_value=_TFDS_MAX_VALUE[name])
+            splits, max_value = data_sources.read_tfds(name, data_dir, limits, download, **curated)
+        else:
+            tfds_name = name.removeprefix(TFDS_PREFIX)
+            splits, max_value = data_sources.read_tfds(tfds_name, data_dir, limits, download)
+    if name not in _INFO:
+        _check_recorded(input_config, _recordable_facts(input_config))
     out = []
     for split in _SPLITS:
         image, label = splits[split]['image'], splits[split]['label']
@@ -238,118 +399,93 @@ def get_datasets(input_config) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
             if limit > len(image):
                 key = f'num_{split}_examples'
                 raise ValueError(
-                    f'input.{key}={limit} exceeds the {len(image)} examples of the {name} '
-                    f'{split} split.'
+                    f'input.{key}={limit} exceeds the {len(image)} examples of the '
+                    f'{_describe(input_config)} {split} split.'
                 )
             image, label = image[:limit], label[:limit]
-        if _INFO[name]['is_image']:
-            image = _preprocess_images(image, name, input_config, seed=_STATIC_BINARIZE_SEED[split])
-        else:
+        if name in _INFO and not _INFO[name]['is_image']:
             image = image.astype(np.float32)
+        else:
+            image = _preprocess_images(
+                image, max_value, input_config, seed=_STATIC_BINARIZE_SEED[split]
+            )
+        if likelihood is not None and input_config.binarize == 'none':
+            _check_support(likelihood, image, input_config, split)
         out.append({'image': image, 'label': label.astype(np.int32)})
     return out[0], out[1]
 
 
-def resolve_data_dir(data_dir: str | None) -> str:
-    """Returns `data_dir`, else `$TFDS_DATA_DIR`; local paths are made absolute.
-
-    Raises:
-      ValueError: neither is set.
-    """
-    data_dir = data_dir or os.environ.get('TFDS_DATA_DIR')
-    if not data_dir:
-        raise ValueError(
-            'input.data_dir is not set and $TFDS_DATA_DIR is empty: set one of them to a TFDS '
-            'data dir holding the prepared data set (see the README, "Where the data comes '
-            'from").'
-        )
-    data_dir = os.fspath(data_dir)
-    if '://' not in data_dir:  # Leave gs:// and other remote paths alone.
-        data_dir = os.path.abspath(os.path.expanduser(data_dir))
-    return data_dir
+def _read_file_facts(input_config) -> dict[str, Any]:
+    name = input_config.dataset
+    if name == NPZ:
+        return data_sources.npz_facts(input_config.path)
+    data_dir = resolve_data_dir(input_config.data_dir)
+    return data_sources.tfds_facts(name.removeprefix(TFDS_PREFIX), data_dir)
 
 
-@functools.lru_cache(maxsize=8)  # A few splits; each full split is 8-47 MB of uint8.
-def _read_tfds_split(
-    name: str, split: str, data_dir: str, num_examples: int | None
-) -> dict[str, np.ndarray]:
-    """Reads the first `num_examples` (None: all) records of a prepared TFDS split.
-
-    Returns:
-      Read-only `{'image': uint8 [N, H, W, C], 'label': int64 [N]}` (cached per process).
-    """
-    import tensorflow_datasets as tfds  # Imported here: the embedded/toy sets do not need it.
-
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-        raise FileNotFoundError(_not_prepared_message(name, builder, data_dir))
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    n = len(source) if num_examples is None else min(num_examples, len(source))
-    image = np.empty((n, *source.dataset_info.features['image'].shape), np.uint8)
-    label = np.zeros((n,), np.int64)
-    # Batched __getitems__ reads the array_record file in one call per chunk; decoding (PNG, in
-    # tfds/PIL) is per record either way and dominates (~90 us per 28x28 image).
-    for start in range(0, n, _READ_CHUNK):
-        stop = min(start + _READ_CHUNK, n)
-        records = source.__getitems__(list(range(start, stop)))
-        image[start:stop] = np.stack([r['image'] for r in records])
-        if _INFO[name]['has_labels']:
-            label[start:stop] = [r['label'] for r in records]
-    if image.size and image.max() > _TFDS_MAX_VALUE[name]:
-        raise ValueError(
-            f'TFDS {name} in {data_dir} holds pixel values up to {image.max()}, expected at most '
-            f'{_TFDS_MAX_VALUE[name]}; the prepared data set is not what this loader expects.'
-        )
-    image.flags.writeable = False
-    label.flags.writeable = False
-    return {'image': image, 'label': label}
+def _recordable_facts(input_config) -> dict[str, Any]:
+    """{'data_shape': after padding, 'num_classes': 0 without labels} read from the files."""
+    facts = _read_file_facts(input_config)
+    shape = facts['image_shape']
+    if input_config.pad_to_32:
+        shape = (32, 32, shape[-1])
+    return {'data_shape': shape, 'num_classes': facts['num_classes']}
 
 
-def _not_prepared_message(name: str, builder, data_dir: str) -> str:
-    dataset_dir = builder.data_path.parent
-    found = sorted(p.name for p in dataset_dir.iterdir()) if dataset_dir.exists() else []
-    return (
-        f'TFDS data set {name!r} (version {builder.version}) is not prepared in data dir '
-        f'{data_dir!r}: looked for {builder.data_path}/dataset_info.json (versions found in '
-        f'{dataset_dir}: {", ".join(found) or "none"}). Prepare it on a machine with TensorFlow '
-        f'and internet access: `tfds build {name} --data_dir {data_dir} --file_format '
-        'array_record` (tfds.data_source reads array_record only), or copy a prepared data dir '
-        'from another machine and point input.data_dir or $TFDS_DATA_DIR at it.'
-    )
+def _check_recorded(input_config, actual: dict[str, Any]) -> None:
+    """Recorded `input.data_shape` / `input.num_classes` must match what the data say."""
+    for key, value in actual.items():
+        recorded = input_config.get(key)
+        if recorded is None:
+            continue
+        recorded = tuple(int(d) for d in recorded) if key == 'data_shape' else int(recorded)
+        value = tuple(int(d) for d in value) if key == 'data_shape' else int(value)
+        if recorded != value:
+            raise ValueError(
+                f'input.{key}={recorded!r} is recorded in the config, but '
+                f'{_describe(input_config)} now gives {value!r}: the data changed since the run '
+                'recorded them. Use the data the run was trained on, or start a new run (leave '
+                f'input.{key} unset).'
+            )
 
 
-@functools.lru_cache(maxsize=1)
-def _load_digits() -> dict[str, dict[str, np.ndarray]]:
-    """scikit-learn's 8x8 digits, stratified 80/20 split; uint8 [N, 8, 8, 1] values 0..16."""
-    from sklearn import datasets, model_selection  # Imported here: sklearn takes ~2 s to import.
+def _check_support(likelihood: str, image: np.ndarray, input_config, split: str) -> None:
+    from vae_jax import distributions  # Imported here: it loads JAX, which reading data need not.
 
-    digits = datasets.load_digits()
-    images = digits.images.astype(np.uint8)[..., None]
-    train_image, test_image, train_label, test_label = model_selection.train_test_split(
-        images,
-        digits.target,
-        test_size=_DIGITS_TEST_FRACTION,
-        stratify=digits.target,
-        random_state=_DIGITS_SPLIT_SEED,
-    )
-    out = {
-        'train': {'image': train_image, 'label': train_label},
-        'test': {'image': test_image, 'label': test_label},
-    }
-    for split in out.values():
-        for array in split.values():
-            array.flags.writeable = False
-    return out
+    try:
+        distributions.check_support(likelihood, image)
+    except ValueError as e:
+        if input_config.dataset == NPZ:
+            where = f'{input_config.path}: {split + "_images"!r}'
+        else:
+            where = f'input.dataset={input_config.dataset!r} ({split} split)'
+        raise ValueError(f'{where}: {e}') from None
 
 
-def _preprocess_images(image: np.ndarray, name: str, input_config, seed: int) -> np.ndarray:
-    """uint8 [N, H, W, C] -> float32 [N, H', W', C] scaled, binarised, padded."""
-    max_value = 16 if name == 'digits' else _TFDS_MAX_VALUE[name]
+def _describe(input_config) -> str:
+    """The data set as an error message names it."""
+    if input_config.dataset == NPZ:
+        return f'input.path={input_config.path!r}'
+    return repr(input_config.dataset)
+
+
+def _is_tfds(name: str) -> bool:
+    return name in TFDS_DATASETS or name.startswith(TFDS_PREFIX)
+
+
+def _preprocess_images(image: np.ndarray, max_value: int, input_config, seed: int) -> np.ndarray:
+    """[N, H, W, C] stored 0..max_value -> float32 [N, H', W', C] scaled, binarised, padded."""
     image = image.astype(np.float32) / np.float32(max_value)
     # binarized_mnist is already 0/1, and Bernoulli(0/1) is the identity: skip the draw.
-    if input_config.binarize == 'static' and name != 'binarized_mnist':
+    if input_config.binarize == 'static' and input_config.dataset != 'binarized_mnist':
         image = binarize_static(image, seed=seed)
     if input_config.pad_to_32:
+        _, height, width, _ = image.shape
+        if height > 32 or width > 32:
+            raise ValueError(
+                f'input.pad_to_32=True: {_describe(input_config)} images are {height}x{width}, '
+                'over 32x32.'
+            )
         image = pad_to_32(image)
     return image
 
@@ -595,10 +731,8 @@ def _log_gaussian_mixture(
 
 
 def _check_name(name: str) -> None:
-    if name not in DATASETS:
-        raise ValueError(
-            f'input.dataset={name!r} is not supported; allowed: {", ".join(DATASETS)}.'
-        )
+    if not is_dataset_name(name):
+        raise ValueError(f'input.dataset={name!r} is not supported; allowed: {ALLOWED_NAMES}.')
 
 
 def _is_positive_int(value) -> bool:

@@ -91,7 +91,7 @@ def write_pictures(
                 decode_grid, latent_dim, out_dir / 'manifold.png', basis=basis
             )
     if posterior_means is not None:
-        has_labels = data.dataset_info(run.config.input.dataset)['has_labels']
+        has_labels = data.dataset_info(run.config.input)['has_labels']
         scatter_labels = labels if has_labels else None
         pictures['latent_scatter'] = plots.latent_scatter(
             posterior_means, scatter_labels, out_dir / 'latent_scatter.png'

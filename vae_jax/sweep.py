@@ -50,7 +50,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tqdm
 
-from vae_jax import checkpoints, run_files, steps, trainer
+from vae_jax import checkpoints, data, run_files, steps, trainer
 
 SWEEP_FILE = 'sweep.json'
 
@@ -230,6 +230,7 @@ def train_and_evaluate(
     """
     start_time = time.time()
     workdir = Path(workdir)
+    config = data.record_data_facts(config)  # npz / tfds: shapes into config.json (a copy).
     configs = model_configs(config)
     names = list(configs)
     workdir.mkdir(parents=True, exist_ok=True)

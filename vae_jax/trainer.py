@@ -34,7 +34,6 @@ from vae_jax import (
     checkpoints,
     config_validation,
     data,
-    distributions,
     evaluation,
     models,
     optim,
@@ -60,10 +59,10 @@ class Run:
     def __init__(self, config: ml_collections.ConfigDict):
         config_validation.validate(config)
         self.config = config
-        self.train_data, self.test_data = data.get_datasets(config.input)
-        if config.input.binarize == 'none':
-            for split in (self.train_data, self.test_data):
-                distributions.check_support(config.model.likelihood, split['image'])
+        # With binarize='none', checks the likelihood's support, naming the file or data set.
+        self.train_data, self.test_data = data.get_datasets(
+            config.input, likelihood=config.model.likelihood
+        )
         self.data_shape = tuple(self.train_data['image'].shape[1:])
         num_train = self.train_data['image'].shape[0]
         if config.input.batch_size > num_train:
@@ -312,6 +311,7 @@ def train_and_evaluate(
     """
     start_time = time.time()
     workdir = Path(workdir)
+    config = data.record_data_facts(config)  # npz / tfds: shapes into config.json (a copy).
     run = Run(config)
     run_files.prepare_workdir(workdir, config, overwrite=overwrite)
 
