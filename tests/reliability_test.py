@@ -436,11 +436,12 @@ class BadInputTest(parameterized.TestCase):
         config = test_config.get_config()
         workdir = Path(self.create_tempdir().full_path)
         old = json.loads(config.to_json_best_effort())
-        old['input'].pop('data_dir')  # Written before that (unset) key existed.
+        self.assertIsNone(old['optim']['grad_clip_norm'])
+        old['optim'].pop('grad_clip_norm')  # Written before that (unset) key existed.
         (workdir / run_files.CONFIG_FILE).write_text(json.dumps(old))
         run_files.prepare_workdir(workdir, config, overwrite=False)
-        config.input.data_dir = '/elsewhere'
-        with self.assertRaisesRegex(ValueError, r"input\.data_dir: None -> '/elsewhere'"):
+        config.optim.grad_clip_norm = 1.0
+        with self.assertRaisesRegex(ValueError, r'optim\.grad_clip_norm: None -> 1\.0'):
             run_files.prepare_workdir(workdir, config, overwrite=False)
 
 
