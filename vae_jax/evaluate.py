@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import ml_collections
 import tqdm
-from absl import app, flags
+from absl import app, flags, logging
 
 from vae_jax import data, evaluation, run_files, trained
 from vae_jax import pictures as vae_pictures
@@ -198,6 +198,8 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    if not FLAGS['verbosity'].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads at INFO.
     result = evaluate(
         FLAGS.workdir,
         k_samples=FLAGS.k_samples,

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -125,6 +125,9 @@ def _maybe_initialize_distributed() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    if not flags.FLAGS['verbosity'].present:
+        # Orbax logs every file it writes at INFO; --verbosity=0 shows it again.
+        logging.set_verbosity(logging.WARNING)
     _maybe_initialize_distributed()
     # After jax.distributed.initialize, which must come first.
     from vae_jax import checkpoints, run_files, trainer
