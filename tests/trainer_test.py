@@ -1,5 +1,6 @@
 """End-to-end tests of the training loop on the embedded digits data (configs/test.py)."""
 
+import io
 import json
 import os
 import subprocess
@@ -147,6 +148,20 @@ class TrainerTest(parameterized.TestCase):
             self.assertEqual(sorted(p.name for p in workdir.iterdir()), [run_files.LOCK_FILE])
         # Released: the same call now trains.
         self.assertEqual(trainer.train_and_evaluate(test_config.get_config(), workdir)['step'], 12)
+
+    def test_progress_without_a_terminal_is_plain_lines(self):
+        with (
+            mock.patch.object(trainer, 'PROGRESS_SECONDS', 0.0),
+            mock.patch('sys.stderr', new_callable=io.StringIO) as err,
+        ):
+            progress = trainer.Progress(10, 0, 'train')
+            progress.update(5, 5, {'train/loss': 1.5}, 100.0)
+            progress.update(10, 5, None, 100.0)
+            progress.close()
+        self.assertEqual(
+            err.getvalue(),
+            'train: step 5/10 loss 1.500, 100 steps/s\ntrain: step 10/10 loss 1.500, 100 steps/s\n',
+        )
 
     def test_resume_is_identical_to_an_uninterrupted_run(self):
         config = test_config.get_config()
