@@ -74,12 +74,31 @@ class WorkdirLock:
     def acquire(self) -> WorkdirLock:
         """Takes the lock or raises.
 
+        With several processes, process 0 takes it and tells the others, so that all of them
+        stop at start when it is held elsewhere.
+
         Raises:
           WorkdirLocked: another process holds it; the message names the holder.
           PermissionError: the workdir cannot be created or written.
         """
-        if jax.process_index() != 0:
-            return self
+        error = None
+        if jax.process_index() == 0:
+            try:
+                self._take()
+            except (WorkdirLocked, PermissionError) as e:
+                error = e
+        if jax.process_count() > 1:
+            taken = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+            if not taken and error is None:
+                raise WorkdirLocked(
+                    f'workdir {str(self.path.parent)!r} could not be locked by process 0 (its '
+                    'message names the holder or the cause)'
+                )
+        if error is not None:
+            raise error
+        return self
+
+    def _take(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # 'a+' neither truncates nor replaces the file: the holder's text stays readable.
@@ -106,7 +125,6 @@ class WorkdirLock:
         file.write(f'host {socket.gethostname()}, pid {os.getpid()}, since {since}\n')
         file.flush()
         self._file = file
-        return self
 
     def release(self) -> None:
         if self._file is not None:
