@@ -160,5 +160,23 @@ class UnlabelledDataTest(absltest.TestCase):
         self.assertEqual(seen, [None])
 
 
+class DataDirTest(absltest.TestCase):
+    """Where evaluate reads data: --data_dir, else $TFDS_DATA_DIR, else the run's stored dir."""
+
+    def _chosen(self, stored, flag, env):
+        config = test_config.get_config()
+        config.input.data_dir = stored
+        environ = {} if env is None else {'TFDS_DATA_DIR': env}
+        with mock.patch.dict('os.environ', environ, clear=True):
+            evaluate.with_data_dir(config, flag)
+        return config.input.data_dir
+
+    def test_flag_beats_environment_beats_stored(self):
+        self.assertEqual(self._chosen('../stored', '/flag', '/env'), '/flag')
+        self.assertEqual(self._chosen('../stored', None, '/env'), '/env')
+        self.assertEqual(self._chosen('../stored', None, None), '../stored')
+        self.assertIsNone(self._chosen(None, None, None))
+
+
 if __name__ == '__main__':
     absltest.main()

@@ -8,6 +8,7 @@ cache (in-process and subprocesses), so most of them do not compile.
 """
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -24,6 +25,7 @@ import hypothesis
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from absl.testing import absltest, parameterized
 from hypothesis import strategies as st
 from jax.experimental.compilation_cache import compilation_cache
@@ -96,6 +98,17 @@ elif fault == 'hang_after_save':  # Step `at` on disk: wait to be SIGKILLed from
         if step == at:
             open(os.environ['VAE_TEST_MARKER'], 'w').close()
             time.sleep(600)
+
+    checkpoints.save = _save
+elif fault == 'pause_after_save':  # Step `at` on disk: wait until the file <marker>.go exists.
+    original_save = checkpoints.save
+
+    def _save(manager, step, state):
+        original_save(manager, step, state)
+        if step == at:
+            open(os.environ['VAE_TEST_MARKER'], 'w').close()
+            while not os.path.exists(os.environ['VAE_TEST_MARKER'] + '.go'):
+                time.sleep(0.1)
 
     checkpoints.save = _save
 elif fault == 'sigterm_after_chunk':  # A real SIGTERM once the chunk ending at `at` returns.
@@ -252,6 +265,84 @@ class KillAndResumeTest(absltest.TestCase):
         jax.tree.map(np.testing.assert_array_equal, state.opt_state, expected.opt_state)
 
 
+class RunSafetyTest(absltest.TestCase):
+    """One writer per workdir, and a failed save that stops cleanly and resumes."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.reference = _class_tempdir(cls)
+        trainer.train_and_evaluate(_config(), cls.reference)
+
+    _start = KillAndResumeTest._start
+    _run = KillAndResumeTest._run
+
+    def _wait_for(self, proc, marker):
+        deadline = time.time() + 600
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        self.assertTrue(marker.exists(), 'the first process never reached its pause')
+
+    def test_second_process_is_refused_and_a_killed_holder_leaves_no_lock(self):
+        root = Path(self.create_tempdir().full_path)
+        workdir, marker = root / 'run', root / 'marker'
+        first = self._start(str(workdir), 'pause_after_save:6')
+        self._wait_for(first, marker)
+        config_before = (workdir / 'config.json').read_text()
+        code, _, err = self._run(str(workdir))
+        self.assertEqual(code, 1, err[-3000:])
+        self.assertIn('is in use by another run', err)
+        self.assertIn(f'pid {first.pid},', err)
+        self.assertNotIn('Traceback', err)
+        self.assertEqual((workdir / 'config.json').read_text(), config_before)
+        (root / 'marker.go').touch()
+        _, err = first.communicate(timeout=600)
+        self.assertEqual(first.returncode, 0, err[-3000:])
+        self.assertEqual(_rows(workdir), _rows(self.reference))  # The first run is complete.
+
+        # kill -9 of the holder: the kernel drops its lock; a new start proceeds.
+        marker.unlink()
+        workdir = root / 'killed'
+        holder = self._start(str(workdir), 'hang_after_save:6')
+        self._wait_for(holder, marker)
+        holder.kill()
+        holder.communicate(timeout=60)
+        code, out, err = self._run(str(workdir))
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertIn('resuming from checkpoint at step 6', out)
+        self.assertEqual(_rows(workdir), _rows(self.reference))
+
+    def test_failed_save_stops_with_one_message_and_the_same_call_resumes(self):
+        workdir = Path(self.create_tempdir().full_path) / 'run'
+        config = _config()
+        original = ocp.CheckpointManager.save
+
+        def disk_full(manager, step, *args, **kwargs):
+            if step == 12:  # What a full disk leaves: a partial step, then the error.
+                (Path(manager.directory) / '12.orbax-checkpoint-tmp-1').mkdir()
+                raise OSError(errno.ENOSPC, 'No space left on device')
+            return original(manager, step, *args, **kwargs)
+
+        with mock.patch.object(ocp.CheckpointManager, 'save', disk_full):
+            with self.assertRaisesRegex(
+                checkpoints.CheckpointSaveError,
+                r'saving the checkpoint of step 12 into \S+/run/checkpoints failed: no space '
+                r'left on the device \(ENOSPC\) \(its partial files were removed\)\. Training '
+                r'stopped; .*rerun the same command: it resumes from the previous checkpoint, '
+                r'step 6$',
+            ):
+                trainer.train_and_evaluate(config, workdir)
+        self.assertEqual(_step_dirs(workdir), ['6'])
+        state, step = _restore(workdir, config)
+        self.assertEqual(step, 6)
+        self.assertEqual([r['step'] for r in _rows(workdir)], [3, 6, 9, 12])
+        self.assertEqual(trainer.train_and_evaluate(config, workdir)['step'], 24)
+        self.assertEqual(_rows(workdir), _rows(self.reference))
+        state, _ = _restore(workdir, config)
+        expected, _ = _restore(self.reference, config)
+        jax.tree.map(np.testing.assert_array_equal, state.params, expected.params)
+
+
 class SignalTest(absltest.TestCase):
     def test_a_second_signal_stops_at_once(self):
         with trainer.StopSignal() as stop:
@@ -267,7 +358,7 @@ def _nonfinite_images(fraction):
     """Makes `fraction` of the training images (at least one) NaN while the context is open."""
     original = data.get_datasets
 
-    def get_datasets(input_config):
+    def get_datasets(input_config, likelihood=None):
         train, test = original(input_config)
         count = max(1, int(fraction * len(train['image'])))
         train['image'][np.random.default_rng(0).permutation(len(train['image']))[:count]] = np.nan
@@ -436,11 +527,12 @@ class BadInputTest(parameterized.TestCase):
         config = test_config.get_config()
         workdir = Path(self.create_tempdir().full_path)
         old = json.loads(config.to_json_best_effort())
-        old['input'].pop('data_dir')  # Written before that (unset) key existed.
+        self.assertIsNone(old['optim']['grad_clip_norm'])
+        old['optim'].pop('grad_clip_norm')  # Written before that (unset) key existed.
         (workdir / run_files.CONFIG_FILE).write_text(json.dumps(old))
         run_files.prepare_workdir(workdir, config, overwrite=False)
-        config.input.data_dir = '/elsewhere'
-        with self.assertRaisesRegex(ValueError, r"input\.data_dir: None -> '/elsewhere'"):
+        config.optim.grad_clip_norm = 1.0
+        with self.assertRaisesRegex(ValueError, r'optim\.grad_clip_norm: None -> 1\.0'):
             run_files.prepare_workdir(workdir, config, overwrite=False)
 
 

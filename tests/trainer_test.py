@@ -1,17 +1,20 @@
 """End-to-end tests of the training loop on the embedded digits data (configs/test.py)."""
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import jax
 import numpy as np
 from absl.testing import absltest, parameterized
 
+from configs import eight_gaussians
 from configs import test as test_config
-from vae_jax import checkpoints, steps, trainer
+from vae_jax import checkpoints, run_files, steps, sweep, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +65,103 @@ class TrainerTest(parameterized.TestCase):
         self.assertEqual(saved['num_examples'], 100)
         # The unweighted ELBO is a lower bound on the log-likelihood estimates.
         self.assertLessEqual(saved['elbo'], saved['iwae_k4'] + 1e-3)
+
+    def test_single_run_and_sweep_of_one_are_the_same_loop(self):
+        config = test_config.get_config()
+        single = self.create_tempdir().full_path
+        trainer.train_and_evaluate(config, single)
+        swept = self.create_tempdir().full_path
+        sweep_config = test_config.get_config()
+        sweep_config.sweep.seed = str(config.seed)
+        results = sweep.train_and_evaluate(sweep_config, swept)
+        self.assertEqual(list(results), [f'beta=1,seed={config.seed}'])
+        model_dir = Path(swept) / f'beta=1,seed={config.seed}'
+
+        def rows(workdir):
+            return [
+                {k: v for k, v in r.items() if k != 'train/steps_per_sec'} for r in _rows(workdir)
+            ]
+
+        self.assertEqual(rows(model_dir), rows(single))
+        self.assertEqual(
+            (model_dir / 'config.json').read_text(), (Path(single) / 'config.json').read_text()
+        )
+        params, step = _restore_params(model_dir, config)
+        expected, expected_step = _restore_params(single, config)
+        self.assertEqual((step, expected_step), (12, 12))
+        jax.tree.map(np.testing.assert_array_equal, params, expected)
+
+    def test_pinwheel_run_writes_eval_json_though_a_picture_fails(self):
+        # pinwheel has no closed-form density; and a picture that raises must not cost the run.
+        config = eight_gaussians.get_config()
+        config.input.dataset = 'pinwheel'
+        config.input.toy_num_examples = 256
+        config.input.batch_size = 64
+        config.num_train_steps = 4
+        config.log_every_steps = 2
+        config.eval_every_steps = 4
+        config.checkpoint_every_steps = 4
+        config.num_eval_examples = 64
+        workdir = Path(self.create_tempdir().full_path)
+
+        def broken(*args, **kwargs):
+            raise NotImplementedError('no picture today')
+
+        with mock.patch.object(trainer.vae_pictures.plots, 'latent_scatter', broken):
+            result = trainer.train_and_evaluate(config, workdir)
+        saved = json.loads((workdir / 'eval.json').read_text())
+        self.assertEqual(saved['step'], 4)
+        self.assertAlmostEqual(saved['elbo'], result['elbo'], places=5)
+        self.assertTrue((workdir / 'images' / 'toy_density.png').is_file())
+        self.assertFalse((workdir / 'images' / 'latent_scatter.png').exists())
+
+    def test_changing_only_run_length_and_cadences_resumes(self):
+        config = test_config.get_config()
+        workdir = self.create_tempdir().full_path
+        trainer.train_and_evaluate(config, workdir)
+        longer = test_config.get_config()
+        longer.num_train_steps = 18
+        longer.log_every_steps = 6
+        longer.checkpoint_every_steps = 18
+        longer.steps_per_call = 3
+        longer.input.data_dir = '/somewhere/else'
+        result = trainer.train_and_evaluate(longer, workdir)
+        self.assertEqual(result['step'], 18)
+        stored = json.loads((Path(workdir) / 'config.json').read_text())
+        self.assertEqual(stored['num_train_steps'], 18)
+        self.assertIsNone(stored['input']['data_dir'])  # Machine-specific: not stored.
+        changed = test_config.get_config()
+        changed.beta = 2.0
+        with self.assertRaisesRegex(ValueError, r'differs in: beta: 1\.0 -> 2\.0\)'):
+            trainer.train_and_evaluate(changed, workdir)
+
+    def test_second_lock_on_a_workdir_names_the_holder_and_changes_nothing(self):
+        workdir = Path(self.create_tempdir().full_path) / 'run'
+        with run_files.WorkdirLock(workdir):
+            holder = (workdir / run_files.LOCK_FILE).read_text()
+            self.assertIn(f'pid {os.getpid()}', holder)
+            with self.assertRaisesRegex(
+                run_files.WorkdirLocked,
+                rf'in use by another run: host .*, pid {os.getpid()}, since',
+            ):
+                trainer.train_and_evaluate(test_config.get_config(), workdir)
+            self.assertEqual(sorted(p.name for p in workdir.iterdir()), [run_files.LOCK_FILE])
+        # Released: the same call now trains.
+        self.assertEqual(trainer.train_and_evaluate(test_config.get_config(), workdir)['step'], 12)
+
+    def test_progress_without_a_terminal_is_plain_lines(self):
+        with (
+            mock.patch.object(trainer, 'PROGRESS_SECONDS', 0.0),
+            mock.patch('sys.stderr', new_callable=io.StringIO) as err,
+        ):
+            progress = trainer.Progress(10, 0, 'train')
+            progress.update(5, 5, {'train/loss': 1.5}, 100.0)
+            progress.update(10, 5, None, 100.0)
+            progress.close()
+        self.assertEqual(
+            err.getvalue(),
+            'train: step 5/10 loss 1.500, 100 steps/s\ntrain: step 10/10 loss 1.500, 100 steps/s\n',
+        )
 
     def test_resume_is_identical_to_an_uninterrupted_run(self):
         config = test_config.get_config()

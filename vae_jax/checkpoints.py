@@ -4,10 +4,20 @@ A save writes `<workdir>/checkpoints/<step>.orbax-checkpoint-tmp` and renames it
 so a kill at any moment leaves either the whole step or a tmp directory that is ignored and
 removed. Each step's metadata records a SHA-256 of the state, checked on restore; a damaged
 newest checkpoint is refused with a message naming it (or moved aside on request).
+
+A save that fails (disk full, permission lost, I/O error) removes its partial step and raises
+`CheckpointSaveError`, one message naming the directory, the cause and what to do; the previous
+checkpoint stays the newest, so the same command resumes once the cause is fixed.
+
+Two forms on disk, both `checkpoints/<step>/` Orbax checkpoints: a training checkpoint (the whole
+`TrainState`: parameters, optimizer state, BatchNorm statistics, step) and a parameters-only
+checkpoint (`{'params', 'batch_stats', 'step'}`, its metadata saying `contents: params`), which
+`export_params` writes for a finished run that is published to be loaded, not resumed.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import shutil
 from pathlib import Path
@@ -18,6 +28,35 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vae_jax import run_files, steps
+
+# custom_metadata['contents'] of a parameters-only checkpoint (see `export_params`).
+PARAMS_ONLY = 'params'
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written; the message says where, why and what to do."""
+
+
+def params_item(state: steps.TrainState) -> dict[str, Any]:
+    """What a parameters-only checkpoint holds: {'params', 'batch_stats', 'step'}."""
+    return {'params': state.params, 'batch_stats': state.batch_stats, 'step': state.step}
+
+
+def variables_of(restored: steps.TrainState | dict[str, Any]) -> dict[str, Any]:
+    """{'params', optional 'batch_stats'} of a restored train state or parameters-only item."""
+    if isinstance(restored, dict):
+        params, batch_stats = restored['params'], restored['batch_stats']
+    else:
+        params, batch_stats = restored.params, restored.batch_stats
+    return {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+    """Closes a manager; a failure to close (after a failed save) must not hide the first error."""
+    try:
+        manager.close()
+    except Exception as e:  # noqa: BLE001 (reported, and the run is ending anyway)
+        print(f'WARNING: closing the checkpoint manager of {manager.directory} failed: {e}')
 
 
 def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
@@ -48,7 +87,9 @@ def state_checksum(state: Any) -> str:
     return digest.hexdigest()
 
 
-def load(workdir: Path, state: steps.TrainState) -> tuple[steps.TrainState, int | None]:
+def load(
+    workdir: Path, state: steps.TrainState, *, allow_params_only: bool = False
+) -> tuple[steps.TrainState | dict[str, Any], int | None]:
     """`restore_latest` for a run directory, read-only, with a manager that is closed after.
 
     Read-only so that evaluating a run while it trains is safe: a training manager removes
@@ -58,6 +99,7 @@ def load(workdir: Path, state: steps.TrainState) -> tuple[steps.TrainState, int 
     Args:
       workdir: the run directory (its checkpoints are in `<workdir>/checkpoints/`).
       state: a freshly initialised state: the structure to restore into.
+      allow_params_only: accept a parameters-only checkpoint (then a `params_item` is returned).
 
     Returns:
       (state, the restored step or None when the run has no checkpoint).
@@ -70,14 +112,18 @@ def load(workdir: Path, state: steps.TrainState) -> tuple[steps.TrainState, int 
         (Path(workdir) / run_files.CHECKPOINT_DIR).resolve(), options=options
     )
     try:
-        return restore_latest(manager, state)
+        return restore_latest(manager, state, allow_params_only=allow_params_only)
     finally:
         manager.close()
 
 
 def restore_latest(
-    manager: ocp.CheckpointManager, state: steps.TrainState, *, skip_damaged: bool = False
-) -> tuple[steps.TrainState, int | None]:
+    manager: ocp.CheckpointManager,
+    state: steps.TrainState,
+    *,
+    skip_damaged: bool = False,
+    allow_params_only: bool = False,
+) -> tuple[steps.TrainState | dict[str, Any], int | None]:
     """Restores the newest complete checkpoint into `state`'s structure, if there is one.
 
     A checkpoint is damaged when Orbax cannot read it or when its contents differ from the
@@ -88,19 +134,37 @@ def restore_latest(
       state: a freshly initialised state: the structure, dtypes and shardings to restore into.
       skip_damaged: move a damaged newest checkpoint to `<workdir>/damaged_checkpoints/` and try
         the one before it (the user asks for this; it is never done silently).
+      allow_params_only: accept a parameters-only checkpoint (`export_params`) and return its
+        `params_item`; otherwise such a checkpoint is refused (it cannot resume training).
 
     Returns:
       (state, the restored step or None when there is no checkpoint).
 
     Raises:
       RuntimeError: the newest checkpoint is damaged and `skip_damaged` is False; the message
-        names the directory, the previous checkpoint and what to do.
+        names the directory, the previous checkpoint and what to do. Or it holds parameters
+        only and `allow_params_only` is False.
     """
     while (step := manager.latest_step()) is not None:
         path = Path(manager.directory) / str(step)
         try:
-            restored = manager.restore(step, args=ocp.args.StandardRestore(state))
-            expected = (manager.metadata(step).custom_metadata or {}).get('checksum')
+            custom = manager.metadata(step).custom_metadata or {}
+        except Exception:  # noqa: BLE001 (damaged metadata: reported by the restore below)
+            custom = None
+        target = state
+        if custom and custom.get('contents') == PARAMS_ONLY:
+            if not allow_params_only:
+                raise RuntimeError(
+                    f'checkpoint {path} holds parameters only (exported to be loaded with '
+                    'vae_jax.load, without optimizer state): training cannot resume from it. '
+                    'Use another --workdir to train again'
+                )
+            target = params_item(state)
+        try:
+            if custom is None:
+                raise ValueError('its metadata cannot be read')
+            restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+            expected = custom.get('checksum')
             if expected is not None and state_checksum(restored) != expected:
                 raise ValueError('its contents differ from the checksum recorded when it was saved')
             return restored, step
@@ -154,10 +218,132 @@ def save(manager: ocp.CheckpointManager, step: int, state: steps.TrainState) -> 
             {'step': step, 'nonfinite_arrays': bad},
         )
     custom_metadata = {'checksum': state_checksum(host)}
-    manager.save(
-        step, args=ocp.args.StandardSave(state), force=True, custom_metadata=custom_metadata
+    try:
+        manager.save(
+            step, args=ocp.args.StandardSave(state), force=True, custom_metadata=custom_metadata
+        )
+        manager.wait_until_finished()
+    except Exception as e:  # Orbax and TensorStore wrap the OSError in several types.
+        raise save_error(manager, step, e) from e
+
+
+def _cause(error: BaseException) -> str:
+    """What failed, in words, from the first OSError in the exception chain (else its text)."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            words = {
+                errno.ENOSPC: 'no space left on the device',
+                errno.EDQUOT: 'disk quota exceeded',
+                errno.EACCES: 'permission denied',
+                errno.EPERM: 'operation not permitted',
+                errno.EROFS: 'read-only file system',
+                errno.EIO: 'an I/O error',
+            }.get(seen.errno, seen.strerror or errno.errorcode.get(seen.errno, ''))
+            return f'{words} ({errno.errorcode.get(seen.errno, seen.errno)})'
+        seen = seen.__cause__ or seen.__context__
+    text = str(error).splitlines()[0][:300] if str(error) else ''
+    if 'RESOURCE_EXHAUSTED' in str(error) or 'No space left' in str(error):
+        return f'no space left on the device ({type(error).__name__}: {text})'
+    return f'{type(error).__name__}: {text}'
+
+
+def save_error(manager: ocp.CheckpointManager, step: int, error: BaseException) -> OSError:
+    """Removes the failed save's partial step and returns the error that stops the run."""
+    directory = Path(manager.directory)
+    leftovers = []
+    if jax.process_index() == 0:
+        for path in (directory / str(step), *directory.glob(f'{step}.orbax-checkpoint-tmp*')):
+            try:
+                if path.is_dir():
+                    shutil.rmtree(path)
+            except OSError:
+                leftovers.append(str(path))
+    try:
+        manager.reload()
+        previous = manager.latest_step()
+    except Exception:  # noqa: BLE001 (the directory may be unreadable now; say so below)
+        previous = None
+    resume = (
+        f'resumes from the previous checkpoint, step {previous}'
+        if previous is not None
+        else 'starts again from step 0 (no earlier checkpoint)'
     )
-    manager.wait_until_finished()
+    removed = (
+        f'; remove the partial {", ".join(leftovers)} by hand'
+        if leftovers
+        else ' (its partial files were removed)'
+    )
+    return CheckpointSaveError(
+        f'saving the checkpoint of step {step} into {directory} failed: {_cause(error)}'
+        f'{removed}. Training stopped; metrics.jsonl and the earlier checkpoints are intact. '
+        'Free space or restore write access there (df -h, ls -ld), then rerun the same command: '
+        f'it {resume}'
+    )
+
+
+def export_params(workdir: str | Path) -> Path:
+    """Rewrites a finished run's checkpoints as one parameters-only checkpoint, for publishing.
+
+    The newest checkpoint is verified, then written again as `{'params', 'batch_stats', 'step'}`
+    (no optimizer state: for an Adam-trained model a third of the size), with its own checksum,
+    and replaces `<workdir>/checkpoints/` (the older steps go). `vae_jax.load` and
+    `vae_jax.evaluate` read it; the trainer refuses to resume from it. Idempotent.
+
+    Args:
+      workdir: a finished run directory (newest checkpoint at config.num_train_steps or later).
+
+    Returns:
+      The path of the exported step.
+
+    Raises:
+      FileNotFoundError: no config.json or no checkpoint.
+      ValueError: the run is not finished.
+      RuntimeError: the newest checkpoint is damaged.
+    """
+    from vae_jax import optim, trained  # trained imports this module.
+
+    workdir = Path(workdir)
+    config = trained.read_config(workdir)
+    parts = trained.build(config)
+    tx = optim.create_optimizer(
+        config.optim, steps_per_epoch=1, num_train_steps=config.num_train_steps
+    )
+    target = jax.device_get(
+        trained.create_train_state(parts, trained.root_keys(config.seed)[0], tx)
+    )
+    restored, step = load(workdir, target, allow_params_only=True)
+    if step is None:
+        raise FileNotFoundError(f'no checkpoint in {workdir / run_files.CHECKPOINT_DIR}')
+    directory = workdir / run_files.CHECKPOINT_DIR
+    if isinstance(restored, dict):
+        return directory / str(step)  # Already parameters only.
+    if step < config.num_train_steps:
+        raise ValueError(
+            f'{workdir} is not finished (newest checkpoint at step {step}, '
+            f'num_train_steps={config.num_train_steps}): export only finished runs'
+        )
+    item = jax.device_get(params_item(restored))
+    tmp = workdir / f'{run_files.CHECKPOINT_DIR}.export-tmp'
+    old = workdir / f'{run_files.CHECKPOINT_DIR}.export-old'
+    for path in (tmp, old):
+        if path.exists():
+            shutil.rmtree(path)
+    options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
+    manager = ocp.CheckpointManager(tmp.resolve(), options=options)
+    try:
+        manager.save(
+            step,
+            args=ocp.args.StandardSave(item),
+            custom_metadata={'checksum': state_checksum(item), 'contents': PARAMS_ONLY},
+        )
+        manager.wait_until_finished()
+    finally:
+        manager.close()
+    directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old)
+    return directory / str(step)
 
 
 def nonfinite_error(

@@ -1,9 +1,12 @@
 """Command line: evaluate a trained run: importance-sampled NLL and pictures.
 
-    python -m vae_jax.evaluate --workdir runs/x [--k_samples 5000] [--split test] \
-        [--max_examples N] [--chunk_size 500] [--batch_size 100] [--seed S] [--output eval.json]
+    python -m vae_jax.evaluate --workdir runs/x [--data_dir DIR] [--k_samples 5000] \
+        [--split test] [--max_examples N] [--chunk_size 500] [--batch_size 100] [--seed S] \
+        [--output eval.json]
 
-Reads the run's config.json and latest checkpoint, evaluates the split with the protocol of
+Reads the run's config.json and latest checkpoint (a training or a parameters-only one), reads
+the data set the config names from `--data_dir`, else `$TFDS_DATA_DIR`, else the run's own
+`input.data_dir` (older runs stored one), evaluates the split with the protocol of
 Burda et al. (2016) (test NLL = -log p(x) estimated with k = 5000 importance samples; dynamic
 binarisation, if the run used it, draws each image once from the eval key), writes the metrics
 and the protocol into `<workdir>/<output>` (keeping keys the trainer wrote there, such as its
@@ -13,6 +16,7 @@ training speed), prints a table, and writes pictures into `<workdir>/images`.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,42 +24,24 @@ from typing import Any
 import jax
 import ml_collections
 import tqdm
-from absl import app, flags
+from absl import app, flags, logging
 
-from vae_jax import checkpoints, data, evaluation, run_files, steps, trainer
+from vae_jax import data, evaluation, run_files, trained
 from vae_jax import pictures as vae_pictures
 
 FLAGS = flags.FLAGS
+load_config = trained.read_config
 
 
-def load_config(workdir: Path) -> ml_collections.ConfigDict:
-    """The run's config from `<workdir>/config.json` (written by the trainer).
+def with_data_dir(config: ml_collections.ConfigDict, data_dir: str | None) -> None:
+    """Sets `config.input.data_dir` (in place): `data_dir`, else $TFDS_DATA_DIR, else stored.
 
-    Raises:
-      FileNotFoundError: no config.json (not a run directory).
+    A run records its data set by name; where the data lives is this machine's business, so the
+    flag and the environment win over whatever directory the run's config may hold.
     """
-    path = workdir / run_files.CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f'{path} not found: --workdir must be a run directory written by vae_jax.train'
-        )
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
-    config.eval_k_samples = tuple(config.eval_k_samples)
-    return config
-
-
-def restore(run: trainer.Run, workdir: Path) -> tuple[steps.TrainState, int]:
-    """The latest checkpoint of the run.
-
-    Raises:
-      FileNotFoundError: the run has no checkpoint yet.
-    """
-    state, step = checkpoints.load(workdir, run.create_train_state())
-    if step is None:
-        raise FileNotFoundError(
-            f'no checkpoint in {workdir / "checkpoints"}: train the run first (vae_jax.train)'
-        )
-    return state, step
+    chosen = data_dir or os.environ.get('TFDS_DATA_DIR') or config.input.data_dir
+    with config.unlocked():
+        config.input.data_dir = chosen
 
 
 def evaluate(
@@ -70,8 +56,12 @@ def evaluate(
     output: str = 'eval.json',
     pictures: bool = True,
     progress: bool = True,
+    data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Evaluates the latest checkpoint of a run; writes `<workdir>/<output>` and pictures.
+
+    `data_dir` (else $TFDS_DATA_DIR, else the run's stored `input.data_dir`) is where a TFDS
+    data set is read from.
 
     Returns:
       The dict written to the output file: the protocol ('step', 'split', 'num_examples',
@@ -80,13 +70,16 @@ def evaluate(
     """
     workdir = Path(workdir)
     config = load_config(workdir)
-    run = trainer.Run(config)
-    state, step = restore(run, workdir)
-    split_data = run.test_data if split == 'test' else run.train_data
+    with_data_dir(config, data_dir)
+    parts = trained.build(config)
+    variables, step = trained.restore_variables(workdir, parts)
+    train_data, test_data = data.get_datasets(config.input)
+    split_data = test_data if split == 'test' else train_data
     images, labels = split_data['image'], split_data['label']
     if max_examples is not None:
         images, labels = images[:max_examples], labels[:max_examples]
-    key = run.eval_key if seed is None else jax.random.key(seed)
+    eval_key = trained.root_keys(config.seed)[3]
+    key = eval_key if seed is None else jax.random.key(seed)
     bar = tqdm.tqdm(total=images.shape[0], desc=f'eval {split}', unit='ex', disable=not progress)
     start = time.time()
     try:
@@ -94,13 +87,13 @@ def evaluate(
             key,
             images,
             labels,
-            run.bind_fn,
-            run.variables(state),
+            parts.bind_fn,
+            variables,
             k_list=tuple(config.eval_k_samples),
             nll_k=k_samples,
             chunk_size=chunk_size,
             batch_size=batch_size,
-            dynamic_binarize=run.static.dynamic_binarize,
+            dynamic_binarize=parts.static.dynamic_binarize,
             progress=lambda done, total: bar.update(done - bar.n),
             return_per_example=True,
         )
@@ -132,11 +125,14 @@ def evaluate(
     path.write_text(json.dumps({**previous, **result}, indent=2))
     if pictures:
         vae_pictures.write_pictures(
-            run,
-            state,
             workdir / 'images',
+            parts.bind_fn,
+            variables,
+            eval_key,
+            images,
+            labels,
+            **vae_pictures.config_options(config),
             posterior_means=per_example['posterior_mean'],
-            labels=labels,
             metrics_path=workdir / run_files.METRICS_FILE,
         )
     return result
@@ -174,6 +170,12 @@ def define_flags() -> None:
     """Defines the command-line flags (only when run as a program, so that importing this module
     next to vae_jax.train, which also has --workdir, does not define a flag twice)."""
     flags.DEFINE_string('workdir', None, 'Run directory (config.json, checkpoints/).')
+    flags.DEFINE_string(
+        'data_dir',
+        None,
+        'TFDS data dir holding the data set the run names; default $TFDS_DATA_DIR, then the '
+        "run's own input.data_dir.",
+    )
     flags.DEFINE_integer(
         'k_samples',
         5000,
@@ -200,6 +202,8 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    if not FLAGS['verbosity'].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads at INFO.
     result = evaluate(
         FLAGS.workdir,
         k_samples=FLAGS.k_samples,
@@ -210,6 +214,7 @@ def main(argv: list[str]) -> None:
         seed=FLAGS.seed,
         output=FLAGS.output,
         pictures=FLAGS.pictures,
+        data_dir=FLAGS.data_dir,
     )
     print(format_table(result))
     print(f'wrote {Path(FLAGS.workdir) / FLAGS.output}')

@@ -6,15 +6,26 @@
     <workdir>/train_window.json  the metric sums of a log window cut short by a stop
     <workdir>/nonfinite.json     what a run saw when its loss or state became non-finite
     <workdir>/images/            pictures (vae_jax/pictures.py)
+    <workdir>/run.lock           who is training in this directory (see `WorkdirLock`)
 
 Written by the trainer only (with several processes, by process 0); JSON files are replaced
 atomically, so a kill never leaves a partial file.
+
+config.json records the data set by name; where the data lives is the machine's business
+(`--config.input.data_dir` or `$TFDS_DATA_DIR` at training time, `--data_dir` or
+`$TFDS_DATA_DIR` for `vae_jax.evaluate`), so `input.data_dir` is stored unset and a run directory
+can be moved to another machine. Run-length and cadence keys (`RESUMABLE_KEYS`) may change
+between invocations: the run resumes with the new values.
 """
 
 from __future__ import annotations
 
+import datetime
+import fcntl
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +44,100 @@ NONFINITE_FILE = 'nonfinite.json'
 WINDOW_FILE = 'train_window.json'
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'damaged_checkpoints'
+LOCK_FILE = 'run.lock'
+# Keys that change how long a run goes or how often it logs, evaluates and saves, or where the
+# data is read from, but not what it computes: changing them resumes the run instead of refusing.
+RESUMABLE_KEYS = ('num_train_steps', 'steps_per_call', 'input.data_dir')
+RESUMABLE_SUFFIX = '_every_steps'
+
+
+class WorkdirLocked(RuntimeError):
+    """Another process holds the workdir's lock (its host, pid and start time are in the text)."""
+
+
+class WorkdirLock:
+    """An exclusive OS lock (`fcntl.flock`) on `<workdir>/run.lock`, held for a whole run.
+
+    The kernel releases it when the holding process exits, however it exits (kill -9 included),
+    so a lock is never stale; the file's text (host, pid, start time) only names the holder for
+    the message of a refused start. Taken before anything in the workdir is written, so a refused
+    start changes nothing. With several processes only process 0 takes it: the processes of one
+    run share its workdir, and two runs on one workdir collide on process 0. (flock is per host
+    on most network file systems; two hosts' process 0 on one shared workdir is not detected
+    where the file system does not forward flock.)
+    """
+
+    def __init__(self, workdir: Path):
+        self.path = Path(workdir) / LOCK_FILE
+        self._file = None
+
+    def acquire(self) -> WorkdirLock:
+        """Takes the lock or raises.
+
+        With several processes, process 0 takes it and tells the others, so that all of them
+        stop at start when it is held elsewhere.
+
+        Raises:
+          WorkdirLocked: another process holds it; the message names the holder.
+          PermissionError: the workdir cannot be created or written.
+        """
+        error = None
+        if jax.process_index() == 0:
+            try:
+                self._take()
+            except (WorkdirLocked, PermissionError) as e:
+                error = e
+        if jax.process_count() > 1:
+            taken = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+            if not taken and error is None:
+                raise WorkdirLocked(
+                    f'workdir {str(self.path.parent)!r} could not be locked by process 0 (its '
+                    'message names the holder or the cause)'
+                )
+        if error is not None:
+            raise error
+        return self
+
+    def _take(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # 'a+' neither truncates nor replaces the file: the holder's text stays readable.
+            file = open(self.path, 'a+')  # noqa: SIM115 (held open for the whole run)
+        except OSError as e:
+            raise PermissionError(
+                f'workdir {str(self.path.parent)!r} cannot be written ({e.strerror}); pass a '
+                'writable --workdir'
+            ) from e
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or 'unknown (it has not written its name yet)'
+            file.close()
+            raise WorkdirLocked(
+                f'workdir {str(self.path.parent)!r} is in use by another run: {holder}. Wait '
+                'for it to finish (or stop it), or use another --workdir. The lock is released '
+                'when that process exits, even if it is killed'
+            ) from None
+        since = datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')
+        file.seek(0)
+        file.truncate()
+        file.write(f'host {socket.gethostname()}, pid {os.getpid()}, since {since}\n')
+        file.flush()
+        self._file = file
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.truncate(0)  # The text names a holder only while one holds it.
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> WorkdirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def json_default(value: Any) -> Any:
@@ -43,12 +148,33 @@ def json_default(value: Any) -> Any:
     raise TypeError(f'cannot serialise {type(value).__name__} to JSON')
 
 
+def stored_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as config.json stores it: JSON, with `input.data_dir` unset (machine-specific)."""
+    out = json.loads(config.to_json_best_effort())
+    if isinstance(out.get('input'), dict):
+        out['input']['data_dir'] = None
+    return out
+
+
+def drop_resumable(tree: dict, prefix: str = '') -> dict:
+    """The config without `RESUMABLE_KEYS` and `*_every_steps` (what a resume may change)."""
+    out = {}
+    for k, v in tree.items():
+        name = f'{prefix}{k}'
+        if name in RESUMABLE_KEYS or k.endswith(RESUMABLE_SUFFIX):
+            continue
+        out[k] = drop_resumable(v, f'{name}.') if isinstance(v, dict) else v
+    return out
+
+
 def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwrite: bool) -> None:
     """Creates the workdir, checks it is writable, and refuses a run of a different config.
 
     Keys that are unset (None) count as absent, so a config key added to the project later as
-    a placeholder does not make older runs unresumable. With several processes, every process
-    checks and process 0 writes.
+    a placeholder does not make older runs unresumable; a change of run length, cadence or data
+    location only (`RESUMABLE_KEYS`, `*_every_steps`) resumes the run, and config.json is
+    rewritten with the new values. With several processes, every process checks and process 0
+    writes.
 
     Raises:
       PermissionError: the workdir cannot be created or written.
@@ -65,7 +191,7 @@ def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwri
             f'workdir {str(workdir)!r} cannot be written ({e.strerror}); pass a writable --workdir'
         ) from e
     config_path = workdir / CONFIG_FILE
-    new = json.loads(config.to_json_best_effort())
+    new = stored_config(config)
     delete = False
     if config_path.exists():
         try:
@@ -75,9 +201,9 @@ def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwri
                 f'{config_path} cannot be read ({e}); if the run there is not needed, pass '
                 '--overwrite to delete it, else restore that file'
             ) from e
-        if drop_unset(old) != drop_unset(new):
+        if drop_resumable(drop_unset(old)) != drop_resumable(drop_unset(new)):
             if not overwrite:
-                diff = config_diff(old, new)
+                diff = config_diff(drop_resumable(old), drop_resumable(new))
                 raise ValueError(
                     f'workdir {str(workdir)!r} holds a run of a different config '
                     f'(differs in: {diff}); use another --workdir, or pass --overwrite to '

@@ -8,8 +8,15 @@ With `--config.sweep.beta=0.5,1,2` and/or `--config.sweep.seed=0,1` it trains th
 as one vectorised program (vae_jax/sweep.py), each model in `<workdir>/beta=<b>,seed=<s>`.
 `--workdir` defaults to `runs/<config file stem>`.
 
-Several hosts (README, "Multi-device and multi-host"): the same command on every process, with
-the cluster described by the environment; see `distributed_init_args`.
+Several hosts (README, "Multi-device and multi-host"): the same command on every process. The
+explicit variables (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`) are checked
+and passed on; otherwise `jax.distributed.initialize()` detects the cluster itself (SLURM, Open MPI,
+mpi4py, Kubernetes, Cloud TPU, ...) and a process outside any cluster runs alone. With
+`--distributed=off` it never joins one (e.g. independent runs inside one SLURM allocation).
+Process 0 takes the workdir's lock for the whole run.
+
+A run that cannot start (workdir in use, bad config) or whose checkpoint cannot be saved ends
+with one message on stderr and exit status 1; `--verbosity` sets the absl log level.
 """
 
 from __future__ import annotations
@@ -39,8 +46,9 @@ _DISTRIBUTED = flags.DEFINE_enum(
     'distributed',
     'auto',
     ['auto', 'off'],
-    'auto: call jax.distributed.initialize() when the environment describes a multi-process '
-    'run (see distributed_init_args); off: never (e.g. independent runs inside one SLURM job).',
+    'auto: join a multi-process run when the JAX_* variables describe one or JAX detects a '
+    'cluster (jax.distributed.initialize()); off: never (e.g. independent runs inside one '
+    'SLURM job).',
 )
 
 
@@ -61,74 +69,68 @@ def _env_int(environ: Mapping[str, str], name: str) -> int | None:
 
 
 def distributed_init_args(environ: Mapping[str, str]) -> dict[str, object] | None:
-    """The arguments of `jax.distributed.initialize` for this process, or None (one process).
+    """Arguments of `jax.distributed.initialize` from the explicit JAX_* variables, or None.
 
-    A multi-process run is recognised from, in order:
-      1. `JAX_COORDINATOR_ADDRESS=host:port` with `JAX_NUM_PROCESSES` > 1 and `JAX_PROCESS_ID`
-         (any launcher; without the last two, JAX must detect them from SLURM or Open MPI);
-      2. SLURM inside `srun` with more than one task (`SLURM_NTASKS` > 1, `SLURM_STEP_NODELIST`);
-      3. Open MPI's `mpirun` with more than one process (`OMPI_COMM_WORLD_SIZE` > 1);
-      4. a multi-host Cloud TPU slice (`TPU_WORKER_HOSTNAMES` lists more than one host).
-    In cases 2-4 JAX detects the coordinator, process count and id itself. A SLURM batch script
-    that runs python directly (no srun), or a job step with one task, is one process.
+    `JAX_COORDINATOR_ADDRESS=host:port` with `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` (any
+    launcher); with only the address, JAX must detect the other two from the cluster. None when
+    the address is unset (then JAX's own cluster detection decides) or for one process.
 
     Raises:
-      ValueError: a malformed variable, or JAX_COORDINATOR_ADDRESS without the process count
-        and id where no cluster can provide them.
+      ValueError: a malformed variable.
     """
     address = environ.get('JAX_COORDINATOR_ADDRESS')
-    slurm = 'SLURM_STEP_NODELIST' in environ and 'SLURM_PROCID' in environ
-    slurm_tasks = _env_int(environ, 'SLURM_NTASKS') if slurm else None
-    mpi_size = _env_int(environ, 'OMPI_COMM_WORLD_SIZE')
-    if address:
-        num_processes = _env_int(environ, 'JAX_NUM_PROCESSES')
-        process_id = _env_int(environ, 'JAX_PROCESS_ID')
-        if num_processes == 1:
-            return None
-        if (num_processes is None or process_id is None) and not (slurm or mpi_size):
-            raise ValueError(
-                f'JAX_COORDINATOR_ADDRESS={address!r} is set, so this is one process of a '
-                'multi-process run: also set JAX_NUM_PROCESSES (the number of processes) and '
-                'JAX_PROCESS_ID (0 .. JAX_NUM_PROCESSES-1), or unset it for a single process'
-            )
-        if num_processes is not None and not 0 <= (process_id or 0) < num_processes:
-            raise ValueError(
-                f'JAX_PROCESS_ID={process_id} is invalid; allowed: 0 .. {num_processes - 1} '
-                f'(JAX_NUM_PROCESSES={num_processes})'
-            )
-        args = {'coordinator_address': address}
-        if num_processes is not None:
-            args['num_processes'] = num_processes
-        if process_id is not None:
-            args['process_id'] = process_id
-        return args
-    if slurm and (slurm_tasks or 1) > 1:
-        return {}
-    if mpi_size is not None and mpi_size > 1:
-        return {}
-    hosts = [h for h in environ.get('TPU_WORKER_HOSTNAMES', '').split(',') if h.strip()]
-    if len(hosts) > 1:
-        return {}
-    return None
+    if not address:
+        return None
+    num_processes = _env_int(environ, 'JAX_NUM_PROCESSES')
+    process_id = _env_int(environ, 'JAX_PROCESS_ID')
+    if num_processes == 1:
+        return None
+    if num_processes is not None and not 0 <= (process_id or 0) < num_processes:
+        raise ValueError(
+            f'JAX_PROCESS_ID={process_id} is invalid; allowed: 0 .. {num_processes - 1} '
+            f'(JAX_NUM_PROCESSES={num_processes})'
+        )
+    args: dict[str, object] = {'coordinator_address': address}
+    if num_processes is not None:
+        args['num_processes'] = num_processes
+    if process_id is not None:
+        args['process_id'] = process_id
+    return args
+
+
+# jax.distributed.initialize()'s error when no cluster is detected and nothing is set.
+_NO_CLUSTER = 'coordinator_address should be defined'
 
 
 def _maybe_initialize_distributed() -> None:
-    """Multi-host: joins the cluster when the environment describes one (before any JAX work)."""
+    """Joins a multi-process run (before any JAX work): explicit variables, else JAX detects."""
     if _DISTRIBUTED.value == 'off':
         return
+    import jax
+
     args = distributed_init_args(os.environ)
     if args is not None:
-        import jax
-
         jax.distributed.initialize(**args)
+        return
+    if os.environ.get('JAX_NUM_PROCESSES') == '1':
+        return
+    try:
+        jax.distributed.initialize()  # JAX's cluster auto-detection.
+    except ValueError as e:
+        if _NO_CLUSTER not in str(e):
+            raise
+        # No cluster detected: one process.
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
+    if not flags.FLAGS['verbosity'].present:
+        # Orbax logs every file it writes at INFO; --verbosity=0 shows it again.
+        logging.set_verbosity(logging.WARNING)
     _maybe_initialize_distributed()
-    from vae_jax import trainer  # After jax.distributed.initialize, which must come first.
+    # After jax.distributed.initialize, which must come first.
+    from vae_jax import checkpoints, run_files, trainer
 
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename)
     train_fn = trainer.train_and_evaluate
@@ -146,6 +148,10 @@ def main(argv: list[str]) -> None:
     except trainer.StoppedBySignal as e:
         print(f'{workdir}: {e}', file=sys.stderr)
         sys.exit(128 + e.signum)  # The shell's convention for "ended by signal N".
+    except (run_files.WorkdirLocked, checkpoints.CheckpointSaveError) as e:
+        # Expected failures with a complete message: no traceback around it.
+        print(f'ERROR: {e}', file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -3,19 +3,24 @@
 The run directory's files are written through vae_jax/run_files.py and vae_jax/checkpoints.py;
 the pictures through vae_jax/pictures.py.
 
-Data flow: validate config -> load data once as numpy -> put the train split on the
-device(s) -> build model, optimizer, TrainState -> restore the latest checkpoint if any -> loop over
-chunks (one jitted call runs several optimizer steps) -> metrics leave the device once per chunk ->
-eval, pictures and checkpoints at their cadences and always at the end -> eval.json + summary line.
+Data flow: validate config -> load data once as numpy -> put the train split on the device(s) ->
+build model, optimizer, TrainState -> restore the latest checkpoint if any -> loop over chunks
+(one jitted call runs several optimizer steps) -> metrics leave the device once per chunk -> eval,
+pictures and checkpoints at their cadences and always at the end -> eval.json + summary line.
+
+One loop (`train_models`) trains one run or the N models of a vectorised sweep (vae_jax/sweep.py):
+with one model it calls the jitted chunk directly, with several it vmaps the same chunk over a
+leading model axis; cadences, stops, resume and failures are decided in that one place, and each
+model writes its own run directory. A sweep of one is therefore exactly a single run.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
+import contextlib
 import json
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,177 +30,28 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import tqdm
+from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from vae_jax import (
     checkpoints,
-    config_validation,
     data,
     evaluation,
-    models,
-    optim,
     run_files,
     steps,
+    trained,
 )
 from vae_jax import pictures as vae_pictures
+from vae_jax import run as run_lib
 
-
-def root_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """A run's keys from its seed: (init_key, loop_key, data_key, eval_key), typed [] keys."""
-    init_key, loop_key, data_key, eval_key = jax.random.split(jax.random.key(seed), 4)
-    return init_key, loop_key, data_key, eval_key
-
-
-# Config keys in which the models of one vectorised sweep (vae_jax/sweep.py) may differ.
-PER_MODEL_KEYS = ('seed', 'beta', 'sweep')
-
-
-class Run:
-    """Everything built from a config for one workdir: data, model, keys, jitted functions."""
-
-    def __init__(self, config: ml_collections.ConfigDict):
-        config_validation.validate(config)
-        self.config = config
-        # With binarize='none', checks the likelihood's support, naming the file or data set.
-        self.train_data, self.test_data = data.get_datasets(
-            config.input, likelihood=config.model.likelihood
-        )
-        self.data_shape = tuple(self.train_data['image'].shape[1:])
-        num_train = self.train_data['image'].shape[0]
-        if config.input.batch_size > num_train:
-            raise ValueError(
-                f'config.input.batch_size={config.input.batch_size} is larger than the '
-                f'{num_train} training examples of {config.input.dataset!r}; '
-                f'allowed: <= {num_train}'
-            )
-        self.steps_per_epoch = num_train // config.input.batch_size
-        self.static = steps.StepConfig.from_config(config, self.data_shape)
-        self.model = models.create_model(config.model, self.data_shape, config.objective)
-        self.init_key, self.loop_key, self.data_key, self.eval_key = root_keys(config.seed)
-        self.tx = optim.create_optimizer(
-            config.optim,
-            steps_per_epoch=self.steps_per_epoch,
-            num_train_steps=config.num_train_steps,
-        )
-        self.bind_fn = steps.make_bind_fn(self.model.apply, self.static)
-        self.mesh = Mesh(np.array(jax.devices()), ('data',))
-        num_devices = self.mesh.size
-        if config.input.batch_size % num_devices:
-            raise ValueError(
-                f'config.input.batch_size={config.input.batch_size} must be divisible by the '
-                f'number of devices ({num_devices}) for data-parallel training; allowed: a '
-                f'multiple of {num_devices}'
-            )
-        # Data parallel, one code path for any number of devices: parameters replicated, each
-        # batch split along the mesh's 'data' axis (B / num_devices examples per device).
-        self.replicated = NamedSharding(self.mesh, P())
-        self.batch_sharding = NamedSharding(self.mesh, P('data'))
-
-    def create_train_state(self) -> steps.TrainState:
-        """Initialises parameters (and BatchNorm statistics) from `init_key`."""
-        x = jnp.zeros(self.data_shape, jnp.float32)
-        y = jnp.zeros((), jnp.int32) if self.config.model.use_labels else None
-        variables = self.model.init(self.init_key, x, y, train=False)
-        state = steps.TrainState.create(
-            apply_fn=self.model.apply,
-            params=variables['params'],
-            tx=self.tx,
-            batch_stats=variables.get('batch_stats', {}),
-        )
-        # An int32 array step keeps the scan carry's type fixed across calls.
-        state = state.replace(step=jnp.zeros((), jnp.int32))
-        # Through the host: with several processes, a single-device array cannot be put on
-        # other hosts' devices, but every process holds the same host values.
-        return jax.device_put(jax.device_get(state), self.replicated)
-
-    @property
-    def chunk_body(self) -> Callable[..., Any]:
-        """`steps.train_chunk` with this run's static settings, not jitted (the sweep vmaps it)."""
-        return functools.partial(
-            steps.train_chunk,
-            batch_size=self.config.input.batch_size,
-            loop=self.config.loop,
-            static=self.static,
-            batch_sharding=self.batch_sharding,
-        )
-
-    @functools.cached_property
-    def chunk_fn(self) -> Callable[..., Any]:
-        """The jitted multi-step call; one compile per distinct `num_steps`."""
-        return jax.jit(
-            self.chunk_body,
-            static_argnames=('num_steps',),
-            donate_argnums=(0, 1),
-            compiler_options=steps.compiler_options(),
-        )
-
-    @functools.cached_property
-    def permutation_fn(self) -> Callable[[jax.Array], jax.Array]:
-        num = self.train_data['image'].shape[0]
-        return jax.jit(lambda epoch: steps.epoch_permutation(self.data_key, epoch, num))
-
-    def variables(self, state: steps.TrainState) -> dict[str, Any]:
-        variables = {'params': state.params}
-        if state.batch_stats:
-            variables['batch_stats'] = state.batch_stats
-        if jax.process_count() > 1:
-            # Evaluation then runs on each process's own devices, not as a cross-host program.
-            variables = jax.device_get(variables)
-        return variables
-
-    def evaluate(
-        self, state: steps.TrainState, *, nll_k: int = 0, return_per_example: bool = False
-    ) -> dict[str, Any]:
-        """Test-split metrics with the fixed eval key (comparable across steps and runs)."""
-        images, labels = self.eval_split()
-        return evaluation.evaluate_dataset(
-            self.eval_key,
-            images,
-            labels,
-            self.bind_fn,
-            self.variables(state),
-            k_list=tuple(self.config.eval_k_samples),
-            nll_k=nll_k,
-            batch_size=self.config.input.eval_batch_size,
-            dynamic_binarize=self.static.dynamic_binarize,
-            return_per_example=return_per_example,
-        )
-
-    def eval_split(self) -> tuple[np.ndarray, np.ndarray]:
-        n = self.config.num_eval_examples
-        images, labels = self.test_data['image'], self.test_data['label']
-        return (images[:n], labels[:n]) if n else (images, labels)
-
-    def for_config(self, config: ml_collections.ConfigDict) -> Run:
-        """This run with another `seed` / `beta` (the models of a vectorised sweep).
-
-        Shares the loaded data, model, optimizer, mesh and `bind_fn` (so evaluation compiles once
-        for all models); takes the keys of `config.seed` and drops compiled functions that close
-        over the old keys.
-
-        Raises:
-          ValueError: `config` differs from this run's config in more than `PER_MODEL_KEYS`.
-        """
-        config_validation.validate(config)
-        old, new = (json.loads(c.to_json_best_effort()) for c in (self.config, config))
-        for key in PER_MODEL_KEYS:
-            old.pop(key, None)
-            new.pop(key, None)
-        if old != new:
-            raise ValueError(
-                f'the models of one run may differ only in {", ".join(PER_MODEL_KEYS)}; '
-                f'these differ too: {run_files.config_diff(old, new)}'
-            )
-        run = copy.copy(self)
-        for name, attr in vars(Run).items():  # cached properties live in the instance dict
-            if isinstance(attr, functools.cached_property):
-                run.__dict__.pop(name, None)
-        run.config = config
-        run.init_key, run.loop_key, run.data_key, run.eval_key = root_keys(config.seed)
-        return run
+root_keys = trained.root_keys
+Run, PER_MODEL_KEYS = run_lib.Run, run_lib.PER_MODEL_KEYS
+stack_states, unstack_state = run_lib.stack_states, run_lib.unstack_state
+make_vmapped_chunk_fn = run_lib.make_vmapped_chunk_fn
+# A plain progress line (when stderr is not a terminal) at most this often.
+PROGRESS_SECONDS = 30.0
 
 
 def scalar_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -278,9 +134,45 @@ def next_boundary(step: int, config: ml_collections.ConfigDict, stop_at: int | N
     return out if stop_at is None or stop_at <= step else min(out, stop_at)
 
 
+class Progress:
+    """A tqdm bar on process 0 when stderr is a terminal; else a plain line now and then.
+
+    A bar's carriage-return redraws would fill a log file (`2> train.log`), so without a terminal
+    process 0 prints one line at most every `PROGRESS_SECONDS`; other processes print nothing.
+    """
+
+    def __init__(self, total: int, initial: int, desc: str):
+        self.primary = jax.process_index() == 0
+        self.bar = tqdm.tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            unit='step',
+            mininterval=1.0,
+            disable=not (self.primary and sys.stderr.isatty()),
+        )
+        self.total, self.desc, self.postfix = total, desc, ''
+        self.last_line = time.time()
+
+    def update(self, step: int, num_steps: int, row: dict[str, float] | None, rate: float) -> None:
+        self.bar.update(num_steps)
+        if row is not None:
+            self.postfix = f'loss {row["train/loss"]:.3f}, {rate:.0f} steps/s'
+            self.bar.set_postfix(loss=f'{row["train/loss"]:.3f}', steps_per_s=f'{rate:.0f}')
+        if self.primary and self.bar.disable and time.time() - self.last_line >= PROGRESS_SECONDS:
+            print(
+                f'{self.desc}: step {step}/{self.total} {self.postfix}', file=sys.stderr, flush=True
+            )
+            self.last_line = time.time()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
+    model: Any = None,
     *,
     overwrite: bool = False,
     stop_at_step: int | None = None,
@@ -292,6 +184,7 @@ def train_and_evaluate(
       config: the experiment config (see configs/default.py).
       workdir: where config.json, metrics.jsonl, TensorBoard events, checkpoints/, images/ and
         eval.json are written.
+      model: a Flax module with the built-in VAE's interface, used instead of `config.model`'s.
       overwrite: delete a run of a different config found in `workdir` instead of refusing.
       stop_at_step: stop this invocation at that step, saving a
         checkpoint; a later call resumes. For time-boxed sessions and resume tests.
@@ -305,6 +198,8 @@ def train_and_evaluate(
       ValueError: a bad config or data (naming the key, the value and what is allowed), or a
         workdir holding a run of a different config.
       PermissionError: the workdir cannot be written.
+      run_files.WorkdirLocked: another process trains in `workdir` (nothing was changed).
+      checkpoints.CheckpointSaveError: a checkpoint could not be written (disk full, ...).
       RuntimeError: a damaged checkpoint, or a non-finite loss or state (the last good
         checkpoint is kept, and what was seen is written to `<workdir>/nonfinite.json`).
       StoppedBySignal: SIGINT/SIGTERM; a checkpoint was saved at the step reached.
@@ -312,101 +207,263 @@ def train_and_evaluate(
     start_time = time.time()
     workdir = Path(workdir)
     config = data.record_data_facts(config)  # npz / tfds: shapes into config.json (a copy).
-    run = Run(config)
-    run_files.prepare_workdir(workdir, config, overwrite=overwrite)
-
-    manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
-    try:
-        state, restored_step = checkpoints.restore_latest(
-            manager, run.create_train_state(), skip_damaged=skip_damaged_checkpoints
-        )
-    except BaseException:
-        manager.close()  # A refused restore leaves no background threads behind.
-        raise
-    step = int(state.step)
-    result = finished_result(workdir, config, step)
-    if result is not None:
-        manager.close()
-        return result
-    log = run_files.MetricsLog(workdir, step, final_step=config.num_train_steps)
-    if restored_step is not None:
-        print(f'{workdir}: resuming from checkpoint at step {restored_step}')
-
-    train_images = jax.device_put(run.train_data['image'], run.replicated)
-    train_labels = jax.device_put(run.train_data['label'], run.replicated)
-    beta = jnp.asarray(config.beta, jnp.float32)
-    perm_epoch = jax.device_put(jnp.asarray(step // run.steps_per_epoch, jnp.int32), run.replicated)
-    perm = jax.device_put(run.permutation_fn(perm_epoch), run.replicated)
-    throughput = Throughput()
-    sums, window_start = run_files.restore_window(workdir, step)
-    window_time = time.time()
-    bar = tqdm.tqdm(
-        total=config.num_train_steps, initial=step, desc='train', unit='step', mininterval=1.0
+    results = train_models(
+        {'': Run(config, model)},
+        {'': workdir},
+        overwrite=overwrite,
+        stop_at_step=stop_at_step,
+        skip_damaged_checkpoints=skip_damaged_checkpoints,
+        start_time=start_time,
     )
-    try:
+    return results['']
+
+
+def train_models(
+    runs: dict[str, Run],
+    dirs: dict[str, Path],
+    *,
+    overwrite: bool = False,
+    stop_at_step: int | None = None,
+    skip_damaged_checkpoints: bool = False,
+    start_time: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The training loop: trains (or resumes) N models with shared data and cadences.
+
+    Each model has its own Run (`Run.for_config`: the same data and model, its own seed and
+    beta) and its own run directory, locked for the whole call. With one model the jitted chunk
+    is called directly; with several, one call runs it vmapped over a leading model axis.
+
+    Resume: every model saves its own checkpoints; a rerun restores each unfinished model at the
+    newest step that all of them have saved (normally the newest), finished ones are skipped. A
+    model whose loss turns non-finite stops the call when it is the only one; among several it is
+    reported and dropped (its directory keeps its last good checkpoint), the others finish, then
+    `RuntimeError` names the failures.
+
+    Args:
+      runs: {name: Run}; `runs` share everything but `PER_MODEL_KEYS`.
+      dirs: {name: run directory}.
+      overwrite, stop_at_step, skip_damaged_checkpoints: as in `train_and_evaluate`.
+      start_time: `time.time()` at the program's start (for eval.json's 'wall_time_sec').
+      extra: more entries for every model's eval.json.
+
+    Returns:
+      {name: eval.json contents} ({'step': ...} for each model when stopped early).
+    """
+    start_time = time.time() if start_time is None else start_time
+    names = list(runs)
+    base = runs[names[0]]
+    config = base.config
+    with contextlib.ExitStack() as stack:
+        for name in names:  # Before anything is written: a refused start changes nothing.
+            stack.enter_context(run_files.WorkdirLock(dirs[name]))
+        managers: dict[str, ocp.CheckpointManager] = {}
+        stack.callback(lambda: [checkpoints.close(m) for m in managers.values()])
+        results: dict[str, dict[str, Any]] = {}
+        for name in names:
+            run_files.prepare_workdir(dirs[name], runs[name].config, overwrite=overwrite)
+            managers[name] = checkpoints.checkpoint_manager(dirs[name], config.keep_checkpoints)
+            if skip_damaged_checkpoints:  # Moves damaged newest checkpoints aside.
+                fresh = runs[name].create_train_state()
+                checkpoints.restore_latest(managers[name], fresh, skip_damaged=True)
+            done = finished_result(dirs[name], runs[name].config, managers[name].latest_step() or 0)
+            if done is not None:
+                results[name] = done
+        active = [name for name in names if name not in results]
+        if not active:
+            return results
+        restored_step = _common_step([managers[n] for n in active])
+        states = [
+            _restore(managers[n], runs[n].create_train_state(), restored_step) for n in active
+        ]
+        step = int(states[0].step)
+        if restored_step is not None:
+            where = dirs[active[0]] if len(active) == 1 else f'{len(active)} models'
+            print(f'{where}: resuming from checkpoint at step {step}')
+        logs = {
+            n: run_files.MetricsLog(dirs[n], step, final_step=config.num_train_steps)
+            for n in active
+        }
+        train_images = jax.device_put(base.train_data['image'], base.replicated)
+        train_labels = jax.device_put(base.train_data['label'], base.replicated)
+        vectorised = len(active) > 1
+        epoch = jnp.asarray(step // base.steps_per_epoch, jnp.int32)
+        if vectorised:
+            state = jax.device_put(stack_states(states), base.replicated)
+            chunk_fn = make_vmapped_chunk_fn(base)
+            # Committed to the chunk outputs' sharding, so the second call hits the first's compile.
+            loop_keys, data_keys, betas, perm_epoch = jax.device_put(
+                (
+                    jnp.stack([runs[n].loop_key for n in active]),
+                    jnp.stack([runs[n].data_key for n in active]),
+                    jnp.asarray([runs[n].config.beta for n in active], jnp.float32),
+                    epoch,
+                ),
+                base.replicated,
+            )
+            num_examples = base.train_data['image'].shape[0]
+            permutations = jax.vmap(steps.epoch_permutation, in_axes=(0, None, None))
+            perm = jax.jit(permutations, static_argnums=2)(data_keys, perm_epoch, num_examples)
+            perm = jax.device_put(perm, base.replicated)
+        else:
+            state, run = states[0], runs[active[0]]
+            chunk_fn = run.chunk_fn
+            loop_keys, data_keys = run.loop_key, run.data_key
+            betas = jnp.asarray(run.config.beta, jnp.float32)
+            perm_epoch = jax.device_put(epoch, base.replicated)
+            perm = jax.device_put(run.permutation_fn(perm_epoch), base.replicated)
+        del states
+
+        def state_of(state: steps.TrainState, i: int) -> steps.TrainState:
+            return unstack_state(state, i) if vectorised else state
+
+        def to_host(v: Any) -> np.ndarray:  # Chunk sums as float64 [N], one per model.
+            v = np.asarray(v, np.float64)
+            return v if vectorised else v[None]
+
+        throughput = Throughput()
+        sums, window_start = _restore_windows([dirs[n] for n in active], step)
+        window_time = time.time()
+        failed: dict[str, str] = {}
+        desc = 'train' if len(active) == 1 else f'train {len(active)} models'
+        progress = Progress(config.num_train_steps, step, desc)
+        stack.callback(progress.close)
+
+        def live():
+            return [(i, n) for i, n in enumerate(active) if n not in failed]
+
+        def fail(name: str, error: RuntimeError) -> None:
+            if len(active) == 1:
+                raise error
+            # Among several models, drop this one and go on with the others.
+            failed[name] = str(error)
+            print(f'{dirs[name]}: FAILED, dropped from the sweep: {error}')
+            logs[name].close()
+
         with StopSignal() as stop:
-            while step < config.num_train_steps:
+            while step < config.num_train_steps and live():
                 num_steps = min(
                     config.steps_per_call, next_boundary(step, config, stop_at_step) - step
                 )
                 t0 = time.time()
-                state, perm, perm_epoch, chunk_sums = run.chunk_fn(
+                state, perm, perm_epoch, chunk_sums = chunk_fn(
                     state,
                     perm,
                     perm_epoch,
                     train_images,
                     train_labels,
-                    run.loop_key,
-                    run.data_key,
-                    beta,
+                    loop_keys,
+                    data_keys,
+                    betas,
                     num_steps=num_steps,
                 )
                 chunk_sums = jax.device_get(chunk_sums)  # The one host sync per chunk.
                 throughput.record(num_steps, time.time() - t0)
                 step += num_steps
-                add_sums(sums, chunk_sums, float)
-                bar.update(num_steps)
+                add_sums(sums, chunk_sums, to_host)
+                shown = None
 
                 if step % config.log_every_steps == 0 or step == config.num_train_steps:
-                    row = window_row(sums, step - window_start)
                     rate = (step - window_start) / max(time.time() - window_time, 1e-9)
-                    # Written even when non-finite: the record of where the run diverged.
-                    log.write(step, {**row, 'train/steps_per_sec': rate})
-                    check_finite(row, window_start, step, manager)
-                    bar.set_postfix(loss=f'{row["train/loss"]:.3f}', steps_per_s=f'{rate:.0f}')
+                    for i, name in live():
+                        row = window_row(_model_sums(sums, i), step - window_start)
+                        # Written even when non-finite: the record of where the model diverged.
+                        logs[name].write(step, {**row, 'train/steps_per_sec': rate})
+                        shown = shown or row
+                        try:
+                            check_finite(row, window_start, step, managers[name])
+                        except RuntimeError as e:
+                            fail(name, e)
                     sums, window_start, window_time = {}, step, time.time()
+                progress.update(step, num_steps, shown, throughput.steps_per_sec or 0.0)
                 if step % config.eval_every_steps == 0 and step < config.num_train_steps:
-                    log.write(step, scalar_metrics(run.evaluate(state), 'eval'))
-                if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
-                    checkpoints.save(manager, step, state)
+                    for i, name in live():
+                        metrics = runs[name].evaluate(state_of(state, i))
+                        logs[name].write(step, scalar_metrics(metrics, 'eval'))
                 signum = agreed_signal(stop)
-                if signum is not None or (step == stop_at_step and step < config.num_train_steps):
-                    # Between log steps: check the partial window, and keep its sums so that
-                    # the resumed run logs the same row as an uninterrupted one.
-                    if sums:
-                        row = window_row(sums, step - window_start)
-                        check_finite(row, window_start, step, manager)
-                    checkpoints.save(manager, step, state)
-                    run_files.save_window(workdir, step, window_start, sums)
-                    log.close()
+                stopping = signum is not None or (
+                    step == stop_at_step and step < config.num_train_steps
+                )
+                save = step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
+                for i, name in live():
+                    try:
+                        model_sums = _model_sums(sums, i)
+                        if stopping and model_sums:
+                            # Between log steps: check the partial window, and keep its sums so
+                            # that the resumed run logs the same row as an uninterrupted one.
+                            row = window_row(model_sums, step - window_start)
+                            check_finite(row, window_start, step, managers[name])
+                        if save or stopping:
+                            _save(managers[name], step, state_of(state, i))
+                        if stopping:
+                            run_files.save_window(dirs[name], step, window_start, model_sums)
+                            logs[name].close()
+                    except RuntimeError as e:
+                        fail(name, e)
+                if stopping:
                     if signum is not None:
                         raise StoppedBySignal(signum, step)
-                    return {'step': step}
-        manager.wait_until_finished()
-    finally:
-        bar.close()
-        manager.close()  # Training is over however it ended; finish_run saves nothing.
+                    return {name: {'step': step} for name in active}
+        progress.close()
+        for manager in managers.values():  # Training is over; finish_run saves nothing.
+            checkpoints.close(manager)
+        managers.clear()
+        for i, name in live():
+            results[name] = finish_run(
+                runs[name],
+                state_of(state, i),
+                step,
+                logs[name],
+                dirs[name],
+                # Steps/s of the training calls, compilation excluded (None if all compiled).
+                train_steps_per_sec=throughput.steps_per_sec,
+                start_time=start_time,
+                extra=extra,
+            )
+    if failed:
+        raise RuntimeError(
+            f'{len(failed)} of {len(names)} models failed (the others finished): '
+            + '; '.join(f'{dirs[n]}: {msg}' for n, msg in failed.items())
+        )
+    return results
 
-    return finish_run(
-        run,
-        state,
-        step,
-        log,
-        workdir,
-        # Steps per second of training calls, compilation excluded (None if every call compiled).
-        train_steps_per_sec=throughput.steps_per_sec,
-        start_time=start_time,
-    )
+
+def _common_step(managers: list[ocp.CheckpointManager]) -> int | None:
+    """The newest step that every manager has saved, or None."""
+    common = None
+    for manager in managers:
+        saved = set(manager.all_steps())
+        common = saved if common is None else common & saved
+    return max(common) if common else None
+
+
+def _restore(manager: ocp.CheckpointManager, state: steps.TrainState, step: int | None):
+    """The checkpoint at `step` (None: `state` itself); the newest one is checksum-verified."""
+    if step is None:
+        return state
+    if step == manager.latest_step():
+        return checkpoints.restore_latest(manager, state)[0]
+    return manager.restore(step, args=ocp.args.StandardRestore(state))
+
+
+def _save(manager: ocp.CheckpointManager, step: int, state: steps.TrainState) -> None:
+    # A model restored at an older common step may already hold this step: keep it.
+    if step not in manager.all_steps():
+        checkpoints.save(manager, step, state)
+
+
+def _restore_windows(dirs: list[Path], step: int) -> tuple[dict[str, np.ndarray], int]:
+    """The log window open at checkpoint `step` (run_files.restore_window), stacked over models."""
+    windows = [run_files.restore_window(d, step) for d in dirs]
+    if len({start for _, start in windows}) != 1 or not any(sums for sums, _ in windows):
+        return {}, step
+    keys = sorted(set().union(*(sums for sums, _ in windows)))
+    sums = {k: np.array([w[0].get(k, 0.0) for w in windows], np.float64) for k in keys}
+    return sums, windows[0][1]
+
+
+def _model_sums(sums: dict[str, np.ndarray], i: int) -> dict[str, float]:
+    return {k: float(v[i]) for k, v in sums.items()}
 
 
 def finished_result(
@@ -425,6 +482,19 @@ def finished_result(
     return None
 
 
+def picture_inputs(run: Run, state: steps.TrainState) -> dict[str, Any]:
+    """The plain values `pictures.write_pictures` takes, for this run's eval split and state."""
+    images, labels = run.eval_split()
+    return {
+        'bind_fn': run.bind_fn,
+        'variables': run.variables(state),
+        'key': run.eval_key,
+        'images': images,
+        'labels': labels,
+        **vae_pictures.config_options(run.config),
+    }
+
+
 def finish_run(
     run: Run,
     state: steps.TrainState,
@@ -437,6 +507,9 @@ def finish_run(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The end of a run: test evaluation, pictures, eval.json and the summary line.
+
+    Pictures never fail a trained run: one that cannot be drawn is a logged warning, and
+    eval.json is written regardless.
 
     Args:
       run, state, step: the run and its final state.
@@ -456,14 +529,15 @@ def finish_run(
     primary = jax.process_index() == 0  # With several processes, process 0 writes the files.
     pictures = {}
     if primary:
-        pictures = vae_pictures.write_pictures(
-            run,
-            state,
-            workdir / 'images',
-            posterior_means=per_example['posterior_mean'],
-            labels=run.eval_split()[1],
-            metrics_path=workdir / run_files.METRICS_FILE,
-        )
+        try:
+            pictures = vae_pictures.write_pictures(
+                workdir / 'images',
+                **picture_inputs(run, state),
+                posterior_means=per_example['posterior_mean'],
+                metrics_path=workdir / run_files.METRICS_FILE,
+            )
+        except Exception as e:  # noqa: BLE001 (pictures must not cost the trained run)
+            logging.warning('%s: pictures not drawn: %s: %s', workdir, type(e).__name__, e)
     for name, image in pictures.items():
         log.image(f'images/{name}', image, step)
     log.close()

@@ -1,0 +1,228 @@
+"""`Run`: what training one config needs (data, model, keys, optimizer, mesh, jitted chunk), and
+the stacking of N models' states on a leading axis for the vectorised sweep.
+
+The training loop that uses them is `trainer.train_models`; the model alone, without data, is
+`trained.ModelParts`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from vae_jax import (
+    config_validation,
+    data,
+    evaluation,
+    optim,
+    run_files,
+    steps,
+    trained,
+)
+
+root_keys = trained.root_keys
+
+# Config keys in which the models of one vectorised sweep (vae_jax/sweep.py) may differ.
+PER_MODEL_KEYS = ('seed', 'beta', 'sweep')
+
+
+class Run:
+    """What training one config needs: data, model, keys, optimizer, mesh, jitted functions.
+
+    The model alone (no data) is `trained.ModelParts` (`self.parts`); pictures and evaluation take
+    plain values (bind function, variables, data, key), not this object.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, model: Any = None):
+        config_validation.validate(config)
+        self.config = config
+        # With binarize='none', checks the likelihood's support, naming the file or data set.
+        self.train_data, self.test_data = data.get_datasets(
+            config.input, likelihood=config.model.likelihood
+        )
+        self.data_shape = tuple(self.train_data['image'].shape[1:])
+        num_train = self.train_data['image'].shape[0]
+        if config.input.batch_size > num_train:
+            raise ValueError(
+                f'config.input.batch_size={config.input.batch_size} is larger than the '
+                f'{num_train} training examples of {config.input.dataset!r}; '
+                f'allowed: <= {num_train}'
+            )
+        self.steps_per_epoch = num_train // config.input.batch_size
+        self.parts = trained.build(config, self.data_shape, model)
+        self.static, self.model, self.bind_fn = (
+            self.parts.static,
+            self.parts.model,
+            self.parts.bind_fn,
+        )
+        self.init_key, self.loop_key, self.data_key, self.eval_key = root_keys(config.seed)
+        self.tx = optim.create_optimizer(
+            config.optim,
+            steps_per_epoch=self.steps_per_epoch,
+            num_train_steps=config.num_train_steps,
+        )
+        self.mesh = Mesh(np.array(jax.devices()), ('data',))
+        num_devices = self.mesh.size
+        if config.input.batch_size % num_devices:
+            raise ValueError(
+                f'config.input.batch_size={config.input.batch_size} must be divisible by the '
+                f'number of devices ({num_devices}) for data-parallel training; allowed: a '
+                f'multiple of {num_devices}'
+            )
+        # Data parallel, one code path for any number of devices: parameters replicated, each
+        # batch split along the mesh's 'data' axis (B / num_devices examples per device).
+        self.replicated = NamedSharding(self.mesh, P())
+        self.batch_sharding = NamedSharding(self.mesh, P('data'))
+
+    def create_train_state(self) -> steps.TrainState:
+        """Initialises parameters (and BatchNorm statistics) from `init_key`, replicated."""
+        state = trained.create_train_state(self.parts, self.init_key, self.tx)
+        # Through the host: with several processes, a single-device array cannot be put on
+        # other hosts' devices, but every process holds the same host values.
+        return jax.device_put(jax.device_get(state), self.replicated)
+
+    @property
+    def chunk_body(self) -> Callable[..., Any]:
+        """`steps.train_chunk` with this run's static settings, not jitted (the sweep vmaps it)."""
+        return functools.partial(
+            steps.train_chunk,
+            batch_size=self.config.input.batch_size,
+            loop=self.config.loop,
+            static=self.static,
+            batch_sharding=self.batch_sharding,
+        )
+
+    @functools.cached_property
+    def chunk_fn(self) -> Callable[..., Any]:
+        """The jitted multi-step call; one compile per distinct `num_steps`."""
+        return jax.jit(
+            self.chunk_body,
+            static_argnames=('num_steps',),
+            donate_argnums=(0, 1),
+            compiler_options=steps.compiler_options(),
+        )
+
+    @functools.cached_property
+    def permutation_fn(self) -> Callable[[jax.Array], jax.Array]:
+        num = self.train_data['image'].shape[0]
+        return jax.jit(lambda epoch: steps.epoch_permutation(self.data_key, epoch, num))
+
+    def variables(self, state: steps.TrainState) -> dict[str, Any]:
+        variables = {'params': state.params}
+        if state.batch_stats:
+            variables['batch_stats'] = state.batch_stats
+        if jax.process_count() > 1:
+            # Evaluation then runs on each process's own devices, not as a cross-host program.
+            variables = jax.device_get(variables)
+        return variables
+
+    def evaluate(
+        self, state: steps.TrainState, *, nll_k: int = 0, return_per_example: bool = False
+    ) -> dict[str, Any]:
+        """Test-split metrics with the fixed eval key (comparable across steps and runs)."""
+        images, labels = self.eval_split()
+        return evaluation.evaluate_dataset(
+            self.eval_key,
+            images,
+            labels,
+            self.bind_fn,
+            self.variables(state),
+            k_list=tuple(self.config.eval_k_samples),
+            nll_k=nll_k,
+            batch_size=self.config.input.eval_batch_size,
+            dynamic_binarize=self.static.dynamic_binarize,
+            return_per_example=return_per_example,
+        )
+
+    def eval_split(self) -> tuple[np.ndarray, np.ndarray]:
+        n = self.config.num_eval_examples
+        images, labels = self.test_data['image'], self.test_data['label']
+        return (images[:n], labels[:n]) if n else (images, labels)
+
+    def for_config(self, config: ml_collections.ConfigDict) -> Run:
+        """This run with another `seed` / `beta` (the models of a vectorised sweep).
+
+        Shares the loaded data, model, optimizer, mesh and `bind_fn` (so evaluation compiles once
+        for all models); takes the keys of `config.seed` and drops compiled functions that close
+        over the old keys.
+
+        Raises:
+          ValueError: `config` differs from this run's config in more than `PER_MODEL_KEYS`.
+        """
+        config_validation.validate(config)
+        old, new = (json.loads(c.to_json_best_effort()) for c in (self.config, config))
+        for key in PER_MODEL_KEYS:
+            old.pop(key, None)
+            new.pop(key, None)
+        if old != new:
+            raise ValueError(
+                f'the models of one run may differ only in {", ".join(PER_MODEL_KEYS)}; '
+                f'these differ too: {run_files.config_diff(old, new)}'
+            )
+        run = copy.copy(self)
+        for name, attr in vars(Run).items():  # cached properties live in the instance dict
+            if isinstance(attr, functools.cached_property):
+                run.__dict__.pop(name, None)
+        run.config = config
+        run.parts = dataclasses.replace(self.parts, config=config)
+        run.init_key, run.loop_key, run.data_key, run.eval_key = root_keys(config.seed)
+        return run
+
+
+def _state_axes(state: steps.TrainState) -> steps.TrainState:
+    """vmap axes of a stacked state: model axis 0 everywhere except the shared scalar step.
+
+    Keeping the step unbatched keeps the epoch (step // steps_per_epoch) unbatched, so the
+    `lax.cond` that redraws the permutation at an epoch boundary stays a branch instead of
+    becoming a select that draws a permutation at every step.
+    """
+    return jax.tree.map(lambda _: 0, state).replace(step=None)
+
+
+def make_vmapped_chunk_fn(run: Run) -> Callable[..., Any]:
+    """`run.chunk_body` (the function `run.chunk_fn` jits) vmapped over the model axis, jitted.
+
+    Takes (state [stacked], perm [N, num_examples], perm_epoch [], train_images, train_labels,
+    loop_keys [N], data_keys [N], betas [N], *, num_steps) and returns (state, perm, perm_epoch,
+    metric sums: dict of [N]). Same XLA options as the single call; one compile per num_steps.
+    """
+    chunk = run.chunk_body
+
+    def vmapped(state, perm, perm_epoch, images, labels, loop_keys, data_keys, betas, *, num_steps):
+        axes = _state_axes(state)
+        return jax.vmap(
+            functools.partial(chunk, num_steps=num_steps),
+            in_axes=(axes, 0, None, None, None, 0, 0, 0),
+            out_axes=(axes, 0, None, 0),
+        )(state, perm, perm_epoch, images, labels, loop_keys, data_keys, betas)
+
+    return jax.jit(
+        vmapped,
+        static_argnames=('num_steps',),
+        donate_argnums=(0, 1),
+        compiler_options=steps.compiler_options(),
+    )
+
+
+def stack_states(states: list[steps.TrainState]) -> steps.TrainState:
+    """N states at the same step -> one state with a leading model axis (the step stays [])."""
+    steps_ = {int(s.step) for s in states}
+    assert len(steps_) == 1, steps_
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[s.replace(step=None) for s in states])
+    return stacked.replace(step=states[0].step)
+
+
+def unstack_state(state: steps.TrainState, i: int) -> steps.TrainState:
+    """Model i of a stacked state, as the state a separate run would hold."""
+    return jax.tree.map(lambda a: a[i], state.replace(step=None)).replace(step=state.step)

@@ -1,0 +1,284 @@
+"""A trained run as a model for research code: `vae_jax.load(workdir)`.
+
+    import jax, vae_jax
+    model = vae_jax.load('experiments/iwae_mnist/workdirs/iwae_k5')
+    q = model.encode(x)                      # x [B, 28, 28, 1] -> q(z|x), batch [B], event [D]
+    x_mean = model.reconstruct(x)            # [B, 28, 28, 1]
+    samples = model.sample(jax.random.key(0), 16)              # [16, 28, 28, 1]
+    log_px = model.log_likelihood(jax.random.key(1), x, 5000)  # [B]
+
+`load` rebuilds the model from the run's config.json (the data shape comes from the config, so no
+data set is read) and restores the newest checkpoint, verified against the checksum recorded when
+it was saved. Full training checkpoints and parameters-only checkpoints (written by
+`checkpoints.export_params` for published runs) both load.
+
+This module also holds what the trainer and `load` share: the model built from a config
+(`build`), the run's keys (`root_keys`) and the initial train state (`create_train_state`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vae_jax import (
+    checkpoints,
+    config_validation,
+    data,
+    evaluation,
+    models,
+    optim,
+    run_files,
+    steps,
+)
+
+
+def root_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """A run's keys from its seed: (init_key, loop_key, data_key, eval_key), typed [] keys."""
+    init_key, loop_key, data_key, eval_key = jax.random.split(jax.random.key(seed), 4)
+    return init_key, loop_key, data_key, eval_key
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParts:
+    """A config's model, without data: the Flax module and its evaluation-mode closures.
+
+    Attributes:
+      config: the experiment config.
+      data_shape: one example's shape, e.g. (28, 28, 1) or (2,).
+      static: the jitted step's settings (`steps.StepConfig`).
+      model: the Flax module.
+      bind_fn: (variables, y [] int or None) -> (encode, decode), evaluation mode.
+    """
+
+    config: ml_collections.ConfigDict
+    data_shape: tuple[int, ...]
+    static: steps.StepConfig
+    model: nn.Module
+    bind_fn: Callable[..., Any]
+
+
+def build(
+    config: ml_collections.ConfigDict,
+    data_shape: tuple[int, ...] | None = None,
+    model: nn.Module | None = None,
+) -> ModelParts:
+    """The model of `config` (or `model`, a module with the built-in VAE's interface).
+
+    Args:
+      config: the experiment config (validated here).
+      data_shape: one example's shape; default: computed from `config.input` without any data.
+      model: a Flax module to use instead of the one `config.model` describes.
+
+    Raises:
+      ValueError: a bad config value (naming the key, the value and what is allowed).
+    """
+    config_validation.validate(config)
+    if data_shape is None:
+        data_shape = data.data_shape(config.input)
+    data_shape = tuple(data_shape)
+    static = steps.StepConfig.from_config(config, data_shape)
+    if model is None:
+        model = models.create_model(config.model, data_shape, config.objective)
+    return ModelParts(config, data_shape, static, model, steps.make_bind_fn(model.apply, static))
+
+
+def create_train_state(
+    parts: ModelParts, key: jax.Array, tx: optax.GradientTransformation
+) -> steps.TrainState:
+    """Parameters (and BatchNorm statistics) initialised from `key`, with an int32 step 0."""
+    x = jnp.zeros(parts.data_shape, jnp.float32)
+    y = jnp.zeros((), jnp.int32) if parts.config.model.use_labels else None
+    variables = parts.model.init(key, x, y, train=False)
+    state = steps.TrainState.create(
+        apply_fn=parts.model.apply,
+        params=variables['params'],
+        tx=tx,
+        batch_stats=variables.get('batch_stats', {}),
+    )
+    # An int32 array step keeps the scan carry's type fixed across calls.
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The run's config from `<workdir>/config.json` (written by the trainer).
+
+    Raises:
+      FileNotFoundError: no config.json (not a run directory).
+    """
+    path = Path(workdir) / run_files.CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f'{path} not found: the workdir must be a run directory written by vae_jax.train'
+        )
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    config.eval_k_samples = tuple(config.eval_k_samples)
+    return config
+
+
+def restore_variables(workdir: str | Path, parts: ModelParts) -> tuple[dict[str, Any], int]:
+    """The newest verified checkpoint's variables {'params', optional 'batch_stats'} and step.
+
+    Raises:
+      FileNotFoundError: the run has no checkpoint.
+      RuntimeError: the newest checkpoint is damaged.
+    """
+    config = parts.config
+    # The optimizer's state has the same structure for any steps_per_epoch: no data needed.
+    tx = optim.create_optimizer(
+        config.optim, steps_per_epoch=1, num_train_steps=config.num_train_steps
+    )
+    target = jax.device_get(create_train_state(parts, root_keys(config.seed)[0], tx))
+    restored, step = checkpoints.load(Path(workdir), target, allow_params_only=True)
+    if step is None:
+        raise FileNotFoundError(
+            f'no checkpoint in {Path(workdir) / run_files.CHECKPOINT_DIR}: train the run first '
+            '(python -m vae_jax.train)'
+        )
+    return checkpoints.variables_of(restored), step
+
+
+class TrainedModel:
+    """A trained run's model with its parameters bound; every method is jitted once per shape.
+
+    Attributes:
+      config: the run's config.
+      step: the step of the restored checkpoint.
+      variables: {'params', optional 'batch_stats'}.
+      eval_key: the run's evaluation key (what the trainer and `vae_jax.evaluate` use).
+      parts: the model (`ModelParts`).
+    """
+
+    def __init__(self, parts: ModelParts, variables: dict[str, Any], step: int):
+        self.parts = parts
+        self.config = parts.config
+        self.variables = variables
+        self.step = step
+        self.eval_key = root_keys(self.config.seed)[3]
+        self._reconstruct = jax.jit(steps.reconstruct, static_argnums=0)
+        self._decode_mean = jax.jit(steps.decode_mean, static_argnums=0)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.config.model.latent_dim)
+
+    def _labels(self, labels: Any, n: int, method: str) -> jax.Array:
+        if not self.parts.static.use_labels:
+            return jnp.zeros((n,), jnp.int32)
+        if labels is None:
+            raise ValueError(
+                f'{method}: this run is conditional (model.use_labels=True): pass labels, [B] '
+                f'ints in 0 .. {self.config.model.num_classes - 1}'
+            )
+        labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (n,))
+        return labels
+
+    def _batch(self, x: Any, method: str) -> jax.Array:
+        x = jnp.asarray(x, jnp.float32)
+        if x.shape[1:] != self.parts.data_shape:
+            raise ValueError(
+                f'{method}: x must be [B, {", ".join(map(str, self.parts.data_shape))}] (this '
+                f"run's data shape with a leading batch axis), got {x.shape}"
+            )
+        return x
+
+    def encode(self, x: Any, labels: Any = None) -> distrax.Distribution:
+        """q(z|x): x [B, *data_shape] (labels [B] for a conditional run) -> batch [B], event [D]."""
+        x = self._batch(x, 'encode')
+        y = self._labels(labels, x.shape[0], 'encode') if self.parts.static.use_labels else None
+        encode, _ = self.parts.bind_fn(self.variables, y)
+        return encode(x)
+
+    def decode(self, z: Any, labels: Any = None) -> distrax.Distribution:
+        """p(x|z): z [B, D] -> a distribution with batch [B] and event [*data_shape]."""
+        z = jnp.asarray(z, jnp.float32)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f'decode: z must be [B, {self.latent_dim}], got {z.shape}')
+        y = self._labels(labels, z.shape[0], 'decode') if self.parts.static.use_labels else None
+        _, decode = self.parts.bind_fn(self.variables, y)
+        return decode(z)
+
+    def reconstruct(self, x: Any, labels: Any = None) -> np.ndarray:
+        """The likelihood's mean at the posterior mean: x [B, *data_shape] -> [B, *data_shape]."""
+        x = self._batch(x, 'reconstruct')
+        y = self._labels(labels, x.shape[0], 'reconstruct')
+        return np.asarray(self._reconstruct(self.parts.bind_fn, self.variables, x, y))
+
+    def sample(self, key: jax.Array, n: int, labels: Any = None) -> np.ndarray:
+        """The likelihood's mean at n draws z ~ N(0, I): [n, *data_shape].
+
+        Args:
+          key: the draw's key.
+          n: how many.
+          labels: [n] (or one int) class labels; required for a conditional run.
+        """
+        z = jax.random.normal(key, (n, self.latent_dim))
+        y = self._labels(labels, n, 'sample')
+        return np.asarray(self._decode_mean(self.parts.bind_fn, self.variables, z, y))
+
+    def log_likelihood(
+        self,
+        key: jax.Array,
+        x: Any,
+        k_samples: int = 5000,
+        labels: Any = None,
+        *,
+        batch_size: int = evaluation.BATCH_SIZE,
+    ) -> np.ndarray:
+        """Importance-sampled log p(x) per example (Burda et al. 2016), in nats: [B].
+
+        Computed exactly as `vae_jax.evaluate` computes the run's NLL (example n uses
+        fold_in(key, n); a run trained with dynamic binarisation binarises x from that key), so
+        with `key=model.eval_key` and the run's test images, -mean equals eval.json's 'nll'.
+
+        Args:
+          key: importance-sampling key.
+          x: [B, *data_shape] in the likelihood's support.
+          k_samples: importance samples per example.
+          labels: [B] for a conditional run.
+          batch_size: examples per jitted call (memory, not values).
+        """
+        x = self._batch(x, 'log_likelihood')
+        y = self._labels(labels, x.shape[0], 'log_likelihood')
+        out = evaluation.evaluate_dataset(
+            key,
+            np.asarray(x),
+            np.asarray(y),
+            self.parts.bind_fn,
+            self.variables,
+            k_list=(),
+            nll_k=int(k_samples),
+            batch_size=batch_size,
+            dynamic_binarize=self.parts.static.dynamic_binarize,
+            return_per_example=True,
+        )
+        return out['per_example']['log_px']
+
+
+def load(workdir: str | Path) -> TrainedModel:
+    """Loads a trained run: its config and newest verified checkpoint, without any data.
+
+    Args:
+      workdir: a run directory written by `vae_jax.train` (config.json, checkpoints/).
+
+    Returns:
+      The model with its parameters bound (`TrainedModel`).
+
+    Raises:
+      FileNotFoundError: not a run directory, or no checkpoint yet.
+      RuntimeError: the newest checkpoint is damaged.
+    """
+    parts = build(read_config(workdir))
+    variables, step = restore_variables(workdir, parts)
+    return TrainedModel(parts, variables, step)
