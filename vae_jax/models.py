@@ -68,8 +68,9 @@ class LatentVariableModel(Protocol):
     axis K on every leaf; training vmaps the methods over the batch, so the network sees the
     whole batch at once. Each method also takes `y` (the example's int label, or None unless
     `model.use_labels`) and `train` (True inside the train step: BatchNorm-like layers may use
-    it; ignore it otherwise). Parameters may be created in any of the methods: the library
-    initialises a module by calling all four.
+    it; ignore it otherwise). Declare parameters and submodules in `setup()` (Linen allows
+    `@nn.compact` on one method only); the library initialises a module by calling all four
+    methods once.
 
     Members:
       latent_shapes: {name: shape of one sample of that latent}, e.g. {'z': (8,)}; readable on
@@ -95,12 +96,16 @@ class LatentVariableModel(Protocol):
         class MyVAE(nn.Module):
             latent_dim: int = 8
 
+            def setup(self):
+                self.encoder = nn.Dense(2 * self.latent_dim)
+                ...
+
             @property
             def latent_shapes(self):
                 return {'z': (self.latent_dim,)}
 
             def _q(self, x):
-                h = nn.Dense(2 * self.latent_dim, name='encoder')(x)
+                h = self.encoder(x)
                 return h[: self.latent_dim], jax.nn.softplus(h[self.latent_dim :])
 
             def sample_posterior(self, x, noise, y=None, train=False):
@@ -111,6 +116,8 @@ class LatentVariableModel(Protocol):
                 loc, scale = self._q(x)
                 return jax.vmap(lambda z: normal_log_pdf(z, loc, scale).sum())(z['z'])
             ...
+
+    README.md ("Your own model") has a complete, runnable example.
     """
 
     @property
