@@ -18,7 +18,7 @@ from absl.testing import absltest, parameterized
 from scipy import stats
 
 from configs import default
-from vae_jax import losses, models, steps
+from vae_jax import evaluation, losses, models, steps
 
 _D1, _D2, _M, _S1, _S = 3, 2, 4, 0.7, 0.5
 _RNG = np.random.default_rng(0)
@@ -201,6 +201,34 @@ class LinearGaussianChainTest(parameterized.TestCase):
         z = np.abs(diff.mean(0)) / np.maximum(se, 1e-6)
         self.assertLess(float(z.max()), 4.5, z)
         self.assertLess(float(dreg.var(0).sum()), float(reparam.var(0).sum()))
+
+
+class EvaluationTest(parameterized.TestCase):
+    def test_chunked_nll_and_layer_means_of_the_chain(self):
+        model, params, static = _chain('exact')
+        bound = steps.make_model_binder(model.apply, params, {}, static, train=False)(
+            jnp.asarray(_X), None
+        )
+        fn = jax.jit(
+            lambda: evaluation.model_log_likelihood(
+                jax.random.key(4), bound, k_samples=3000, chunk_size=700
+            )
+        )
+        log_px, means = fn()
+        np.testing.assert_allclose(log_px, _LOG_EVIDENCE, rtol=0, atol=2e-4)
+        # E_q[z1] = m1, E_q[z2] = C m1 + c; Monte-Carlo error ~ sd / sqrt(3000) < 0.02.
+        np.testing.assert_allclose(means['z1'], _M1, atol=0.06)
+        np.testing.assert_allclose(means['z2'], _C @ _M1 - _C @ _AV, atol=0.06)
+
+    def test_general_nll_is_the_one_layer_nll_for_the_same_key(self):
+        model, params, closures, _, x = OneLayerEquivalenceTest()._setup('standard_normal')
+        encode, decode = steps.make_bind(model.apply, params, {}, closures, train=False)(None)
+        key = jax.random.key(6)
+        expected = evaluation.log_likelihood(key, x, encode, decode, k_samples=70, chunk_size=32)
+        got, _ = evaluation.model_log_likelihood(
+            key, losses.one_layer_model(x, encode, decode), k_samples=70, chunk_size=32
+        )
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
 class OneLayerEquivalenceTest(parameterized.TestCase):
