@@ -96,6 +96,7 @@ def evaluate(
             dynamic_binarize=parts.static.dynamic_binarize,
             progress=lambda done, total: bar.update(done - bar.n),
             return_per_example=True,
+            model_fn=parts.model_fn,
         )
     finally:
         bar.close()
@@ -123,7 +124,7 @@ def evaluate(
     previous = json.loads(path.read_text()) if path.is_file() else {}
     previous.pop('bits_per_dim', None)  # Absent where undefined: drop an earlier run's value.
     path.write_text(json.dumps({**previous, **result}, indent=2))
-    if pictures:
+    if pictures and parts.bind_fn is not None:  # pictures need the layer-spec model's decoder
         vae_pictures.write_pictures(
             workdir / 'images',
             parts.bind_fn,

@@ -143,6 +143,7 @@ class Run:
             batch_size=self.config.input.eval_batch_size,
             dynamic_binarize=self.static.dynamic_binarize,
             return_per_example=return_per_example,
+            model_fn=self.parts.model_fn,
         )
 
     def eval_split(self) -> tuple[np.ndarray, np.ndarray]:

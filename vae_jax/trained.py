@@ -59,14 +59,18 @@ class ModelParts:
       data_shape: one example's shape, e.g. (28, 28, 1) or (2,).
       static: the jitted step's settings (`steps.StepConfig`).
       model: the Flax module.
-      bind_fn: (variables, y [] int or None) -> (encode, decode), evaluation mode.
+      bind_fn: (variables, y [] int or None) -> (encode, decode), evaluation mode; None for a
+        model that is not the built-in layer-spec VAE (pictures need these closures).
+      model_fn: the model as log-weights for evaluation (`steps.make_model_fn`); None for the
+        built-in VAE with the N(0, I) prior, which keeps its analytic-KL evaluation path.
     """
 
     config: ml_collections.ConfigDict
     data_shape: tuple[int, ...]
     static: steps.StepConfig
     model: nn.Module
-    bind_fn: Callable[..., Any]
+    bind_fn: Callable[..., Any] | None
+    model_fn: Callable[..., Any] | None = None
 
 
 def build(
@@ -88,19 +92,26 @@ def build(
     if data_shape is None:
         data_shape = data.data_shape(config.input)
     data_shape = tuple(data_shape)
-    static = steps.StepConfig.from_config(config, data_shape)
     if model is None:
         model = models.create_model(config.model, data_shape, config.objective)
-    return ModelParts(config, data_shape, static, model, steps.make_bind_fn(model.apply, static))
+    else:
+        model = models.check_model(model, data_shape, bool(config.model.use_labels), where='model=')
+    static = steps.StepConfig.from_config(config, data_shape, model)
+    builtin = static.latent_shapes is None
+    bind_fn = steps.make_bind_fn(model.apply, static) if builtin else None
+    model_fn = None
+    if not builtin or static.prior != 'standard_normal':
+        model_fn = steps.make_model_fn(model.apply, static)
+    return ModelParts(config, data_shape, static, model, bind_fn, model_fn)
 
 
 def create_train_state(
     parts: ModelParts, key: jax.Array, tx: optax.GradientTransformation
 ) -> steps.TrainState:
     """Parameters (and BatchNorm statistics) initialised from `key`, with an int32 step 0."""
-    x = jnp.zeros(parts.data_shape, jnp.float32)
-    y = jnp.zeros((), jnp.int32) if parts.config.model.use_labels else None
-    variables = parts.model.init(key, x, y, train=False)
+    variables = models.init_variables(
+        parts.model, key, parts.data_shape, bool(parts.config.model.use_labels)
+    )
     state = steps.TrainState.create(
         apply_fn=parts.model.apply,
         params=variables['params'],
@@ -193,11 +204,21 @@ class TrainedModel:
             )
         return x
 
+    def _bind_fn(self, method: str) -> Callable[..., Any]:
+        """The encode/decode closures; they exist for the built-in layer-spec VAE only."""
+        if self.parts.bind_fn is None:
+            raise ValueError(
+                f'{method}: this run trained a model of its own ({type(self.parts.model).__name__}'
+                '), which offers the log-weights protocol, not encode/decode closures; use '
+                "log_likelihood, or call the module's protocol methods with `self.variables`."
+            )
+        return self.parts.bind_fn
+
     def encode(self, x: Any, labels: Any = None) -> distrax.Distribution:
         """q(z|x): x [B, *data_shape] (labels [B] for a conditional run) -> batch [B], event [D]."""
         x = self._batch(x, 'encode')
         y = self._labels(labels, x.shape[0], 'encode') if self.parts.static.use_labels else None
-        encode, _ = self.parts.bind_fn(self.variables, y)
+        encode, _ = self._bind_fn('encode')(self.variables, y)
         return encode(x)
 
     def decode(self, z: Any, labels: Any = None) -> distrax.Distribution:
@@ -206,14 +227,15 @@ class TrainedModel:
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f'decode: z must be [B, {self.latent_dim}], got {z.shape}')
         y = self._labels(labels, z.shape[0], 'decode') if self.parts.static.use_labels else None
-        _, decode = self.parts.bind_fn(self.variables, y)
+        _, decode = self._bind_fn('decode')(self.variables, y)
         return decode(z)
 
     def reconstruct(self, x: Any, labels: Any = None) -> np.ndarray:
         """The likelihood's mean at the posterior mean: x [B, *data_shape] -> [B, *data_shape]."""
         x = self._batch(x, 'reconstruct')
         y = self._labels(labels, x.shape[0], 'reconstruct')
-        return np.asarray(self._reconstruct(self.parts.bind_fn, self.variables, x, y))
+        bind_fn = self._bind_fn('reconstruct')
+        return np.asarray(self._reconstruct(bind_fn, self.variables, x, y))
 
     def sample(self, key: jax.Array, n: int, labels: Any = None) -> np.ndarray:
         """The likelihood's mean at n draws z ~ N(0, I): [n, *data_shape].
@@ -223,9 +245,15 @@ class TrainedModel:
           n: how many.
           labels: [n] (or one int) class labels; required for a conditional run.
         """
+        bind_fn = self._bind_fn('sample')
+        if self.parts.static.prior != 'standard_normal':
+            raise ValueError(
+                f'sample: drawing from the learned prior model.prior.name='
+                f'{self.parts.static.prior!r} is not implemented here; only the N(0, I) prior is.'
+            )
         z = jax.random.normal(key, (n, self.latent_dim))
         y = self._labels(labels, n, 'sample')
-        return np.asarray(self._decode_mean(self.parts.bind_fn, self.variables, z, y))
+        return np.asarray(self._decode_mean(bind_fn, self.variables, z, y))
 
     def log_likelihood(
         self,
@@ -262,6 +290,7 @@ class TrainedModel:
             batch_size=batch_size,
             dynamic_binarize=self.parts.static.dynamic_binarize,
             return_per_example=True,
+            model_fn=self.parts.model_fn,
         )
         return out['per_example']['log_px']
 

@@ -184,12 +184,14 @@ def train_and_evaluate(
       config: the experiment config (see configs/default.py).
       workdir: where config.json, metrics.jsonl, TensorBoard events, checkpoints/, images/ and
         eval.json are written.
-      model: a Flax module with the built-in VAE's interface, used instead of `config.model`'s.
       overwrite: delete a run of a different config found in `workdir` instead of refusing.
       stop_at_step: stop this invocation at that step, saving a
         checkpoint; a later call resumes. For time-boxed sessions and resume tests.
       skip_damaged_checkpoints: if the newest checkpoint cannot be read, move it to
         `<workdir>/damaged_checkpoints/` and resume from the newest one that can.
+      model: a Flax module following the model protocol (`models.LatentVariableModel`) to
+        train instead of the config's model (the config's model keys are then unused; the run
+        directory does not record the module, so resuming needs the same `model=`).
 
     Returns:
       The final evaluation (the contents of eval.json), or {'step': ...} when stopped early.
@@ -528,7 +530,7 @@ def finish_run(
     log.write(step, scalar_metrics(result, 'eval'))
     primary = jax.process_index() == 0  # With several processes, process 0 writes the files.
     pictures = {}
-    if primary:
+    if primary and run.bind_fn is not None:  # pictures need the layer-spec model's decoder
         try:
             pictures = vae_pictures.write_pictures(
                 workdir / 'images',
