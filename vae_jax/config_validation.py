@@ -6,6 +6,7 @@ Each failure is a `ValueError` that names the key, the value and what is allowed
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,6 +24,7 @@ LIKELIHOODS = ('bernoulli', 'continuous_bernoulli', 'gaussian')
 GAUSSIAN_SIGMAS = ('fixed', 'learned', 'per_pixel')
 OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'stages')
+PRIORS = ('standard_normal', 'mog', 'vamp')
 
 
 def _get(config: ml_collections.ConfigDict, key: str) -> Any:
@@ -198,6 +200,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f'integer >= {info["num_classes"]}'
             )
     _number(config, 'model.batch_norm_momentum', lambda v: 0 <= v < 1, 'a number in [0, 1)')
+    _validate_prior_and_module(config)
 
     _one_of(config, 'optim.name', OPTIMIZERS)
     _number(config, 'optim.learning_rate', lambda v: v > 0, 'a finite number > 0')
@@ -241,3 +244,73 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _int_at_least(config, 'optim.num_stages', 1)
     _int_at_least(config, 'optim.stage_base', 1)
     _number(config, 'optim.stage_decay', lambda v: 0 < v <= 1, 'a number in (0, 1]')
+
+
+def _validate_prior_and_module(config: ml_collections.ConfigDict) -> None:
+    """`model.prior` and `model.module` (your own model), and what they exclude."""
+    m = config.model
+    _one_of(config, 'model.prior.name', PRIORS)
+    _int_at_least(config, 'model.prior.num_components', 1)
+    if m.prior.name != 'standard_normal':
+        if config.objective == 'autoencoder':
+            raise ValueError(
+                f'config.model.prior.name={m.prior.name!r} needs a probabilistic objective; '
+                "config.objective='autoencoder' has no prior. Allowed: 'standard_normal'"
+            )
+        _requires(
+            config,
+            'free_bits',
+            config.free_bits == 0,
+            "model.prior.name='standard_normal' (free bits clamp the KL to N(0, I) per "
+            f'dimension; here model.prior.name={m.prior.name!r})',
+            '0.0',
+        )
+    if m.prior.name == 'vamp':
+        if m.use_labels:
+            raise ValueError(
+                "config.model.prior.name='vamp' does not take labels (the pseudo-inputs have "
+                'none), but config.model.use_labels=True; allowed with use_labels: '
+                "'standard_normal', 'mog'"
+            )
+        if isinstance(m.encoder, str) and re.search(r'(^|[-\[])bn($|[-\]])', m.encoder):
+            raise ValueError(
+                f"config.model.prior.name='vamp' needs an encoder without BatchNorm (the "
+                f'pseudo-inputs would enter its batch statistics), but config.model.encoder='
+                f"{m.encoder!r} has 'bn'; allowed: the same spec without 'bn', or prior "
+                "'standard_normal' / 'mog'"
+            )
+    _check(
+        config,
+        'model.module',
+        lambda v: v is None or (isinstance(v, str) and v.count(':') == 1 and all(v.split(':'))),
+        "None or an import path 'package.module:ClassName' of a Flax module that follows "
+        'vae_jax.models.LatentVariableModel',
+    )
+    _check(
+        config,
+        'model.module_kwargs',
+        lambda v: isinstance(v, ml_collections.ConfigDict),
+        'a ConfigDict of keyword arguments for model.module',
+    )
+    if m.module is None:
+        if m.module_kwargs.keys():
+            raise ValueError(
+                f'config.model.module_kwargs={m.module_kwargs.to_dict()!r} applies to '
+                'config.model.module, which is None; allowed: set model.module, or leave '
+                'module_kwargs empty'
+            )
+        return
+    where = f'a model.module ({m.module!r}, which defines its own posterior and prior)'
+    if config.objective == 'autoencoder':
+        raise ValueError(
+            f"config.objective='autoencoder' needs the layer-spec model, not {where}; "
+            "allowed: 'elbo', 'iwae'"
+        )
+    _requires(
+        config, 'free_bits', config.free_bits == 0, f'the layer-spec model, not {where}', '0.0'
+    )
+    if m.prior.name != 'standard_normal':
+        raise ValueError(
+            f'config.model.prior.name={m.prior.name!r} applies to the layer-spec model, not to '
+            f"{where}; allowed: 'standard_normal' (the default, ignored by a module)"
+        )

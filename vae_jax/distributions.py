@@ -145,6 +145,46 @@ def make_posterior(
     return distrax.MultivariateNormalTri(loc=loc, scale_tri=scale_tri, is_lower=True)
 
 
+def stop_gradient(q: distrax.Distribution) -> distrax.Distribution:
+    """q rebuilt from stop-gradient copies of its parameters: the same density, no parameter path.
+
+    Sticking-the-landing and DReG need log q(z; sg(phi)) with z still live. Mapping
+    `jax.lax.stop_gradient` over q's pytree leaves is NOT enough: a distrax
+    `MultivariateNormalDiag` keeps bound methods of its scale bijector in its static pytree data,
+    so the "stopped" copy's `log_prob` still differentiates through the original scale. So each
+    family is rebuilt here from its raw parameters, stopped before the distribution exists.
+
+    A distribution of another family can opt in by defining a method
+    `stop_gradient_parameters(self) -> distrax.Distribution` that does the same.
+
+    Args:
+        q: a posterior, event [D], batch [...]: MultivariateNormalDiag, MultivariateNormalTri,
+            or any distribution with a `stop_gradient_parameters` method.
+
+    Returns:
+        A distribution of the same family, batch and event shape whose parameters carry no
+        gradient.
+
+    Raises:
+        ValueError: q's family is not known here and has no `stop_gradient_parameters`.
+    """
+    sg = jax.lax.stop_gradient
+    if hasattr(q, 'stop_gradient_parameters'):
+        return q.stop_gradient_parameters()
+    if isinstance(q, distrax.MultivariateNormalDiag):
+        return distrax.MultivariateNormalDiag(loc=sg(q.loc), scale_diag=sg(q.scale_diag))
+    if isinstance(q, distrax.MultivariateNormalTri):
+        return distrax.MultivariateNormalTri(
+            loc=sg(q.loc), scale_tri=sg(q.scale_tri), is_lower=q.is_lower
+        )
+    raise ValueError(
+        f'Cannot stop the variational parameters of a {type(q).__name__} posterior (needed by '
+        "gradient_estimator='stl' and 'dreg'): known families are MultivariateNormalDiag and "
+        'MultivariateNormalTri; give the distribution a stop_gradient_parameters() method that '
+        'rebuilds it from stop-gradient parameters.'
+    )
+
+
 def standard_normal_prior(latent_dim: int) -> distrax.Distribution:
     """p(z) = N(0, I_D): event shape [D], batch shape []."""
     return distrax.MultivariateNormalDiag(

@@ -103,6 +103,7 @@ def evaluate(
             dynamic_binarize=run.static.dynamic_binarize,
             progress=lambda done, total: bar.update(done - bar.n),
             return_per_example=True,
+            model_fn=run.model_fn,
         )
     finally:
         bar.close()
@@ -126,7 +127,7 @@ def evaluate(
     path = workdir / output
     previous = json.loads(path.read_text()) if path.is_file() else {}
     path.write_text(json.dumps({**previous, **result}, indent=2))
-    if pictures:
+    if pictures and run.bind_fn is not None:  # pictures need the layer-spec model's decoder
         vae_pictures.write_pictures(
             run,
             state,

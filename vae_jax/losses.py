@@ -11,8 +11,10 @@ Each objective calls `decode` exactly once, with all K samples at once (never vm
 stateful layers such as BatchNorm see a single call.
 """
 
+import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import distrax
 import jax
@@ -152,7 +154,296 @@ def _is_zero(value) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Objectives.
+# The general model: log-weights over a latent pytree.
+
+
+class OneLayer(NamedTuple):
+    """The one-stochastic-layer special case, as distributions (enables analytic KL, free bits).
+
+    Attributes:
+        q: the posterior q(z|x), event [D], batch [].
+        prior: p(z), event [D], batch [].
+        decode: z [K, D] -> p(x|z), batch [K].
+        standard_prior: True when the prior is N(0, I) (free bits needs it).
+    """
+
+    q: distrax.Distribution
+    prior: distrax.Distribution
+    decode: Callable[[jax.Array], distrax.Distribution]
+    standard_prior: bool
+
+
+class LatentModel(NamedTuple):
+    """One example's latent-variable model with its parameters bound: what the objectives need.
+
+    A latent z is a pytree of arrays (one leaf per stochastic layer, e.g. {'z1': .., 'z2': ..});
+    every leaf carries a leading sample axis K. All objectives are functions of the log-weights
+    log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x).
+
+    Attributes:
+        x: [*event] the example (DReG uses it to keep its probes batched under vmap).
+        sample: (key, K) -> z, a reparameterised draw from q(z|x): differentiable in q's
+            parameters along the sampling path.
+        log_q: (z, stop_variational) -> [K] log q(z|x). With stop_variational=True every layer's
+            variational parameters are stopped BEFORE the density is built and z stays live,
+            which is what sticking-the-landing and DReG need.
+        log_likelihood: z -> [K] log p(x|z).
+        log_prior: z -> [K] log p(z) (a learned prior keeps its gradients).
+        one_layer: the distributions, when the model is one stochastic layer given as
+            `encode`/`decode` (analytic KL and free bits use them), else None.
+    """
+
+    x: jax.Array
+    sample: Callable[[jax.Array, int], Any]
+    log_q: Callable[[Any, bool], jax.Array]
+    log_likelihood: Callable[[Any], jax.Array]
+    log_prior: Callable[[Any], jax.Array]
+    one_layer: OneLayer | None = None
+
+
+def one_layer_model(
+    x: jax.Array,
+    encode: Callable[[jax.Array], distrax.Distribution],
+    decode: Callable[[jax.Array], distrax.Distribution],
+    prior: distrax.Distribution | None = None,
+) -> LatentModel:
+    """The `encode`/`decode` closures of one example as a `LatentModel` with latent z [K, D].
+
+    The encoder runs once; sampling is `q.sample`, so the general objectives draw exactly the
+    samples the one-layer functions always drew for the same key.
+
+    Args:
+        x: [*event] one example.
+        encode: x -> q(z|x), event [D], batch [].
+        decode: z [K, D] -> p(x|z), batch [K], event x.shape.
+        prior: p(z), event [D]; default N(0, I).
+
+    Returns:
+        The model; `log_q(z, True)` rebuilds q from stopped parameters
+        (`distributions.stop_gradient`).
+
+    Raises:
+        ValueError: q, the prior and p(x|z) do not fit x and each other.
+    """
+    standard = prior is None
+    q, prior = _posterior_and_prior(encode, x, prior)
+
+    def log_q(z, stop_variational):
+        dist = distributions.stop_gradient(q) if stop_variational else q
+        return _log_prob_of_samples(dist, z)
+
+    return LatentModel(
+        x=x,
+        sample=lambda key, k: q.sample(seed=key, sample_shape=k),
+        log_q=log_q,
+        log_likelihood=lambda z: _log_likelihood(decode, z, x),
+        log_prior=lambda z: _log_prob_of_samples(prior, z),
+        one_layer=OneLayer(q, prior, decode, standard),
+    )
+
+
+def _num_samples(z) -> int:
+    leaves = jax.tree.leaves(z)
+    if not leaves or any(leaf.ndim < 1 for leaf in leaves):
+        raise ValueError(
+            'sample(key, K) must return a pytree of arrays with a leading sample axis K, got '
+            f'{jax.tree.map(jnp.shape, z)}.'
+        )
+    k = leaves[0].shape[0]
+    if any(leaf.shape[0] != k for leaf in leaves):
+        raise ValueError(
+            'Every leaf of z needs the same leading sample axis K, got '
+            f'{jax.tree.map(jnp.shape, z)}.'
+        )
+    return k
+
+
+def _checked(name: str, value: jax.Array, k: int) -> jax.Array:
+    """A model's [K] log-density, with a shape error that names the method."""
+    if jnp.shape(value) != (k,):
+        raise ValueError(f'{name}(z) must return [K]=({k},), got shape {jnp.shape(value)}.')
+    return value
+
+
+def _log_terms(model: LatentModel, z, *, stop_variational: bool):
+    """(log p(x|z) [K], log p(z) - log q(z|x) [K]) for samples z with leading axis K."""
+    k = _num_samples(z)
+    log_px = _checked('log_likelihood', model.log_likelihood(z), k)
+    log_pz = _checked('log_prior', model.log_prior(z), k)
+    log_qz = _checked('log_q', model.log_q(z, stop_variational), k)
+    return log_px, log_pz - log_qz
+
+
+def _first(z, n: int):
+    return jax.tree.map(lambda leaf: leaf[:n], z)
+
+
+def model_elbo(
+    key: jax.Array,
+    model: LatentModel,
+    *,
+    beta: float | jax.Array = 1.0,
+    k_samples: int = 1,
+    analytic_kl: bool = True,
+    kl_samples: int = 1,
+    free_bits: float = 0.0,
+) -> dict[str, jax.Array]:
+    """Negative (beta-)ELBO of one example for any `LatentModel`: recon + beta * KL.
+
+    The KL is analytic only for a one-layer model whose (q, prior) pair has a registered closed
+    form (and `analytic_kl`); otherwise it is the Monte-Carlo estimate
+    mean_n [log q(z_n|x) - log p(z_n)] over the first kl_samples of the same draws
+    z_1..z_N ~ q (N = max(k_samples, kl_samples)) whose first k_samples give the reconstruction
+    term. Arguments and returns as `elbo`.
+
+    Raises:
+        ValueError: free bits on a model that is not one layer with the N(0, I) prior, or
+            log-densities whose shape is not [K].
+
+    References: Kingma & Welling, 2014; Higgins et al., 2017; Kingma et al., 2016.
+    """
+    use_free_bits = not _is_zero(free_bits)
+    one = model.one_layer
+    if use_free_bits and (one is None or not one.standard_prior or not analytic_kl):
+        raise ValueError(
+            f'free_bits={free_bits} needs the analytic per-dimension KL against N(0, I): '
+            f'use analytic_kl=True, one stochastic layer and the default prior (got '
+            f'analytic_kl={analytic_kl}, one layer={one is not None}, '
+            f'standard prior={one is not None and one.standard_prior}).'
+        )
+    kl = _analytic_kl_or_none(one.q, one.prior) if (analytic_kl and one is not None) else None
+    num_draws = k_samples if kl is not None else max(k_samples, kl_samples)
+    z = model.sample(key, num_draws)
+    n = _num_samples(z)
+    if n != num_draws:
+        raise ValueError(f'sample(key, {num_draws}) returned {n} samples.')
+    recon = -jnp.mean(
+        _checked('log_likelihood', model.log_likelihood(_first(z, k_samples)), k_samples)
+    )
+    if kl is None:
+        z_kl = _first(z, kl_samples)
+        log_pz = _checked('log_prior', model.log_prior(z_kl), kl_samples)
+        kl = jnp.mean(_checked('log_q', model.log_q(z_kl, False), kl_samples) - log_pz)
+    kl_loss = kl
+    if use_free_bits:
+        kl_dims = kl_per_dimension(one.q)  # [D]
+        kl_loss = jnp.sum(jnp.maximum(kl_dims, free_bits)) + (kl - jnp.sum(kl_dims))
+    return {'loss': recon + beta * kl_loss, 'recon': recon, 'kl': kl, 'elbo': -(recon + kl)}
+
+
+@jax.custom_vjp
+def _gradient_scale_tap(z, anchor):
+    """Identity on z [K, ...] plus two zero probes, ([K], []), that set z's gradient scale.
+
+    A term `sum_k probe_k * c_k + unit` added to a surrogate S leaves S's value unchanged and
+    sends cotangents u * c_k and u to the probes (u = dLoss/dS); the backward pass multiplies
+    z_k's cotangent by their ratio c_k. So the z-path gradient is scaled by c_k although c_k is
+    only known AFTER the single likelihood call (the usual identity sg(z) + c (z - sg(z)) would
+    need c first, i.e. a second decoder pass).
+
+    Under vmap the probes must be batched exactly like the loss, or JAX would sum their
+    cotangents over the batch before the ratio is taken. `select` with an always-true predicate
+    makes every output depend on both z and `anchor` (a scalar from x) without changing a value
+    (NaN/inf-safe, unlike 0 * anchor), so the outputs are batched whenever z or x is.
+    """
+    z_out = jax.lax.select(
+        jnp.ones(z.shape, bool), z, jnp.broadcast_to(anchor.astype(z.dtype), z.shape)
+    )
+    first = z_out.reshape(z.shape[0], -1)[:, 0]
+    probe = jax.lax.select(jnp.ones(z.shape[:1], bool), jnp.zeros(z.shape[:1], z.dtype), first)
+    unit = jax.lax.select(jnp.ones((), bool), jnp.zeros((), z.dtype), first[0])
+    return z_out, probe, unit
+
+
+def _gradient_scale_tap_fwd(z, anchor):
+    return _gradient_scale_tap(z, anchor), jnp.zeros_like(anchor)
+
+
+def _gradient_scale_tap_bwd(anchor_zero, cotangents):
+    g_z, g_scale, g_unit = cotangents
+    safe_unit = jnp.where(g_unit == 0, jnp.ones_like(g_unit), g_unit)
+    ratio = jnp.where(g_unit == 0, jnp.zeros_like(g_scale), g_scale / safe_unit)  # [K]
+    return g_z * ratio.reshape(ratio.shape + (1,) * (g_z.ndim - 1)), anchor_zero
+
+
+_gradient_scale_tap.defvjp(_gradient_scale_tap_fwd, _gradient_scale_tap_bwd)
+
+
+def model_iwae(
+    key: jax.Array,
+    model: LatentModel,
+    *,
+    beta: float | jax.Array = 1.0,
+    k_samples: int = 1,
+    estimator: str = 'reparam',
+) -> dict[str, jax.Array]:
+    """Negative (beta-)IWAE bound of one example for any `LatentModel`.
+
+    log w_k = log p(x|z_k) + beta (log p(z_k) - log q(z_k|x)), z_k ~ q drawn once; the value is
+    always -(logsumexp_k log w_k - log K); the gradient follows `estimator` exactly as in `iwae`:
+    'stl' evaluates log q with every layer's variational parameters stopped (z live); 'dreg'
+    additionally reweights the gradient along the whole sampling path of z (all layers; the
+    probes are attached after the last layer is drawn, so a hierarchy is scaled once). Arguments
+    and returns as `iwae`.
+
+    Raises:
+        ValueError: unknown estimator; log-densities whose shape is not [K].
+
+    References: Burda et al., 2016; Roeder et al., 2017; Tucker et al., 2018.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f'gradient_estimator={estimator!r} is not one of {ESTIMATORS}.')
+    z = model.sample(key, k_samples)  # live in q's parameters
+    if _num_samples(z) != k_samples:
+        raise ValueError(f'sample(key, {k_samples}) returned {_num_samples(z)} samples.')
+    probe_terms = []
+    if estimator == 'dreg':
+        anchor = jax.lax.stop_gradient(jnp.reshape(model.x, -1)[0])
+        leaves, treedef = jax.tree.flatten(z)
+        tapped = [_gradient_scale_tap(leaf, anchor) for leaf in leaves]
+        z = jax.tree.unflatten(treedef, [t[0] for t in tapped])
+        probe_terms = [(t[1], t[2]) for t in tapped]
+    # STL / DReG: log q sees z (live) but not q's parameters, dropping the score-function term.
+    log_px, log_ratio = _log_terms(model, z, stop_variational=estimator != 'reparam')
+    log_w = log_px + beta * log_ratio
+    log_k = math.log(k_samples)
+    bound_beta = jax.nn.logsumexp(log_w) - log_k  # stable log-mean-exp
+    if estimator == 'reparam':
+        loss = -bound_beta
+    else:
+        if estimator == 'stl':
+            surrogate = bound_beta
+        else:
+            weights = jax.lax.stop_gradient(jax.nn.softmax(log_w))  # [K] w~
+            z_scale = jax.lax.stop_gradient((1 - beta) + beta * weights)  # [K]
+            surrogate = jnp.sum(weights * log_w)
+            for probe, unit in probe_terms:
+                surrogate = surrogate + jnp.sum(probe * z_scale) + unit
+        # Value -bound_beta, gradient -grad(surrogate).
+        loss = -(jax.lax.stop_gradient(bound_beta) + surrogate - jax.lax.stop_gradient(surrogate))
+    if estimator == 'dreg':  # the DReG z-path reweighting would also apply to these
+        log_px, log_ratio = jax.lax.stop_gradient((log_px, log_ratio))
+    log_w_unweighted = log_px + log_ratio
+    return {
+        'loss': loss,
+        'bound': jax.nn.logsumexp(log_w_unweighted) - log_k,
+        'recon': -jnp.mean(log_px),
+        'kl': -jnp.mean(log_ratio),
+        'elbo': jnp.mean(log_w_unweighted),
+    }
+
+
+def model_log_weights(key: jax.Array, model: LatentModel, *, k_samples: int) -> jax.Array:
+    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x): [K] (no gradients meant).
+
+    References: Burda et al., 2016.
+    """
+    log_px, log_ratio = _log_terms(model, model.sample(key, k_samples), stop_variational=False)
+    return log_px + log_ratio
+
+
+# ---------------------------------------------------------------------------------------------
+# The one-layer API: encode/decode closures (the common special case of the above).
 
 
 def elbo(
@@ -175,6 +466,7 @@ def elbo(
     a Monte-Carlo KL averages log q(z_n) - log p(z_n) over the first kl_samples of the SAME
     draws, so with kl_samples == k_samples the bound is the standard estimator mean_k log w_k
     (and with k_samples = 1 it equals `iwae(..., k_samples=1)` for the same key).
+    `model_elbo(key, one_layer_model(x, encode, decode, prior), ...)`.
 
     Args:
         key: PRNG key, consumed once.
@@ -202,70 +494,21 @@ def elbo(
     References: Kingma & Welling, 2014; Higgins et al., 2017 (beta);
         Kingma et al., 2016 (free bits).
     """
-    use_free_bits = not _is_zero(free_bits)
-    if use_free_bits and (prior is not None or not analytic_kl):
+    if not _is_zero(free_bits) and (prior is not None or not analytic_kl):
         raise ValueError(
             f'free_bits={free_bits} needs the analytic per-dimension KL against N(0, I): '
             f'use analytic_kl=True and the default prior (got analytic_kl={analytic_kl}, '
             f'prior={None if prior is None else prior.name}).'
         )
-    q, prior = _posterior_and_prior(encode, x, prior)
-    kl = _analytic_kl_or_none(q, prior) if analytic_kl else None
-    num_draws = k_samples if kl is not None else max(k_samples, kl_samples)
-    z = q.sample(seed=key, sample_shape=num_draws)  # [N, D]
-    recon = -jnp.mean(_log_likelihood(decode, z[:k_samples], x))
-    if kl is None:
-        z_kl = z[:kl_samples]
-        kl = jnp.mean(_log_prob_of_samples(q, z_kl) - _log_prob_of_samples(prior, z_kl))
-    kl_loss = kl
-    if use_free_bits:
-        kl_dims = kl_per_dimension(q)  # [D]
-        kl_loss = jnp.sum(jnp.maximum(kl_dims, free_bits)) + (kl - jnp.sum(kl_dims))
-    return {
-        'loss': recon + beta * kl_loss,
-        'recon': recon,
-        'kl': kl,
-        'elbo': -(recon + kl),
-    }
-
-
-@jax.custom_vjp
-def _gradient_scale_tap(z, anchor):
-    """Identity on z [K, D] plus two zero probes, ([K], []), that set z's gradient scale.
-
-    A term `sum_k probe_k * c_k + unit` added to a surrogate S leaves S's value unchanged and
-    sends cotangents u * c_k and u to the probes (u = dLoss/dS); the backward pass multiplies
-    z_k's cotangent by their ratio c_k. So the z-path gradient is scaled by c_k although c_k is
-    only known AFTER the single decode call (the usual identity sg(z) + c (z - sg(z)) would need
-    c first, i.e. a second decode).
-
-    Under vmap the probes must be batched exactly like the loss, or JAX would sum their
-    cotangents over the batch before the ratio is taken. `select` with an always-true predicate
-    makes every output depend on both z and `anchor` (a scalar from x) without changing a value
-    (NaN/inf-safe, unlike 0 * anchor), so the outputs are batched whenever z or x is.
-    """
-    z_out = jax.lax.select(
-        jnp.ones(z.shape, bool), z, jnp.broadcast_to(anchor.astype(z.dtype), z.shape)
+    return model_elbo(
+        key,
+        one_layer_model(x, encode, decode, prior),
+        beta=beta,
+        k_samples=k_samples,
+        analytic_kl=analytic_kl,
+        kl_samples=kl_samples,
+        free_bits=free_bits,
     )
-    probe = jax.lax.select(
-        jnp.ones(z.shape[:1], bool), jnp.zeros(z.shape[:1], z.dtype), z_out[:, 0]
-    )
-    unit = jax.lax.select(jnp.ones((), bool), jnp.zeros((), z.dtype), z_out[0, 0])
-    return z_out, probe, unit
-
-
-def _gradient_scale_tap_fwd(z, anchor):
-    return _gradient_scale_tap(z, anchor), jnp.zeros_like(anchor)
-
-
-def _gradient_scale_tap_bwd(anchor_zero, cotangents):
-    g_z, g_scale, g_unit = cotangents
-    safe_unit = jnp.where(g_unit == 0, jnp.ones_like(g_unit), g_unit)
-    ratio = jnp.where(g_unit == 0, jnp.zeros_like(g_scale), g_scale / safe_unit)  # [K]
-    return g_z * ratio[:, None], anchor_zero
-
-
-_gradient_scale_tap.defvjp(_gradient_scale_tap_fwd, _gradient_scale_tap_bwd)
 
 
 def iwae(
@@ -295,6 +538,7 @@ def iwae(
       (the other entries are stop-gradient values); under vmap, z or x must be batched along
       every vmapped axis (always true when keys or data are).
     With the exact posterior, 'stl' and 'dreg' encoder gradients are zero (up to rounding).
+    `model_iwae(key, one_layer_model(x, encode, decode, prior), ...)`.
 
     Args:
         key: PRNG key, consumed once.
@@ -318,39 +562,13 @@ def iwae(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f'gradient_estimator={estimator!r} is not one of {ESTIMATORS}.')
-    q, prior = _posterior_and_prior(encode, x, prior)
-    z = q.sample(seed=key, sample_shape=k_samples)  # [K, D], live in phi.
-    if estimator == 'dreg':
-        z, probe, unit = _gradient_scale_tap(z, jax.lax.stop_gradient(x.reshape(-1)[0]))
-    # STL / DReG: log q sees z (live) but not phi directly, dropping the score-function term.
-    q_logq = q if estimator == 'reparam' else jax.tree.map(jax.lax.stop_gradient, q)
-    log_px = _log_likelihood(decode, z, x)  # [K]
-    # [K] log p(z) - log q(z|x)
-    log_ratio = _log_prob_of_samples(prior, z) - _log_prob_of_samples(q_logq, z)
-    log_w = log_px + beta * log_ratio
-    log_k = math.log(k_samples)
-    bound_beta = jax.nn.logsumexp(log_w) - log_k  # stable log-mean-exp
-    if estimator == 'reparam':
-        loss = -bound_beta
-    else:
-        if estimator == 'stl':
-            surrogate = bound_beta
-        else:
-            weights = jax.lax.stop_gradient(jax.nn.softmax(log_w))  # [K] w~
-            z_scale = jax.lax.stop_gradient((1 - beta) + beta * weights)  # [K]
-            surrogate = jnp.sum(weights * log_w) + jnp.sum(probe * z_scale) + unit
-        # Value -bound_beta, gradient -grad(surrogate).
-        loss = -(jax.lax.stop_gradient(bound_beta) + surrogate - jax.lax.stop_gradient(surrogate))
-    if estimator == 'dreg':  # the DReG z-path reweighting would also apply to these
-        log_px, log_ratio = jax.lax.stop_gradient((log_px, log_ratio))
-    log_w_unweighted = log_px + log_ratio
-    return {
-        'loss': loss,
-        'bound': jax.nn.logsumexp(log_w_unweighted) - log_k,
-        'recon': -jnp.mean(log_px),
-        'kl': -jnp.mean(log_ratio),
-        'elbo': jnp.mean(log_w_unweighted),
-    }
+    return model_iwae(
+        key,
+        one_layer_model(x, encode, decode, prior),
+        beta=beta,
+        k_samples=k_samples,
+        estimator=estimator,
+    )
 
 
 def log_importance_weights(
@@ -380,10 +598,7 @@ def log_importance_weights(
 
     References: Burda et al., 2016.
     """
-    q, prior = _posterior_and_prior(encode, x, prior)
-    z = q.sample(seed=key, sample_shape=k_samples)  # [K, D]
-    log_px = _log_likelihood(decode, z, x)
-    return log_px + _log_prob_of_samples(prior, z) - _log_prob_of_samples(q, z)
+    return model_log_weights(key, one_layer_model(x, encode, decode, prior), k_samples=k_samples)
 
 
 def autoencoder(
@@ -434,6 +649,66 @@ def get_objective(name: str) -> Callable[..., dict[str, jax.Array]]:
     if name not in OBJECTIVES:
         raise ValueError(f'objective={name!r} is not one of {tuple(OBJECTIVES)}.')
     return OBJECTIVES[name]
+
+
+def model_autoencoder(key: jax.Array, model: LatentModel, **unused_kwargs) -> dict[str, jax.Array]:
+    """`autoencoder` for a `LatentModel`; defined only for a one-layer model.
+
+    Raises:
+        ValueError: the model is not one stochastic layer given as encode/decode.
+    """
+    if model.one_layer is None:
+        raise ValueError(
+            "objective='autoencoder' needs a one-layer encode/decode model (a point-mass code); "
+            'this model has no one-layer form. Allowed objectives: elbo, iwae.'
+        )
+    one = model.one_layer
+    return autoencoder(key, model.x, lambda x: one.q, one.decode)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """An objective as the train step runs it.
+
+    A per-example objective is `fn(key, model: LatentModel, **options) -> dict of []` for ONE
+    example; the step vmaps it over the batch (so write it for one example). A batch-level
+    objective (one that needs the other examples of the minibatch, e.g. beta-TCVAE's
+    minibatch-weighted sampling) is
+    `fn(keys [B], bind, images [B, *event], labels [B], **options) -> dict of [B]` (one key per
+    example), where `bind(x, y) -> LatentModel` binds one example (vmap it as needed, with
+    `axis_name='batch'` for BatchNorm models); the step calls it once per batch.
+    Either way the step averages the [B] terms, so the loop has one code path.
+
+    Attributes:
+        fn: the objective.
+        per_example: which of the two signatures `fn` has.
+        options: names of the step options it takes, out of 'beta', 'k_samples', 'estimator',
+            'analytic_kl', 'kl_samples', 'free_bits'.
+    """
+
+    fn: Callable[..., dict[str, jax.Array]]
+    per_example: bool = True
+    options: tuple[str, ...] = ('beta', 'k_samples')
+
+
+MODEL_OBJECTIVES: dict[str, Objective] = {
+    'elbo': Objective(
+        model_elbo, options=('beta', 'k_samples', 'analytic_kl', 'kl_samples', 'free_bits')
+    ),
+    'iwae': Objective(model_iwae, options=('beta', 'k_samples', 'estimator')),
+    'autoencoder': Objective(model_autoencoder, options=()),
+}
+
+
+def get_model_objective(name: str) -> Objective:
+    """The `Objective` called `name` (config key `objective`).
+
+    Raises:
+        ValueError: naming the allowed objectives.
+    """
+    if name not in MODEL_OBJECTIVES:
+        raise ValueError(f'objective={name!r} is not one of {tuple(MODEL_OBJECTIVES)}.')
+    return MODEL_OBJECTIVES[name]
 
 
 def make_beta_fn(beta: float, warmup_steps: int) -> Callable[[jax.Array], jax.Array]:

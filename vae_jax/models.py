@@ -1,4 +1,10 @@
-"""Flax Linen encoders and decoders built from layer-spec strings; VAE / CVAE / autoencoder.
+"""The model protocol, and the built-in layer-spec models (VAE / CVAE / autoencoder).
+
+Any Flax Linen module that follows `LatentVariableModel` (below) trains, evaluates and sweeps with
+vae_jax: name it in the config (`model.module='my_pkg.my_models:MyVAE'`, keyword arguments from
+`model.module_kwargs`) or pass it from Python (`trainer.train_and_evaluate(config, workdir,
+model=MyVAE(...))`). `VAE` below is one implementation of the protocol (built from layer-spec
+strings, with the priors of `priors.py`); `two_layer.TwoLayerVAE` is another.
 
 One module, `VAE`, covers the three models: `model.use_labels` makes it a conditional VAE, and
 objective 'autoencoder' gives it a deterministic code (posterior 'delta', P = latent_dim).
@@ -33,16 +39,92 @@ training); `train=False` uses them and leaves them unchanged.
 
 from __future__ import annotations
 
+import functools
+import importlib
+from typing import Any, Protocol, runtime_checkable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vae_jax import distributions
+from vae_jax import distributions, priors
 from vae_jax import layers as layers_lib
 from vae_jax.layers import LayerSpec
 
 Array = jax.Array
+PROTOCOL_METHODS = ('sample_posterior', 'log_posterior', 'log_likelihood', 'log_prior')
+
+
+@runtime_checkable
+class LatentVariableModel(Protocol):
+    """The model protocol: what a Flax Linen module needs to train with vae_jax.
+
+    A model is a latent-variable model p(x, z) = p(x | z) p(z) with an inference model q(z | x).
+    Its latent z is a pytree of arrays, a dict with one entry per stochastic layer (e.g.
+    {'z1': [100], 'z2': [50]}). Modules hold parameters and deterministic maps only: the library
+    draws the noise (standard normal) and the module turns it into a sample, so no method uses
+    Flax rng streams. Every method takes ONE example x [*event] and latents with a leading sample
+    axis K on every leaf; training vmaps the methods over the batch, so the network sees the
+    whole batch at once. Each method also takes `y` (the example's int label, or None unless
+    `model.use_labels`) and `train` (True inside the train step: BatchNorm-like layers may use
+    it; ignore it otherwise). Parameters may be created in any of the methods: the library
+    initialises a module by calling all four.
+
+    Members:
+      latent_shapes: {name: shape of one sample of that latent}, e.g. {'z': (8,)}; readable on
+        the unbound module (a dataclass field, or a property computed from fields).
+      sample_posterior(x, noise, y=None, train=False) -> z: a reparameterised sample from
+        q(z | x). noise has z's structure, leaves [K, *shape] drawn from N(0, I); z must be a
+        differentiable function of the noise and of the parameters (e.g. loc + scale * noise,
+        layer by layer for a hierarchy).
+      log_posterior(x, z, y=None, train=False) -> [K] log q(z | x). Compute it from x and z
+        alone (do not reuse the sampling pass): for sticking-the-landing and DReG the library
+        calls it with stop-gradient copies of the parameters and live z.
+      log_likelihood(x, z, y=None, train=False) -> [K] log p(x | z).
+      log_prior(z, y=None, train=False) -> [K] log p(z); the prior may have parameters (a
+        learned mixture, a VampPrior, a hierarchy p(z2) p(z1 | z2)).
+
+    Every objective (`losses.model_elbo`, `losses.model_iwae` with reparam, STL and DReG
+    gradients) is a function of log w = log p(x | z) + log p(z) - log q(z | x). Objectives that
+    need a one-layer encode/decode form (the autoencoder, free bits, analytic KL) are available
+    for `VAE` only and raise a ValueError otherwise.
+
+    Example (a one-layer Gaussian VAE with a Bernoulli likelihood on flat x [M]):
+
+        class MyVAE(nn.Module):
+            latent_dim: int = 8
+
+            @property
+            def latent_shapes(self):
+                return {'z': (self.latent_dim,)}
+
+            def _q(self, x):
+                h = nn.Dense(2 * self.latent_dim, name='encoder')(x)
+                return h[: self.latent_dim], jax.nn.softplus(h[self.latent_dim :])
+
+            def sample_posterior(self, x, noise, y=None, train=False):
+                loc, scale = self._q(x)
+                return {'z': loc[None] + scale[None] * noise['z']}
+
+            def log_posterior(self, x, z, y=None, train=False):
+                loc, scale = self._q(x)
+                return jax.vmap(lambda z: normal_log_pdf(z, loc, scale).sum())(z['z'])
+            ...
+    """
+
+    @property
+    def latent_shapes(self) -> dict[str, tuple[int, ...]]: ...
+
+    def sample_posterior(
+        self, x: Array, noise: Any, y: Array | None = None, train: bool = False
+    ): ...
+
+    def log_posterior(self, x: Array, z: Any, y: Array | None = None, train: bool = False): ...
+
+    def log_likelihood(self, x: Array, z: Any, y: Array | None = None, train: bool = False): ...
+
+    def log_prior(self, z: Any, y: Array | None = None, train: bool = False): ...
 
 
 def _flatten_batch(x: Array, event_ndim: int) -> tuple[Array, tuple[int, ...]]:
@@ -245,6 +327,10 @@ class VAE(nn.Module):
       convt_implementation: how `convt` layers compute (`layers.conv_transpose`): 'subpixel'
         (default; fastest gradients under the per-example vmap of training, measured by
         benchmarks/convt_grad.py), 'custom_vjp' (fastest on a plain batch) or 'lax' (flax's).
+      posterior, scale_transform: the posterior family (`distributions.make_posterior`).
+      likelihood, gaussian_sigma: the likelihood (`distributions.make_likelihood`).
+      prior: 'standard_normal' | 'mog' | 'vamp' (`priors.py`).
+      num_prior_components: K of the 'mog' / 'vamp' prior.
     """
 
     data_shape: tuple[int, ...]
@@ -260,6 +346,12 @@ class VAE(nn.Module):
     batch_norm_momentum: float = 0.99
     bn_axis_name: str | None = 'batch'
     convt_implementation: str = 'subpixel'
+    posterior: str = 'diagonal'
+    scale_transform: str = 'softplus'
+    likelihood: str = 'bernoulli'
+    gaussian_sigma: str = 'fixed'
+    prior: str = 'standard_normal'
+    num_prior_components: int = 1
 
     def setup(self):
         common = dict(
@@ -280,6 +372,12 @@ class VAE(nn.Module):
             self.sigma,
             **common,
         )
+        if self.prior == 'mog':
+            self.prior_mixture = priors.MixturePrior(self.num_prior_components, self.latent_dim)
+        elif self.prior == 'vamp':
+            self.pseudo_inputs = priors.PseudoInputs(
+                self.num_prior_components, tuple(self.data_shape)
+            )
 
     def _one_hot(self, y: Array | None, batch_shape: tuple[int, ...]) -> Array | None:
         if not self.use_labels:
@@ -353,7 +451,148 @@ class VAE(nn.Module):
           (posterior parameters [..., P], likelihood parameters [..., *data_shape[:-1], C * m]).
         """
         params = self.encode(x, y, train=train)
+        self.prior_params(train=train)  # creates the prior's parameters at init
         return params, self.decode(params[..., : self.latent_dim], y, train=train)
+
+    def prior_params(self, *, train: bool = False) -> dict[str, Array]:
+        """The prior's parameters for `priors.make_prior` ({} for 'standard_normal')."""
+        if self.prior == 'mog':
+            return self.prior_mixture()
+        if self.prior == 'vamp':
+            # The pseudo-inputs go through the encoder without labels (no CVAE VampPrior).
+            return {'posterior_params': self.encoder(self.pseudo_inputs(), None, train=train)}
+        return {}
+
+    # The model protocol (`LatentVariableModel`), for one example x [*data_shape].
+
+    @property
+    def latent_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {'z': (self.latent_dim,)}
+
+    def posterior_distribution(self, x: Array, y: Array | None = None, *, train: bool = False):
+        """q(z|x) as a distrax distribution, event [D]."""
+        return distributions.make_posterior(
+            self.posterior, self.encode(x, y, train=train), scale_transform=self.scale_transform
+        )
+
+    def prior_distribution(self, *, train: bool = False):
+        """p(z) as a distrax distribution, event [D], batch []."""
+        return priors.make_prior(
+            self.prior,
+            self.prior_params(train=train),
+            latent_dim=self.latent_dim,
+            posterior=self.posterior,
+            scale_transform=self.scale_transform,
+        )
+
+    def sample_posterior(self, x: Array, noise: Any, y: Array | None = None, train: bool = False):
+        """{'z': [K, D]} = q's reparameterisation applied to noise {'z': [K, D]}."""
+        q = self.posterior_distribution(x, y, train=train)
+        if self.posterior == 'delta':
+            return {'z': jnp.broadcast_to(q.mean()[None], noise['z'].shape)}
+        return {'z': jax.vmap(q.bijector.forward)(noise['z'])}
+
+    def log_posterior(self, x: Array, z: Any, y: Array | None = None, train: bool = False):
+        """[K] log q(z|x)."""
+        return jax.vmap(self.posterior_distribution(x, y, train=train).log_prob)(z['z'])
+
+    def log_likelihood(self, x: Array, z: Any, y: Array | None = None, train: bool = False):
+        """[K] log p(x|z), one decoder pass over the K samples."""
+        px = distributions.make_likelihood(
+            self.likelihood,
+            self.decode(z['z'], y, train=train),
+            event_ndims=len(self.data_shape),
+            gaussian_sigma=self.gaussian_sigma,
+            sigma=self.sigma,
+        )
+        k = z['z'].shape[0]
+        return px.log_prob(jnp.broadcast_to(x, (k, *x.shape)))
+
+    def log_prior(self, z: Any, y: Array | None = None, train: bool = False):
+        """[K] log p(z)."""
+        return jax.vmap(self.prior_distribution(train=train).log_prob)(z['z'])
+
+
+def import_module_class(path: str) -> type:
+    """The class named by `model.module`, 'package.module:ClassName'.
+
+    Raises:
+      ValueError: the path is malformed, the module does not import, or it has no such class.
+    """
+    if not isinstance(path, str) or path.count(':') != 1 or not all(path.split(':')):
+        raise ValueError(
+            f"model.module={path!r} must look like 'package.module:ClassName' "
+            "(e.g. 'my_pkg.my_models:MyVAE')."
+        )
+    module_name, class_name = path.split(':')
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(
+            f'model.module={path!r}: cannot import {module_name!r} ({e}); it must be importable '
+            'from the working directory or PYTHONPATH.'
+        ) from e
+    if not hasattr(module, class_name):
+        raise ValueError(f'model.module={path!r}: module {module_name!r} has no {class_name!r}.')
+    return getattr(module, class_name)
+
+
+def check_protocol(model: Any, where: str = 'model') -> None:
+    """Raises a ValueError naming what `model` lacks of `LatentVariableModel`."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f'{where}: {type(model).__name__} is not a Flax Linen module.')
+    missing = [name for name in PROTOCOL_METHODS if not callable(getattr(model, name, None))]
+    try:
+        shapes = model.latent_shapes
+    except Exception as e:  # noqa: BLE001 -- reported with the cause below
+        missing.append(f'latent_shapes ({type(e).__name__}: {e})')
+        shapes = None
+    if missing:
+        raise ValueError(
+            f'{where}: {type(model).__name__} does not follow the model protocol '
+            f'(vae_jax.models.LatentVariableModel); missing: {", ".join(missing)}.'
+        )
+    ok = (
+        isinstance(shapes, dict)
+        and shapes
+        and all(
+            isinstance(k, str) and isinstance(v, tuple) and all(isinstance(d, int) for d in v)
+            for k, v in shapes.items()
+        )
+    )
+    if not ok:
+        raise ValueError(
+            f'{where}: {type(model).__name__}.latent_shapes must be a non-empty dict of '
+            f'name -> tuple of ints, got {shapes!r}.'
+        )
+
+
+def _init_all(module: Any, x: Array, y: Array | None) -> Array:
+    """Calls the four protocol methods once (K = 1), so that every parameter is created."""
+    noise = {
+        name: jnp.zeros((1, *shape), jnp.float32) for name, shape in module.latent_shapes.items()
+    }
+    z = module.sample_posterior(x, noise, y=y, train=False)
+    return (
+        module.log_posterior(x, z, y=y, train=False)
+        + module.log_likelihood(x, z, y=y, train=False)
+        + module.log_prior(z, y=y, train=False)
+    )
+
+
+def init_variables(
+    model: nn.Module, key: Array, data_shape: tuple[int, ...], use_labels: bool
+) -> dict[str, Any]:
+    """A model's initial variables ({'params', maybe 'batch_stats'}) from `key`.
+
+    `VAE` initialises through `__call__` (the parameters of every existing run); any other
+    module through all four protocol methods on a zero example.
+    """
+    x = jnp.zeros(tuple(data_shape), jnp.float32)
+    y = jnp.zeros((), jnp.int32) if use_labels else None
+    if isinstance(model, VAE):
+        return model.init(key, x, y, train=False)
+    return model.init(key, x, y, method=_init_all)
 
 
 def create_model(
@@ -362,8 +601,11 @@ def create_model(
     objective: str,
     *,
     bn_axis_name: str | None = 'batch',
-) -> VAE:
+) -> nn.Module:
     """Builds the model that `config.model` describes and checks its shapes.
+
+    With `model.module` set, the module named there is built with `model.module_kwargs` and
+    checked against the protocol (`LatentVariableModel`); otherwise the layer-spec `VAE`.
 
     Args:
       model_config: `config.model` (keys in configs/default.py).
@@ -372,15 +614,23 @@ def create_model(
       bn_axis_name: see `VAE`; None to train BatchNorm on a real batch axis outside a vmap.
 
     Returns:
-      An unbound `VAE`.
+      An unbound module.
 
     Raises:
-      ValueError: for a malformed layer spec (naming the key, token and allowed tokens), or when
-        the decoder's output shape does not match data_shape.
+      ValueError: for a malformed layer spec (naming the key, token and allowed tokens), when
+        the decoder's output shape does not match data_shape, or when `model.module` cannot be
+        imported, built or initialised, or does not follow the protocol.
     """
     c = model_config
-    posterior = 'delta' if objective == 'autoencoder' else c.posterior
     data_shape = tuple(int(d) for d in data_shape)
+    if c.module is not None:
+        return check_model(
+            build_module(c.module, c.module_kwargs.to_dict()),
+            data_shape,
+            bool(c.use_labels),
+            where=f'model.module={c.module!r}',
+        )
+    posterior = 'delta' if objective == 'autoencoder' else c.posterior
     model = VAE(
         data_shape=data_shape,
         latent_dim=c.latent_dim,
@@ -396,12 +646,67 @@ def create_model(
         num_classes=c.num_classes,
         batch_norm_momentum=float(c.batch_norm_momentum),
         bn_axis_name=bn_axis_name,
+        posterior=posterior,
+        scale_transform=c.scale_transform,
+        likelihood=c.likelihood,
+        gaussian_sigma=c.gaussian_sigma,
+        prior=c.prior.name,
+        num_prior_components=int(c.prior.num_components),
     )
     # Parse errors and shape mismatches surface here, at creation, not at the first train step.
     layers_lib.parse_spec(c.encoder, 'model.encoder')
     layers_lib.parse_spec(c.decoder, 'model.decoder', allow_out=True)
-    y = jnp.zeros((), jnp.int32) if model.use_labels else None
-    jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros(data_shape, jnp.float32), y, train=False)
+    return check_model(model, data_shape, model.use_labels, where='model')
+
+
+def build_module(path: str, kwargs: dict[str, Any]) -> nn.Module:
+    """`ClassName(**kwargs)` for `model.module` = path.
+
+    Raises:
+      ValueError: the class cannot be found or does not accept the keyword arguments.
+    """
+    cls = import_module_class(path)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ValueError(f'model.module={path!r} with model.module_kwargs={kwargs!r}: {e}') from e
+
+
+def check_model(
+    model: nn.Module, data_shape: tuple[int, ...], use_labels: bool, *, where: str = 'model'
+) -> nn.Module:
+    """Checks the protocol and that the model initialises and scores a zero example.
+
+    Returns:
+      model, unchanged.
+
+    Raises:
+      ValueError: a protocol member is missing, or a log-density is not [K].
+    """
+    check_protocol(model, where)
+    data_shape = tuple(int(d) for d in data_shape)
+    x = jax.ShapeDtypeStruct(data_shape, jnp.float32)
+    y = jax.ShapeDtypeStruct((), jnp.int32) if use_labels else None
+    variables = jax.eval_shape(
+        lambda: init_variables(model, jax.random.key(0), data_shape, use_labels)
     )
+    if isinstance(model, VAE):
+        return model
+
+    def scores(variables, x, y):
+        noise = {n: jnp.zeros((2, *s), jnp.float32) for n, s in model.latent_shapes.items()}
+        call = functools.partial(model.apply, variables, y=y, train=False)
+        z = call(x, noise, method='sample_posterior')
+        return {
+            'log_posterior': call(x, z, method='log_posterior'),
+            'log_likelihood': call(x, z, method='log_likelihood'),
+            'log_prior': call(z, method='log_prior'),
+        }
+
+    for name, out in jax.eval_shape(scores, variables, x, y).items():
+        if out.shape != (2,):
+            raise ValueError(
+                f'{where}: {type(model).__name__}.{name} returned shape {out.shape} for K = 2 '
+                'samples of one example; it must return [K].'
+            )
     return model

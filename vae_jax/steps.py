@@ -11,7 +11,7 @@ noise and the same batches as an uninterrupted one, and no key is checkpointed.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,9 +19,10 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax.training import train_state
 
-from vae_jax import distributions, losses
+from vae_jax import distributions, losses, models, priors
 
 Array = jax.Array
 
@@ -52,10 +53,36 @@ class StepConfig:
     dynamic_binarize: bool
     skip_nonfinite_updates: bool
     event_ndims: int
+    prior: str = 'standard_normal'
+    latent_dim: int = 0
+    # None: the built-in layer-spec `models.VAE`, bound as encode/decode closures (one encoder
+    # pass per example; analytic KL and free bits). Otherwise the latents of a protocol model,
+    # ((name, shape), ...), bound through its four methods.
+    latent_shapes: tuple[tuple[str, tuple[int, ...]], ...] | None = None
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict, data_shape: tuple[int, ...]):
+    def from_config(
+        cls,
+        config: ml_collections.ConfigDict,
+        data_shape: tuple[int, ...],
+        model: Any = None,
+    ):
+        """The step configuration of `config`, for `model` (default: the config's built-in VAE).
+
+        Raises:
+          ValueError: `config.model.module` is set but the module was not passed.
+        """
         m = config.model
+        if model is None and m.module is not None:
+            raise ValueError(
+                f'config.model.module={m.module!r}: pass the built model '
+                '(StepConfig.from_config(config, data_shape, model)).'
+            )
+        latent_shapes = None
+        if model is not None and not isinstance(model, models.VAE):
+            latent_shapes = tuple(
+                (name, tuple(int(d) for d in shape)) for name, shape in model.latent_shapes.items()
+            )
         return cls(
             objective=config.objective,
             k_samples=int(config.k_samples),
@@ -73,27 +100,23 @@ class StepConfig:
             dynamic_binarize=config.input.binarize == 'dynamic',
             skip_nonfinite_updates=bool(config.skip_nonfinite_updates),
             event_ndims=len(data_shape),
+            prior=m.prior.name,
+            latent_dim=int(m.latent_dim),
+            latent_shapes=latent_shapes,
         )
 
-    def objective_fn(self, beta: Array | float) -> Callable[..., dict[str, Array]]:
-        """The per-example objective `(key, x, encode, decode) -> terms` with options bound."""
-        if self.objective == 'elbo':
-            return functools.partial(
-                losses.elbo,
-                beta=beta,
-                k_samples=self.k_samples,
-                analytic_kl=self.analytic_kl,
-                kl_samples=self.kl_samples,
-                free_bits=self.free_bits,
-            )
-        if self.objective == 'iwae':
-            return functools.partial(
-                losses.iwae,
-                beta=beta,
-                k_samples=self.k_samples,
-                estimator=self.gradient_estimator,
-            )
-        return losses.get_objective(self.objective)
+    def objective_fn(self, beta: Array | float) -> tuple[losses.Objective, dict[str, Any]]:
+        """The objective (`losses.MODEL_OBJECTIVES`) and the step options it takes."""
+        objective = losses.get_model_objective(self.objective)
+        options = {
+            'beta': beta,
+            'k_samples': self.k_samples,
+            'estimator': self.gradient_estimator,
+            'analytic_kl': self.analytic_kl,
+            'kl_samples': self.kl_samples,
+            'free_bits': self.free_bits,
+        }
+        return objective, {name: options[name] for name in objective.options}
 
 
 def make_bind(
@@ -183,6 +206,117 @@ def make_bind_fn(apply_fn: Callable[..., Any], static: StepConfig) -> Callable[.
     return bind_fn
 
 
+def standard_normal_noise(key: Array, k: int, latent_shapes) -> dict[str, Array]:
+    """One draw of N(0, I) noise for K samples of every latent: {name: [K, *shape]}.
+
+    A single latent gets `normal(key, (K, *shape))`, the draw `q.sample(seed=key,
+    sample_shape=K)` of a one-layer Gaussian makes, so both ways of binding agree.
+    """
+    names = [name for name, _ in latent_shapes]
+    sizes = [math.prod(shape) for _, shape in latent_shapes]
+    if len(names) == 1:
+        return {names[0]: jax.random.normal(key, (k, *latent_shapes[0][1]), jnp.float32)}
+    flat = jax.random.normal(key, (k, sum(sizes)), jnp.float32)
+    pieces = jnp.split(flat, np.cumsum(sizes)[:-1], axis=1)
+    return {
+        name: piece.reshape((k, *shape))
+        for name, piece, (_, shape) in zip(names, pieces, latent_shapes, strict=True)
+    }
+
+
+def make_model_binder(
+    apply_fn: Callable[..., Any],
+    params: Any,
+    batch_stats: Any,
+    static: StepConfig,
+    *,
+    train: bool,
+    updates: dict[str, Any] | None = None,
+) -> Callable[[Array, Array | None], losses.LatentModel]:
+    """Returns `bind(x, y) -> losses.LatentModel`: one example of the model, parameters bound.
+
+    The built-in `models.VAE` is bound as its encode/decode closures plus its prior
+    (`losses.one_layer_model`: one encoder pass, analytic KL where it exists). Any other
+    module is bound through the protocol's four methods (`models.LatentVariableModel`):
+    `sample` draws `standard_normal_noise` and calls `sample_posterior`; `log_q(z, True)`
+    calls `log_posterior` with stop-gradient copies of ALL parameters (so every layer's
+    variational parameters are stopped, z stays live); the likelihood and prior are live.
+
+    Args:
+      apply_fn, params, batch_stats, static, train, updates: as `make_bind`.
+
+    Returns:
+      bind: (x [*event], y [] int label or None) -> LatentModel.
+    """
+    if static.latent_shapes is None:
+        bind_closures = make_bind(
+            apply_fn, params, batch_stats, static, train=train, updates=updates
+        )
+        variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
+
+        def bind_builtin(x: Array, y: Array | None) -> losses.LatentModel:
+            encode, decode = bind_closures(y)
+            prior = None
+            if static.prior != 'standard_normal':
+                prior_params = apply_fn(variables, train=train, method='prior_params')
+                prior = priors.make_prior(
+                    static.prior,
+                    prior_params,
+                    latent_dim=static.latent_dim,
+                    posterior=static.posterior,
+                    scale_transform=static.scale_transform,
+                )
+            return losses.one_layer_model(x, encode, decode, prior)
+
+        return bind_builtin
+
+    live = {'params': params}
+    stopped = {'params': jax.lax.stop_gradient(params)}
+    if batch_stats:
+        live['batch_stats'] = stopped['batch_stats'] = batch_stats
+    mutable = ['batch_stats'] if (train and batch_stats) else False
+
+    def call(variables, method, *args, y):
+        out = apply_fn(variables, *args, y=y, train=train, method=method, mutable=mutable)
+        if mutable:
+            out, new_vars = out
+            if updates is not None:
+                updates.update(new_vars['batch_stats'])
+        return out
+
+    def bind(x: Array, y: Array | None) -> losses.LatentModel:
+        y = y if static.use_labels else None
+
+        def sample(key, k):
+            noise = standard_normal_noise(key, k, static.latent_shapes)
+            return call(live, 'sample_posterior', x, noise, y=y)
+
+        return losses.LatentModel(
+            x=x,
+            sample=sample,
+            log_q=lambda z, stop: call(stopped if stop else live, 'log_posterior', x, z, y=y),
+            log_likelihood=lambda z: call(live, 'log_likelihood', x, z, y=y),
+            log_prior=lambda z: call(live, 'log_prior', z, y=y),
+        )
+
+    return bind
+
+
+def make_model_fn(apply_fn: Callable[..., Any], static: StepConfig) -> Callable[..., Any]:
+    """Returns `model_fn(variables, x, y) -> losses.LatentModel` in evaluation mode.
+
+    The variables are an argument, not a closure, so jitted evaluation code compiles once.
+    """
+
+    def model_fn(variables: dict[str, Any], x: Array, y: Array | None) -> losses.LatentModel:
+        bind = make_model_binder(
+            apply_fn, variables['params'], variables.get('batch_stats', {}), static, train=False
+        )
+        return bind(x, y)
+
+    return model_fn
+
+
 def _input_ndims(method: str, static: StepConfig) -> int:
     """Number of trailing non-batch axes of the input of `encode` ([*event]) or `decode` ([D])."""
     return static.event_ndims if method == 'encode' else 1
@@ -218,18 +352,34 @@ def batch_terms(
       (terms: dict of [B] arrays, new batch_stats (unchanged without BatchNorm or in eval)).
     """
     example_keys = jax.random.split(key, images.shape[0])
-    objective = static.objective_fn(beta)
+    objective, options = static.objective_fn(beta)
 
-    def per_example(example_key, x, y):
+    def prepare(example_key, x):
         bin_key, loss_key = jax.random.split(example_key)
         if static.dynamic_binarize:
             x = binarize(bin_key, x)
-        updates: dict[str, Any] = {}
-        bind = make_bind(apply_fn, params, batch_stats, static, train=train, updates=updates)
-        encode, decode = bind(y)
-        return objective(loss_key, x, encode, decode), updates
+        return loss_key, x
 
-    terms, updates = jax.vmap(per_example, axis_name='batch')(example_keys, images, labels)
+    if objective.per_example:
+
+        def per_example(example_key, x, y):
+            loss_key, x = prepare(example_key, x)
+            updates: dict[str, Any] = {}
+            bind = make_model_binder(
+                apply_fn, params, batch_stats, static, train=train, updates=updates
+            )
+            return objective.fn(loss_key, bind(x, y), **options), updates
+
+        terms, updates = jax.vmap(per_example, axis_name='batch')(example_keys, images, labels)
+    else:
+        # A batch-level objective sees the whole (binarised) batch and binds examples itself.
+        loss_keys, images = jax.vmap(prepare)(example_keys, images)
+        updates = {}
+        bind = make_model_binder(
+            apply_fn, params, batch_stats, static, train=train, updates=updates
+        )
+        terms = objective.fn(loss_keys, bind, images, labels, **options)
+        updates = jax.tree.map(lambda a: a[None], updates)
     new_stats = batch_stats
     if updates:
         # Statistics are pooled over the vmapped 'batch' axis, so every row holds the same values.

@@ -57,7 +57,9 @@ PER_MODEL_KEYS = ('seed', 'beta', 'sweep')
 class Run:
     """Everything built from a config for one workdir: data, model, keys, jitted functions."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, model: Any = None):
+        """Args: config: the experiment config. model: a Flax module that follows the model
+        protocol (`models.LatentVariableModel`) to train instead of the config's model."""
         config_validation.validate(config)
         self.config = config
         self.train_data, self.test_data = data.get_datasets(config.input)
@@ -73,15 +75,27 @@ class Run:
                 f'allowed: <= {num_train}'
             )
         self.steps_per_epoch = num_train // config.input.batch_size
-        self.static = steps.StepConfig.from_config(config, self.data_shape)
-        self.model = models.create_model(config.model, self.data_shape, config.objective)
+        if model is None:
+            self.model = models.create_model(config.model, self.data_shape, config.objective)
+        else:
+            self.model = models.check_model(
+                model, self.data_shape, bool(config.model.use_labels), where='model='
+            )
+        self.static = steps.StepConfig.from_config(config, self.data_shape, self.model)
         self.init_key, self.loop_key, self.data_key, self.eval_key = root_keys(config.seed)
         self.tx = optim.create_optimizer(
             config.optim,
             steps_per_epoch=self.steps_per_epoch,
             num_train_steps=config.num_train_steps,
         )
-        self.bind_fn = steps.make_bind_fn(self.model.apply, self.static)
+        # encode/decode closures exist for the layer-spec model only (pictures use them);
+        # evaluation goes through the log-weights of any model (`model_fn`) except for the
+        # layer-spec model with its default N(0, I) prior, which keeps its analytic-KL path.
+        builtin = self.static.latent_shapes is None
+        self.bind_fn = steps.make_bind_fn(self.model.apply, self.static) if builtin else None
+        self.model_fn = None
+        if not builtin or self.static.prior != 'standard_normal':
+            self.model_fn = steps.make_model_fn(self.model.apply, self.static)
         self.mesh = Mesh(np.array(jax.devices()), ('data',))
         num_devices = self.mesh.size
         if config.input.batch_size % num_devices:
@@ -97,9 +111,9 @@ class Run:
 
     def create_train_state(self) -> steps.TrainState:
         """Initialises parameters (and BatchNorm statistics) from `init_key`."""
-        x = jnp.zeros(self.data_shape, jnp.float32)
-        y = jnp.zeros((), jnp.int32) if self.config.model.use_labels else None
-        variables = self.model.init(self.init_key, x, y, train=False)
+        variables = models.init_variables(
+            self.model, self.init_key, self.data_shape, bool(self.config.model.use_labels)
+        )
         state = steps.TrainState.create(
             apply_fn=self.model.apply,
             params=variables['params'],
@@ -163,6 +177,7 @@ class Run:
             batch_size=self.config.input.eval_batch_size,
             dynamic_binarize=self.static.dynamic_binarize,
             return_per_example=return_per_example,
+            model_fn=self.model_fn,
         )
 
     def eval_split(self) -> tuple[np.ndarray, np.ndarray]:
@@ -286,6 +301,7 @@ def train_and_evaluate(
     overwrite: bool = False,
     stop_at_step: int | None = None,
     skip_damaged_checkpoints: bool = False,
+    model: Any = None,
 ) -> dict[str, Any]:
     """Trains (or resumes) the run in `workdir` and evaluates it on the test split.
 
@@ -298,6 +314,9 @@ def train_and_evaluate(
         checkpoint; a later call resumes. For time-boxed sessions and resume tests.
       skip_damaged_checkpoints: if the newest checkpoint cannot be read, move it to
         `<workdir>/damaged_checkpoints/` and resume from the newest one that can.
+      model: a Flax module following the model protocol (`models.LatentVariableModel`) to
+        train instead of the config's model (the config's model keys are then unused; the run
+        directory does not record the module, so resuming needs the same `model=`).
 
     Returns:
       The final evaluation (the contents of eval.json), or {'step': ...} when stopped early.
@@ -312,7 +331,7 @@ def train_and_evaluate(
     """
     start_time = time.time()
     workdir = Path(workdir)
-    run = Run(config)
+    run = Run(config, model=model)
     run_files.prepare_workdir(workdir, config, overwrite=overwrite)
 
     manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
@@ -455,7 +474,7 @@ def finish_run(
     log.write(step, scalar_metrics(result, 'eval'))
     primary = jax.process_index() == 0  # With several processes, process 0 writes the files.
     pictures = {}
-    if primary:
+    if primary and run.bind_fn is not None:  # pictures need the layer-spec model's decoder
         pictures = vae_pictures.write_pictures(
             run,
             state,
