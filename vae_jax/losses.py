@@ -683,7 +683,9 @@ class Objective:
         fn: the objective.
         per_example: which of the two signatures `fn` has.
         options: names of the step options it takes, out of 'beta', 'k_samples', 'estimator',
-            'analytic_kl', 'kl_samples', 'free_bits'.
+            'analytic_kl', 'kl_samples', 'free_bits' and the zoo's 'miwae_m', 'ciwae_beta',
+            'piwae_m', 'tcvae_alpha', 'tcvae_gamma', 'tcvae_estimator', 'dataset_size'
+            (`steps.StepConfig.objective_fn`).
     """
 
     fn: Callable[..., dict[str, jax.Array]]
@@ -701,14 +703,17 @@ MODEL_OBJECTIVES: dict[str, Objective] = {
 
 
 def get_model_objective(name: str) -> Objective:
-    """The `Objective` called `name` (config key `objective`).
+    """The `Objective` called `name` (config key `objective`): these and `zoo_objectives`'.
 
     Raises:
         ValueError: naming the allowed objectives.
     """
-    if name not in MODEL_OBJECTIVES:
-        raise ValueError(f'objective={name!r} is not one of {tuple(MODEL_OBJECTIVES)}.')
-    return MODEL_OBJECTIVES[name]
+    from vae_jax import zoo_objectives  # imported here: it builds on this module
+
+    objectives = {**MODEL_OBJECTIVES, **zoo_objectives.MODEL_OBJECTIVES}
+    if name not in objectives:
+        raise ValueError(f'objective={name!r} is not one of {tuple(objectives)}.')
+    return objectives[name]
 
 
 def make_beta_fn(beta: float, warmup_steps: int) -> Callable[[jax.Array], jax.Array]:

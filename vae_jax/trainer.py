@@ -81,7 +81,9 @@ class Run:
             self.model = models.check_model(
                 model, self.data_shape, bool(config.model.use_labels), where='model='
             )
-        self.static = steps.StepConfig.from_config(config, self.data_shape, self.model)
+        self.static = steps.StepConfig.from_config(
+            config, self.data_shape, self.model, dataset_size=num_train
+        )
         self.init_key, self.loop_key, self.data_key, self.eval_key = root_keys(config.seed)
         self.tx = optim.create_optimizer(
             config.optim,
