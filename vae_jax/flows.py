@@ -193,3 +193,85 @@ def sample_and_log_prob(
     )
     z, log_det = flow(z0, context)
     return z, log_q0 - log_det
+
+
+class IAFVAE(nn.Module):
+    """A one-layer VAE whose posterior is a Gaussian followed by IAF steps (model protocol).
+
+    Encoder MLP x -> (loc [D], scale = exp(.) [D], context h [H]); z_0 = loc + scale * eps;
+    z = IAF(z_0, h); decoder MLP z -> Bernoulli logits over the flattened x; p(z) = N(0, I).
+    It follows `models.LatentVariableModel`, with latents {'z': [D], 'z0': [D]}: z is the
+    flow's output (the decoder and prior see it) and z0 its base sample, which `log_posterior`
+    needs (log q(z | x) = log N(z0; loc, scale^2) - log-det, without inverting the flow). The
+    library draws noise for both; 'z0' uses it, the noise drawn for 'z' is unused.
+
+    Gradient estimators: reparameterised only. `log_posterior` reads z0 from the latents, so
+    with stopped parameters it is not log q at the stopped flow's inverse of z, which is what
+    STL and DReG would need.
+
+    Attributes:
+      latent_dim: D.
+      encoder_dims: hidden widths of the encoder MLP.
+      decoder_dims: hidden widths of the decoder MLP.
+      context_dim: H, the size of the context h passed to every IAF step.
+      flow_steps: T IAF steps (0: the Gaussian posterior).
+      flow_hidden_dims: MADE hidden widths of each step.
+      forget_bias: see `IAFStep`.
+      activation: a `layers.ACTIVATIONS` name for the encoder and decoder MLPs.
+    """
+
+    latent_dim: int = 50
+    encoder_dims: tuple[int, ...] = (200, 200)
+    decoder_dims: tuple[int, ...] = (200, 200)
+    context_dim: int = 50
+    flow_steps: int = 2
+    flow_hidden_dims: tuple[int, ...] = (200,)
+    forget_bias: float = 1.0
+    activation: str = 'tanh'
+
+    def setup(self):
+        from vae_jax import two_layer  # the MLP of the IWAE-paper models
+
+        self.encoder = two_layer.MLP(tuple(self.encoder_dims), self.activation)
+        self.decoder = two_layer.MLP(tuple(self.decoder_dims), self.activation)
+        self.flow = IAF(self.flow_steps, tuple(self.flow_hidden_dims), self.forget_bias, 'elu')
+
+    @property
+    def latent_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {'z': (int(self.latent_dim),), 'z0': (int(self.latent_dim),)}
+
+    def _encode(self, x: Array) -> tuple[Array, Array, Array]:
+        d = self.latent_dim
+        out = self.encoder(x.reshape(-1), 2 * d + self.context_dim)
+        return out[:d], jnp.exp(out[d : 2 * d]), out[2 * d :]
+
+    def sample_posterior(self, x: Array, noise: dict, y=None, train: bool = False) -> dict:
+        """noise {'z': [K, D] (unused), 'z0': [K, D]} -> {'z': z_T, 'z0': z_0}."""
+        loc, scale, context = self._encode(x)
+        z0 = loc[None] + scale[None] * noise['z0']
+        z, _ = self.flow(z0, context)
+        return {'z': z, 'z0': z0}
+
+    def log_posterior(self, x: Array, z: dict, y=None, train: bool = False) -> Array:
+        """[K] log N(z0; loc, scale^2) - log|det dz/dz0|."""
+        loc, scale, context = self._encode(x)
+        z0 = z['z0']
+        _, log_det = self.flow(z0, context)
+        log_q0 = jnp.sum(
+            -0.5 * jnp.square((z0 - loc[None]) / scale[None])
+            - jnp.log(scale)[None]
+            - 0.5 * math.log(2 * math.pi),
+            axis=-1,
+        )
+        return log_q0 - log_det
+
+    def log_likelihood(self, x: Array, z: dict, y=None, train: bool = False) -> Array:
+        """[K] log p(x|z), Bernoulli over the flattened x (values in {0, 1})."""
+        flat = x.reshape(-1)
+        logits = self.decoder(z['z'], flat.shape[0])  # [K, M]
+        # x l - softplus(l) = log sigmoid-Bernoulli, stable for any logit.
+        return jnp.sum(flat[None] * logits - jax.nn.softplus(logits), -1)
+
+    def log_prior(self, z: dict, y=None, train: bool = False) -> Array:
+        """[K] log N(z; 0, I)."""
+        return jnp.sum(-0.5 * jnp.square(z['z']) - 0.5 * math.log(2 * math.pi), -1)

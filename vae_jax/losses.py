@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vae_jax import distributions
+from vae_jax import bounds, distributions
 
 ESTIMATORS = ('reparam', 'stl', 'dreg')
 
@@ -430,6 +430,8 @@ def model_iwae(
         'recon': -jnp.mean(log_px),
         'kl': -jnp.mean(log_ratio),
         'elbo': jnp.mean(log_w_unweighted),
+        # Effective sample size of the K weights (value only): how many samples the bound uses.
+        'ess': bounds.ess(jax.lax.stop_gradient(log_w_unweighted)),
     }
 
 
@@ -552,7 +554,8 @@ def iwae(
 
     Returns:
         {'loss': -bound_beta, 'bound': log mean_k w_k at beta = 1, 'recon': -mean_k log p(x|z_k),
-         'kl': mean_k [log q(z_k) - log p(z_k)], 'elbo': mean_k log w_k at beta = 1},
+         'kl': mean_k [log q(z_k) - log p(z_k)], 'elbo': mean_k log w_k at beta = 1,
+         'ess': (sum_k w_k)^2 / sum_k w_k^2 at beta = 1 (bounds.ess)},
         all [] float32.
 
     Raises:
