@@ -296,14 +296,23 @@ class ZooConfigsTest(parameterized.TestCase):
             lambda a, b: not np.array_equal(a, b), start, jax.device_get(state.params)
         )
         self.assertTrue(all(jax.tree.leaves(moved)), f'{model}: a parameter did not move')
+        # The objective's terms on held-out data (eval.json): two batches in evaluation mode.
+        held_out = run.objective_terms(
+            state, np.asarray(images[-2 * batch :]), np.asarray(labels[-2 * batch :])
+        )
+        self.assertIn('objective/loss', held_out)
+        self.assertTrue(all(np.isfinite(v) for v in held_out.values()), held_out)
         if config.objective in ('iwae', 'miwae', 'ciwae', 'piwae'):
             self.assertBetween(float(metrics['ess']), 1.0 - 1e-4, config.k_samples + 1e-4)
+            self.assertIn('objective/ess', held_out)
         if config.objective == 'beta_tcvae':
             for name in ('mi', 'tc', 'dwkl'):
                 self.assertIn(name, metrics)
             np.testing.assert_allclose(
                 metrics['mi'] + metrics['tc'] + metrics['dwkl'], metrics['kl'], rtol=1e-4
             )
+            for name in ('mi', 'tc', 'dwkl'):
+                self.assertIn(f'objective/{name}', held_out)
 
     def test_unknown_model_names_the_allowed_ones(self):
         with self.assertRaisesRegex(ValueError, 'configs/zoo.py:vq_vae.*miwae'):

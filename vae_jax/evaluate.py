@@ -123,6 +123,8 @@ def evaluate(
         'evaluated_by': 'vae_jax.evaluate',
         'eval_time_sec': round(time.time() - start, 2),
         **metrics,
+        # The training objective's own terms (ESS, beta-TCVAE's MI / TC / dimension-wise KL).
+        **run.objective_terms(state, images, labels),
     }
     path = workdir / output
     previous = json.loads(path.read_text()) if path.is_file() else {}

@@ -54,6 +54,10 @@ def root_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
 PER_MODEL_KEYS = ('seed', 'beta', 'sweep')
 
 
+# fold_in salt of the held-out objective terms (Run.objective_terms): their own noise.
+OBJECTIVE_SALT = 0x4F424A
+
+
 class Run:
     """Everything built from a config for one workdir: data, model, keys, jitted functions."""
 
@@ -168,7 +172,7 @@ class Run:
     ) -> dict[str, Any]:
         """Test-split metrics with the fixed eval key (comparable across steps and runs)."""
         images, labels = self.eval_split()
-        return evaluation.evaluate_dataset(
+        metrics = evaluation.evaluate_dataset(
             self.eval_key,
             images,
             labels,
@@ -180,6 +184,60 @@ class Run:
             dynamic_binarize=self.static.dynamic_binarize,
             return_per_example=return_per_example,
             model_fn=self.model_fn,
+        )
+        return {**metrics, **self.objective_terms(state, images, labels)}
+
+    def objective_terms(
+        self, state: steps.TrainState, images: np.ndarray, labels: np.ndarray
+    ) -> dict[str, float]:
+        """The training objective's terms on held-out data, in evaluation mode.
+
+        Whatever the objective reports (the ESS of the IWAE family, beta-TCVAE's MI, TC and
+        dimension-wise KL, ...), averaged over the examples, in batches of the training batch
+        size (beta-TCVAE's estimator depends on it); a last partial batch is left out. The key
+        is fold_in(eval_key, OBJECTIVE_SALT), then fold_in(., batch index).
+
+        Returns:
+          {'objective/<term>': mean}; empty when the data is smaller than one batch.
+        """
+        batch = self.config.input.batch_size
+        num_batches = images.shape[0] // batch
+        if num_batches == 0:
+            return {}
+        fn = self._objective_terms_fn
+        key = jax.random.fold_in(self.eval_key, OBJECTIVE_SALT)
+        sums: dict[str, float] = {}
+        for i in range(num_batches):
+            rows = slice(i * batch, (i + 1) * batch)
+            terms = jax.device_get(
+                fn(
+                    state.params,
+                    state.batch_stats,
+                    jax.random.fold_in(key, i),
+                    jnp.asarray(images[rows], jnp.float32),
+                    jnp.asarray(labels[rows], jnp.int32),
+                    jnp.asarray(self.config.beta, jnp.float32),
+                )
+            )
+            for name, values in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(np.sum(values, dtype=np.float64))
+        count = num_batches * batch
+        return {f'objective/{name}': total / count for name, total in sums.items()}
+
+    @functools.cached_property
+    def _objective_terms_fn(self) -> Callable[..., Any]:
+        return jax.jit(
+            lambda params, stats, key, images, labels, beta: steps.batch_terms(
+                params,
+                stats,
+                key,
+                images,
+                labels,
+                beta,
+                apply_fn=self.model.apply,
+                static=self.static,
+                train=False,
+            )[0]
         )
 
     def eval_split(self) -> tuple[np.ndarray, np.ndarray]:
