@@ -17,7 +17,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from configs import default, zoo
-from vae_jax import config_validation, data, models, steps, trainer
+from vae_jax import config_validation, data, evaluation, models, steps, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_NAMES = sorted(p.stem for p in (REPO / 'configs').glob('*.py') if p.stem != '__init__')
@@ -67,9 +67,10 @@ def _trained(name):
     config = _small_config(name)
     run = trainer.Run(config)
     # A jitted init: eager Flax init dispatches (and compiles) op by op, slow for conv models.
-    x = jnp.zeros(run.data_shape, jnp.float32)
-    y = jnp.zeros((), jnp.int32) if config.model.use_labels else None
-    variables = jax.jit(functools.partial(run.model.init, train=False))(run.init_key, x, y)
+    use_labels = bool(config.model.use_labels)
+    variables = jax.jit(
+        lambda key: models.init_variables(run.model, key, run.data_shape, use_labels)
+    )(run.init_key)
     state = steps.TrainState.create(
         apply_fn=run.model.apply,
         params=variables['params'],
@@ -103,8 +104,10 @@ class ConfigFilesTest(parameterized.TestCase):
     @parameterized.named_parameters((n, n) for n in CONFIG_NAMES)
     def test_loads_locks_validates_and_builds(self, name):
         config = _get_config(name)
-        # Every key lives in default.py: a config only changes values.
-        self.assertEqual(_flat_keys(config), _flat_keys(default.get_config()))
+        # Every key lives in default.py: a config only changes values (the keyword arguments of
+        # a model.module are the module's own).
+        keys = {k for k in _flat_keys(config) if not k.startswith('model.module_kwargs.')}
+        self.assertEqual(keys, _flat_keys(default.get_config()))
         config.lock()
         with self.assertRaises(AttributeError):
             config.betta = 4.0
@@ -112,15 +115,18 @@ class ConfigFilesTest(parameterized.TestCase):
         data_shape = data.data_shape(config.input)
         model = models.create_model(config.model, data_shape, config.objective)
         variables = jax.eval_shape(
-            lambda: model.init(
-                jax.random.key(0),
-                jnp.zeros(data_shape),
-                jnp.zeros((), jnp.int32) if config.model.use_labels else None,
-                train=False,
+            lambda: models.init_variables(
+                model, jax.random.key(0), data_shape, bool(config.model.use_labels)
             )
         )
-        self.assertEqual(set(variables['params']), {'encoder', 'decoder'})
-        static = steps.StepConfig.from_config(config, data_shape)
+        static = steps.StepConfig.from_config(config, data_shape, model)
+        if config.model.module is not None:  # a protocol model: its own parameters
+            self.assertIsInstance(model, models.LatentVariableModel)
+            self.assertIsNotNone(static.latent_shapes)
+            return
+        extra = {'standard_normal': set(), 'mog': {'prior_mixture'}, 'vamp': {'pseudo_inputs'}}
+        expected = {'encoder', 'decoder'} | extra[config.model.prior.name]
+        self.assertEqual(set(variables['params']), expected)
         z = jax.ShapeDtypeStruct((5, config.model.latent_dim), jnp.float32)
         y = jnp.zeros((), jnp.int32) if config.model.use_labels else None
         px = jax.eval_shape(
@@ -157,6 +163,26 @@ class TrainOnDataTest(parameterized.TestCase):
         )
         self.assertTrue(all(jax.tree.leaves(changed)), f'{name}: a parameter did not move')
         images, labels = run.eval_split()
+        if run.model_fn is not None:  # evaluated through the log-weights (layers, priors)
+            result = evaluation.evaluate_dataset(
+                run.eval_key,
+                images,
+                labels,
+                run.bind_fn,
+                run.variables(states[-1]),
+                k_list=(2,),
+                nll_k=8,
+                dynamic_binarize=run.static.dynamic_binarize,
+                model_fn=run.model_fn,
+            )
+            for key in ('elbo', 'iwae_k2', 'nll'):
+                self.assertTrue(np.isfinite(result[key]), f'{name}: {key}={result[key]}')
+            if run.static.latent_shapes is not None:
+                names = {n for n, _ in run.static.latent_shapes}
+                for layer in names:
+                    self.assertIn(f'active_units/{layer}', result)
+        if run.bind_fn is None:  # no decoder to draw with
+            return
         recon = _reconstruct(run.bind_fn, run.variables(states[-1]), images, labels)
         self.assertEqual(recon.shape, images.shape)
         self.assertTrue(np.all(np.isfinite(recon)))

@@ -427,7 +427,7 @@ def evaluate_dataset(
       progress: optional callback(num_done, num_total) after each batch.
       model_fn: (variables, x, y) -> `losses.LatentModel` (e.g. `steps.make_model_fn`): evaluate
         through the log-weights of any model (several stochastic layers, learned priors); then
-        `bind` is unused and active units are also counted per layer ('active_units_per_layer').
+        `bind` is unused and active units are also counted per layer ('active_units/<latent>').
       return_per_example: also return 'per_example': dict of numpy arrays over the N examples
         ('elbo', 'recon', 'kl', 'iwae_k{k}', 'log_px' [N]; 'kl_per_dim', 'posterior_mean'
         [N, D]; those that apply), e.g. for a latent scatter plot or per-example NLLs.
@@ -560,6 +560,7 @@ def _summarise(
     else:  # Several stochastic layers: counted per layer (Burda et al. 2016, Table 2).
         per_layer = {name: active_units(values) for name, values in layers.items()}
         summary['active_units'] = sum(count for count, _ in per_layer.values())
-        summary['active_units_per_layer'] = {name: c for name, (c, _) in per_layer.items()}
-        summary['posterior_mean_variance'] = {n: v.tolist() for n, (_, v) in per_layer.items()}
+        for name, (count, variances) in per_layer.items():
+            summary[f'active_units/{name}'] = count
+            summary[f'posterior_mean_variance/{name}'] = variances.tolist()
     return summary

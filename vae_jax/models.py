@@ -1,10 +1,11 @@
-"""The model protocol, and the built-in layer-spec models (VAE / CVAE / autoencoder).
+"""The built-in layer-spec models (VAE / CVAE / autoencoder), and building any model.
 
-Any Flax Linen module that follows `LatentVariableModel` (below) trains, evaluates and sweeps with
-vae_jax: name it in the config (`model.module='my_pkg.my_models:MyVAE'`, keyword arguments from
-`model.module_kwargs`) or pass it from Python (`trainer.train_and_evaluate(config, workdir,
-model=MyVAE(...))`). `VAE` below is one implementation of the protocol (built from layer-spec
-strings, with the priors of `priors.py`); `two_layer.TwoLayerVAE` is another.
+Any Flax Linen module that follows `LatentVariableModel` (protocol.py, re-exported here)
+trains, evaluates and sweeps with vae_jax: name it in the config
+(`model.module='my_pkg.my_models:MyVAE'`, keyword arguments from `model.module_kwargs`) or pass
+it from Python (`trainer.train_and_evaluate(config, workdir, model=MyVAE(...))`). `VAE` below
+is one implementation of the protocol (built from layer-spec strings, with the priors of
+`priors.py`); `two_layer.TwoLayerVAE` is another.
 
 One module, `VAE`, covers the three models: `model.use_labels` makes it a conditional VAE, and
 objective 'autoencoder' gives it a deterministic code (posterior 'delta', P = latent_dim).
@@ -40,8 +41,7 @@ training); `train=False` uses them and leaves them unchanged.
 from __future__ import annotations
 
 import functools
-import importlib
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -51,80 +51,16 @@ import ml_collections
 from vae_jax import distributions, priors
 from vae_jax import layers as layers_lib
 from vae_jax.layers import LayerSpec
+from vae_jax.protocol import (  # noqa: F401 -- re-exported: models.LatentVariableModel etc.
+    PROTOCOL_METHODS,
+    LatentVariableModel,
+    build_module,
+    check_protocol,
+    import_module_class,
+    init_all,
+)
 
 Array = jax.Array
-PROTOCOL_METHODS = ('sample_posterior', 'log_posterior', 'log_likelihood', 'log_prior')
-
-
-@runtime_checkable
-class LatentVariableModel(Protocol):
-    """The model protocol: what a Flax Linen module needs to train with vae_jax.
-
-    A model is a latent-variable model p(x, z) = p(x | z) p(z) with an inference model q(z | x).
-    Its latent z is a pytree of arrays, a dict with one entry per stochastic layer (e.g.
-    {'z1': [100], 'z2': [50]}). Modules hold parameters and deterministic maps only: the library
-    draws the noise (standard normal) and the module turns it into a sample, so no method uses
-    Flax rng streams. Every method takes ONE example x [*event] and latents with a leading sample
-    axis K on every leaf; training vmaps the methods over the batch, so the network sees the
-    whole batch at once. Each method also takes `y` (the example's int label, or None unless
-    `model.use_labels`) and `train` (True inside the train step: BatchNorm-like layers may use
-    it; ignore it otherwise). Parameters may be created in any of the methods: the library
-    initialises a module by calling all four.
-
-    Members:
-      latent_shapes: {name: shape of one sample of that latent}, e.g. {'z': (8,)}; readable on
-        the unbound module (a dataclass field, or a property computed from fields).
-      sample_posterior(x, noise, y=None, train=False) -> z: a reparameterised sample from
-        q(z | x). noise has z's structure, leaves [K, *shape] drawn from N(0, I); z must be a
-        differentiable function of the noise and of the parameters (e.g. loc + scale * noise,
-        layer by layer for a hierarchy).
-      log_posterior(x, z, y=None, train=False) -> [K] log q(z | x). Compute it from x and z
-        alone (do not reuse the sampling pass): for sticking-the-landing and DReG the library
-        calls it with stop-gradient copies of the parameters and live z.
-      log_likelihood(x, z, y=None, train=False) -> [K] log p(x | z).
-      log_prior(z, y=None, train=False) -> [K] log p(z); the prior may have parameters (a
-        learned mixture, a VampPrior, a hierarchy p(z2) p(z1 | z2)).
-
-    Every objective (`losses.model_elbo`, `losses.model_iwae` with reparam, STL and DReG
-    gradients) is a function of log w = log p(x | z) + log p(z) - log q(z | x). Objectives that
-    need a one-layer encode/decode form (the autoencoder, free bits, analytic KL) are available
-    for `VAE` only and raise a ValueError otherwise.
-
-    Example (a one-layer Gaussian VAE with a Bernoulli likelihood on flat x [M]):
-
-        class MyVAE(nn.Module):
-            latent_dim: int = 8
-
-            @property
-            def latent_shapes(self):
-                return {'z': (self.latent_dim,)}
-
-            def _q(self, x):
-                h = nn.Dense(2 * self.latent_dim, name='encoder')(x)
-                return h[: self.latent_dim], jax.nn.softplus(h[self.latent_dim :])
-
-            def sample_posterior(self, x, noise, y=None, train=False):
-                loc, scale = self._q(x)
-                return {'z': loc[None] + scale[None] * noise['z']}
-
-            def log_posterior(self, x, z, y=None, train=False):
-                loc, scale = self._q(x)
-                return jax.vmap(lambda z: normal_log_pdf(z, loc, scale).sum())(z['z'])
-            ...
-    """
-
-    @property
-    def latent_shapes(self) -> dict[str, tuple[int, ...]]: ...
-
-    def sample_posterior(
-        self, x: Array, noise: Any, y: Array | None = None, train: bool = False
-    ): ...
-
-    def log_posterior(self, x: Array, z: Any, y: Array | None = None, train: bool = False): ...
-
-    def log_likelihood(self, x: Array, z: Any, y: Array | None = None, train: bool = False): ...
-
-    def log_prior(self, z: Any, y: Array | None = None, train: bool = False): ...
 
 
 def _flatten_batch(x: Array, event_ndim: int) -> tuple[Array, tuple[int, ...]]:
@@ -513,73 +449,6 @@ class VAE(nn.Module):
         return jax.vmap(self.prior_distribution(train=train).log_prob)(z['z'])
 
 
-def import_module_class(path: str) -> type:
-    """The class named by `model.module`, 'package.module:ClassName'.
-
-    Raises:
-      ValueError: the path is malformed, the module does not import, or it has no such class.
-    """
-    if not isinstance(path, str) or path.count(':') != 1 or not all(path.split(':')):
-        raise ValueError(
-            f"model.module={path!r} must look like 'package.module:ClassName' "
-            "(e.g. 'my_pkg.my_models:MyVAE')."
-        )
-    module_name, class_name = path.split(':')
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(
-            f'model.module={path!r}: cannot import {module_name!r} ({e}); it must be importable '
-            'from the working directory or PYTHONPATH.'
-        ) from e
-    if not hasattr(module, class_name):
-        raise ValueError(f'model.module={path!r}: module {module_name!r} has no {class_name!r}.')
-    return getattr(module, class_name)
-
-
-def check_protocol(model: Any, where: str = 'model') -> None:
-    """Raises a ValueError naming what `model` lacks of `LatentVariableModel`."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f'{where}: {type(model).__name__} is not a Flax Linen module.')
-    missing = [name for name in PROTOCOL_METHODS if not callable(getattr(model, name, None))]
-    try:
-        shapes = model.latent_shapes
-    except Exception as e:  # noqa: BLE001 -- reported with the cause below
-        missing.append(f'latent_shapes ({type(e).__name__}: {e})')
-        shapes = None
-    if missing:
-        raise ValueError(
-            f'{where}: {type(model).__name__} does not follow the model protocol '
-            f'(vae_jax.models.LatentVariableModel); missing: {", ".join(missing)}.'
-        )
-    ok = (
-        isinstance(shapes, dict)
-        and shapes
-        and all(
-            isinstance(k, str) and isinstance(v, tuple) and all(isinstance(d, int) for d in v)
-            for k, v in shapes.items()
-        )
-    )
-    if not ok:
-        raise ValueError(
-            f'{where}: {type(model).__name__}.latent_shapes must be a non-empty dict of '
-            f'name -> tuple of ints, got {shapes!r}.'
-        )
-
-
-def _init_all(module: Any, x: Array, y: Array | None) -> Array:
-    """Calls the four protocol methods once (K = 1), so that every parameter is created."""
-    noise = {
-        name: jnp.zeros((1, *shape), jnp.float32) for name, shape in module.latent_shapes.items()
-    }
-    z = module.sample_posterior(x, noise, y=y, train=False)
-    return (
-        module.log_posterior(x, z, y=y, train=False)
-        + module.log_likelihood(x, z, y=y, train=False)
-        + module.log_prior(z, y=y, train=False)
-    )
-
-
 def init_variables(
     model: nn.Module, key: Array, data_shape: tuple[int, ...], use_labels: bool
 ) -> dict[str, Any]:
@@ -592,7 +461,7 @@ def init_variables(
     y = jnp.zeros((), jnp.int32) if use_labels else None
     if isinstance(model, VAE):
         return model.init(key, x, y, train=False)
-    return model.init(key, x, y, method=_init_all)
+    return model.init(key, x, y, method=init_all)
 
 
 def create_model(
@@ -657,19 +526,6 @@ def create_model(
     layers_lib.parse_spec(c.encoder, 'model.encoder')
     layers_lib.parse_spec(c.decoder, 'model.decoder', allow_out=True)
     return check_model(model, data_shape, model.use_labels, where='model')
-
-
-def build_module(path: str, kwargs: dict[str, Any]) -> nn.Module:
-    """`ClassName(**kwargs)` for `model.module` = path.
-
-    Raises:
-      ValueError: the class cannot be found or does not accept the keyword arguments.
-    """
-    cls = import_module_class(path)
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ValueError(f'model.module={path!r} with model.module_kwargs={kwargs!r}: {e}') from e
 
 
 def check_model(
