@@ -68,6 +68,19 @@ def _train_seconds_at(train: list[dict]) -> list[tuple[int, float]]:
     return out
 
 
+def _active_units(result: dict) -> str | None:
+    """Active units; per stochastic layer for hierarchies. An IAF model's base sample 'z0' is
+    not a layer of its own (its 'z' is the latent), so it is left out."""
+    per_layer = {k: v for k, v in (result.get('active_units_per_layer') or {}).items() if k != 'z0'}
+    if not per_layer:
+        count = result.get('active_units')
+        return None if count is None else str(count)
+    if len(per_layer) == 1:
+        return str(next(iter(per_layer.values())))
+    parts = ' + '.join(f'{v} ({k})' for k, v in sorted(per_layer.items()))
+    return f'{sum(per_layer.values())} = {parts}'
+
+
 def _samples(config: dict) -> str:
     k = config['k_samples']
     objective = config['objective']
@@ -124,7 +137,7 @@ def rows(workdirs: Path) -> list[dict]:
                 'neg_elbo': None if result.get('elbo') is None else -result['elbo'],
                 'kl': result.get('kl'),
                 'recon': result.get('recon'),
-                'active_units': result.get('active_units'),
+                'active_units': _active_units(result),
                 'passes': step / STEPS_PER_PASS,
                 'train_seconds': timing.get('train_seconds'),
                 's_per_epoch': seconds[-1][1] / (step / STEPS_PER_PASS) if seconds else None,
@@ -158,8 +171,8 @@ def table(models: list[dict]) -> str:
         )
         lines.append(
             f'| {i} | {r["model"]} | {r["objective"]} | {r["posterior / prior"]} | {r["samples"]} '
-            f'| {nll} | {_fmt(r["neg_elbo"])} | {_fmt(r["kl"])} | {_fmt(r["active_units"], "d")} '
-            f'| {r["passes"]:.0f} | {wall} | {_fmt(r["s_per_epoch"], ".1f")} | {published} |'
+            f'| {nll} | {_fmt(r["neg_elbo"])} | {_fmt(r["kl"])} | {r["active_units"] or "-"} '
+            f'| {r["passes"]:.3g} | {wall} | {_fmt(r["s_per_epoch"], ".1f")} | {published} |'
         )
     return '\n'.join(lines)
 
