@@ -71,7 +71,11 @@ def _train_seconds_at(train: list[dict]) -> list[tuple[int, float]]:
 def _active_units(result: dict) -> str | None:
     """Active units; per stochastic layer for hierarchies. An IAF model's base sample 'z0' is
     not a layer of its own (its 'z' is the latent), so it is left out."""
-    per_layer = {k: v for k, v in (result.get('active_units_per_layer') or {}).items() if k != 'z0'}
+    per_layer = {
+        k.split('/', 1)[1]: v
+        for k, v in result.items()
+        if k.startswith('active_units/') and k != 'active_units/z0'
+    }
     if not per_layer:
         count = result.get('active_units')
         return None if count is None else str(count)
