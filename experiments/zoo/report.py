@@ -185,16 +185,17 @@ def plot(models: list[dict], path: Path) -> None:
     """Test -IWAE_50 of the periodic evaluations (an upper bound on the NLL) against training
     seconds, and each model's final NLL as a marker at its end."""
     fig, ax = plt.subplots(figsize=(8, 5))
-    for r in models:
+    colors = plt.get_cmap('tab20').colors  # 14 models: tab10 would repeat colours
+    for i, r in enumerate(models):
         if not r['curve'] and r['nll'] is None:
             continue
         xs = [s / 60 for s, _ in r['curve']]
         ys = [v for _, v in r['curve']]
-        (line,) = ax.plot(xs, ys, label=r['model'], lw=1)
+        (line,) = ax.plot(xs, ys, label=r['model'], lw=1, color=colors[i % len(colors)])
         if r['nll'] is not None and r['curve']:
             ax.plot([xs[-1]], [r['nll']], 'o', color=line.get_color(), ms=4)
     ax.set_xlabel('training time (min, from steps/s; evaluations excluded)')
-    ax.set_ylabel('test NLL (dots: k=5000) / -IWAE_50 (lines), nats')
+    ax.set_ylabel('test -IWAE_50 (lines), final NLL (dots), nats')
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
