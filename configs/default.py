@@ -14,11 +14,22 @@ from ml_collections import config_dict
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.objective = 'elbo'  # 'elbo' | 'iwae' | 'autoencoder'
+    # 'elbo' | 'iwae' | 'autoencoder' | 'miwae' | 'ciwae' | 'piwae' | 'beta_tcvae'
+    # (the last four: vae_jax/zoo_objectives.py, options below).
+    c.objective = 'elbo'
     c.beta = 1.0  # KL weight (beta-VAE); traced, so sweeping it does not recompile.
     c.beta_warmup_steps = 0  # linear 0 -> beta over this many steps; 0 = constant beta.
     c.k_samples = 1  # samples per example: IWAE k, or the Monte-Carlo ELBO's k. Static.
     c.gradient_estimator = 'reparam'  # iwae only: 'reparam' | 'stl' | 'dreg'
+    # Options of the zoo's objectives (Rainforth et al. 2018; Chen et al. 2018). k_samples is
+    # the total number of samples per example; beta stays the weight on log p(z) - log q(z|x)
+    # inside the log-weights, and for beta_tcvae it is the total-correlation weight.
+    c.miwae_m = 1  # miwae: M groups of k_samples / M samples (M divides k_samples). Static.
+    c.ciwae_beta = 0.5  # ciwae: weight of the ELBO in beta * ELBO + (1 - beta) * IWAE, in [0, 1]
+    c.piwae_m = 1  # piwae: the encoder's IWAE group size M (divides k_samples). Static.
+    c.tcvae_alpha = 1.0  # beta_tcvae: weight on the index-code mutual information
+    c.tcvae_gamma = 1.0  # beta_tcvae: weight on the dimension-wise KL
+    c.tcvae_estimator = 'mws'  # beta_tcvae: 'mws' (minibatch weighted) | 'mss' (stratified)
     c.analytic_kl = True  # elbo only: closed-form KL where it exists, else Monte Carlo.
     c.kl_samples = 1  # Monte-Carlo KL samples when analytic_kl is False.
     c.free_bits = 0.0  # elbo only: minimum KL (nats) per latent dimension in the loss.

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from configs import default
+from configs import default, zoo
 from vae_jax import config_validation, data, evaluation, models, steps, trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,6 +291,59 @@ class ConditionalTest(absltest.TestCase):
         np.testing.assert_allclose(again[0], images[0], rtol=1e-5, atol=1e-6)
         _, decode = run.bind_fn(variables, jnp.asarray(4, jnp.int32))
         np.testing.assert_allclose(decode(z[:1]).mean()[0], images[4], rtol=1e-5, atol=1e-6)
+
+
+class ZooConfigsTest(parameterized.TestCase):
+    """configs/zoo.py:<model>: each validates and trains a few steps with finite metrics."""
+
+    @parameterized.named_parameters((m, m) for m in zoo.MODELS)
+    def test_trains_a_few_steps_with_finite_metrics(self, model):
+        config = zoo.get_config(model)
+        _skip_without_data(self, config)
+        config.input.data_dir = str(DATA_DIR)
+        config.input.num_train_examples = NUM_TRAIN
+        config.input.num_test_examples = NUM_TEST
+        config.lock()
+        run = trainer.Run(config)
+        state = run.create_train_state()
+        start = jax.device_get(state.params)
+        train_step = jax.jit(functools.partial(steps.train_step, static=run.static))
+        images = jnp.asarray(run.train_data['image'])
+        labels = jnp.asarray(run.train_data['label'])
+        batch = config.input.batch_size
+        for i in range(NUM_STEPS):
+            rows = slice(i * batch, (i + 1) * batch)
+            state, metrics = train_step(
+                state, images[rows], labels[rows], run.loop_key, jnp.float32(config.beta)
+            )
+            for k, v in jax.device_get(metrics).items():
+                self.assertTrue(np.isfinite(v), f'{model} step {i}: {k}={v}')
+        self.assertEqual(int(state.step), NUM_STEPS)
+        moved = jax.tree.map(
+            lambda a, b: not np.array_equal(a, b), start, jax.device_get(state.params)
+        )
+        self.assertTrue(all(jax.tree.leaves(moved)), f'{model}: a parameter did not move')
+        # The objective's terms on held-out data (eval.json): two batches in evaluation mode.
+        held_out = run.objective_terms(
+            state, np.asarray(images[-2 * batch :]), np.asarray(labels[-2 * batch :])
+        )
+        self.assertIn('objective/loss', held_out)
+        self.assertTrue(all(np.isfinite(v) for v in held_out.values()), held_out)
+        if config.objective in ('iwae', 'miwae', 'ciwae', 'piwae'):
+            self.assertBetween(float(metrics['ess']), 1.0 - 1e-4, config.k_samples + 1e-4)
+            self.assertIn('objective/ess', held_out)
+        if config.objective == 'beta_tcvae':
+            for name in ('mi', 'tc', 'dwkl'):
+                self.assertIn(name, metrics)
+            np.testing.assert_allclose(
+                metrics['mi'] + metrics['tc'] + metrics['dwkl'], metrics['kl'], rtol=1e-4
+            )
+            for name in ('mi', 'tc', 'dwkl'):
+                self.assertIn(f'objective/{name}', held_out)
+
+    def test_unknown_model_names_the_allowed_ones(self):
+        with self.assertRaisesRegex(ValueError, 'configs/zoo.py:vq_vae.*miwae'):
+            zoo.get_config('vq_vae')
 
 
 if __name__ == '__main__':

@@ -211,6 +211,8 @@ class EvaluateDatasetTest(parameterized.TestCase):
         # Bounds in the right order (these gaps are many standard errors wide).
         self.assertLess(result['iwae_k1'], result['iwae_k4'])
         self.assertLess(result['iwae_k4'], -result['nll'])
+        # An imperfect q: the ESS of the 4 weights lies strictly inside [1, 4].
+        self.assertBetween(result['ess_k4'], 1.0 + 1e-3, 4.0 - 1e-3)
 
     def test_exact_posterior_every_estimate_is_log_px(self):
         n = 8
@@ -229,6 +231,8 @@ class EvaluateDatasetTest(parameterized.TestCase):
         for name in ('iwae_k1', 'iwae_k10'):
             np.testing.assert_allclose(result[name], exact, atol=1e-4, err_msg=name)
         np.testing.assert_allclose(-result['nll'], exact, atol=1e-4)
+        # With the exact posterior every importance weight is p(x): the ESS is all K samples.
+        np.testing.assert_allclose(result['ess_k10'], 10.0, rtol=1e-3)
         # The analytic-KL ELBO uses one sample for the reconstruction term: exact in mean only.
         self.assertLess(abs(result['elbo'] - exact), 2.0)
 

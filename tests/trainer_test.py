@@ -293,5 +293,24 @@ class CommandLineTest(absltest.TestCase):
         self.assertIn('test ELBO', proc.stdout)
 
 
+class ScalarMetricsTest(absltest.TestCase):
+    def test_dicts_of_scalars_are_flattened_and_lists_left_out(self):
+        metrics = {
+            'elbo': -90.5,
+            'nll': None,
+            'kl_per_dim': [0.1, 0.2],
+            'active_units_per_layer': {'z1': 20, 'z2': 5},
+            'posterior_mean_variance': {'z1': [0.1], 'z2': [0.2]},
+        }
+        self.assertEqual(
+            trainer.scalar_metrics(metrics, 'eval'),
+            {
+                'eval/elbo': -90.5,
+                'eval/active_units_per_layer/z1': 20.0,
+                'eval/active_units_per_layer/z2': 5.0,
+            },
+        )
+
+
 if __name__ == '__main__':
     absltest.main()

@@ -14,7 +14,8 @@ import ml_collections
 
 from vae_jax import data
 
-OBJECTIVES = ('elbo', 'iwae', 'autoencoder')
+OBJECTIVES = ('elbo', 'iwae', 'autoencoder', 'miwae', 'ciwae', 'piwae', 'beta_tcvae')
+TCVAE_ESTIMATORS = ('mws', 'mss')
 GRADIENT_ESTIMATORS = ('reparam', 'stl', 'dreg')
 LOOPS = ('scan', 'unroll')
 BINARIZE = ('none', 'static', 'dynamic')
@@ -82,6 +83,27 @@ def _requires(config, key: str, applies: bool, condition: str, allowed: str) -> 
         )
 
 
+def _zoo_options(config: ml_collections.ConfigDict) -> None:
+    """The options of the zoo's objectives (MIWAE, CIWAE, PIWAE, beta-TCVAE)."""
+    for key in ('miwae_m', 'piwae_m'):
+        _int_at_least(config, key, 1)
+        objective = key.split('_')[0]
+        if config.objective == objective and config.k_samples % config[key]:
+            raise ValueError(
+                f'config.{key}={config[key]} must divide config.k_samples={config.k_samples} '
+                f'(objective {objective!r}); allowed: a divisor of {config.k_samples}'
+            )
+    _number(config, 'ciwae_beta', lambda v: 0 <= v <= 1, 'a number in [0, 1]')
+    for key in ('tcvae_alpha', 'tcvae_gamma'):
+        _number(config, key, lambda v: v >= 0, 'a finite number >= 0')
+    _one_of(config, 'tcvae_estimator', TCVAE_ESTIMATORS)
+    if config.objective == 'beta_tcvae' and config.input.batch_size < 2:
+        raise ValueError(
+            f'config.input.batch_size={config.input.batch_size}: beta_tcvae estimates the '
+            'aggregate posterior from the other examples of the batch; allowed: >= 2'
+        )
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises `ValueError` naming the first bad key, its value and the allowed values.
 
@@ -104,6 +126,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"objective 'iwae' only (config.objective={config.objective!r}); allowed with this "
             "objective: 'reparam'"
         )
+    _zoo_options(config)
     _bool(config, 'analytic_kl')
     _int_at_least(config, 'kl_samples', 1)
     _number(config, 'free_bits', lambda v: v >= 0, 'a finite number >= 0 (nats per latent dim)')

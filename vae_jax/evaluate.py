@@ -71,9 +71,10 @@ def evaluate(
     workdir = Path(workdir)
     config = load_config(workdir)
     with_data_dir(config, data_dir)
-    parts = trained.build(config)
-    variables, step = trained.restore_variables(workdir, parts)
     train_data, test_data = data.get_datasets(config.input)
+    # The training set size only matters to beta-TCVAE's held-out terms.
+    parts = trained.build(config, dataset_size=train_data['image'].shape[0])
+    variables, step = trained.restore_variables(workdir, parts)
     split_data = test_data if split == 'test' else train_data
     images, labels = split_data['image'], split_data['label']
     if max_examples is not None:
@@ -119,6 +120,8 @@ def evaluate(
         **evaluation.bits_per_dim(
             metrics['nll'], likelihood=config.model.likelihood, **data.value_grid(config.input)
         ),
+        # The training objective's own terms (ESS, beta-TCVAE's MI / TC / dimension-wise KL).
+        **trained.objective_terms(parts, variables, eval_key, images, labels),
     }
     path = workdir / output
     previous = json.loads(path.read_text()) if path.is_file() else {}

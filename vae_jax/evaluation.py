@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import distributions, losses, steps
+from vae_jax import bounds, distributions, losses, steps
 
 Array = jax.Array
 
@@ -40,6 +40,9 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016), Sec. 5.2
 # Draws per example for E_q[z|x] of a several-layer model when no NLL is computed: the
 # Monte-Carlo error adds ~Var_q / 2000 <= 0.0005 to a unit's activity, 1/20 of the threshold.
 MEAN_SAMPLES = 2000
+# 'ess_k{K}' (K = the largest eval k, if any): the effective sample size of K importance
+# weights, drawn with fold_in(example key, ESS_SALT) so the other metrics keep their values.
+ESS_SALT = 0x455353
 
 
 def _log_weights(
@@ -238,6 +241,11 @@ def _model_example_metrics(
         out[f'iwae_k{k}'], _ = model_log_likelihood(
             iwae_key, model, k_samples=k, chunk_size=chunk_size
         )
+    if k_list:
+        k_ess = max(k_list)
+        out[f'ess_k{k_ess}'] = bounds.ess(
+            losses.model_log_weights(jax.random.fold_in(key, ESS_SALT), model, k_samples=k_ess)
+        )
     if nll_k:
         out['log_px'], means = model_log_likelihood(
             nll_key, model, k_samples=nll_k, chunk_size=chunk_size
@@ -317,6 +325,13 @@ def _example_metrics(
     for k, iwae_key in zip(k_list, iwae_keys, strict=True):
         out[f'iwae_k{k}'] = log_likelihood(
             iwae_key, x, encode, decode, k_samples=k, chunk_size=chunk_size
+        )
+    if k_list:
+        k_ess = max(k_list)
+        out[f'ess_k{k_ess}'] = bounds.ess(
+            losses.log_importance_weights(
+                jax.random.fold_in(key, ESS_SALT), x, encode, decode, k_samples=k_ess
+            )
         )
     if nll_k:
         out['log_px'] = log_likelihood(
@@ -420,6 +435,7 @@ def evaluate_dataset(
     Returns:
       dict of Python floats unless noted: 'num_examples' (int); 'elbo' (mean analytic-KL ELBO,
       nats), 'recon' (mean -E_q log p(x|z), 1 sample), 'kl' (mean KL(q||p)); 'iwae_k{k}' per k;
+      'ess_k{K}' (mean effective sample size of K = max(k_list) importance weights, in [1, K]);
       'nll' (-mean log p(x) with nll_k samples; None if nll_k == 0; `bits_per_dim` turns it
       into bits per dimension where that is defined); 'recon_error' (mean
       over examples and data values of (E[x|z=mean q] - x)^2); 'kl_per_dim' (list [D], mean over
@@ -519,6 +535,9 @@ def _summarise(
     log_px = mean('log_px')
     summary['nll'] = None if log_px is None else -log_px
     summary['recon_error'] = mean('recon_error')
+    for name in sorted(per_example):
+        if name.startswith('ess_k'):
+            summary[name] = mean(name)
     kl_per_dim = per_example.get('kl_per_dim')
     summary['kl_per_dim'] = (
         None if kl_per_dim is None else np.mean(kl_per_dim, axis=0, dtype=np.float64).tolist()

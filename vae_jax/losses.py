@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vae_jax import distributions
+from vae_jax import bounds, distributions
 
 ESTIMATORS = ('reparam', 'stl', 'dreg')
 
@@ -430,6 +430,8 @@ def model_iwae(
         'recon': -jnp.mean(log_px),
         'kl': -jnp.mean(log_ratio),
         'elbo': jnp.mean(log_w_unweighted),
+        # Effective sample size of the K weights (value only): how many samples the bound uses.
+        'ess': bounds.ess(jax.lax.stop_gradient(log_w_unweighted)),
     }
 
 
@@ -552,7 +554,8 @@ def iwae(
 
     Returns:
         {'loss': -bound_beta, 'bound': log mean_k w_k at beta = 1, 'recon': -mean_k log p(x|z_k),
-         'kl': mean_k [log q(z_k) - log p(z_k)], 'elbo': mean_k log w_k at beta = 1},
+         'kl': mean_k [log q(z_k) - log p(z_k)], 'elbo': mean_k log w_k at beta = 1,
+         'ess': (sum_k w_k)^2 / sum_k w_k^2 at beta = 1 (bounds.ess)},
         all [] float32.
 
     Raises:
@@ -683,7 +686,9 @@ class Objective:
         fn: the objective.
         per_example: which of the two signatures `fn` has.
         options: names of the step options it takes, out of 'beta', 'k_samples', 'estimator',
-            'analytic_kl', 'kl_samples', 'free_bits'.
+            'analytic_kl', 'kl_samples', 'free_bits' and the zoo's 'miwae_m', 'ciwae_beta',
+            'piwae_m', 'tcvae_alpha', 'tcvae_gamma', 'tcvae_estimator', 'dataset_size'
+            (`steps.StepConfig.objective_fn`).
     """
 
     fn: Callable[..., dict[str, jax.Array]]
@@ -701,14 +706,17 @@ MODEL_OBJECTIVES: dict[str, Objective] = {
 
 
 def get_model_objective(name: str) -> Objective:
-    """The `Objective` called `name` (config key `objective`).
+    """The `Objective` called `name` (config key `objective`): these and `zoo_objectives`'.
 
     Raises:
         ValueError: naming the allowed objectives.
     """
-    if name not in MODEL_OBJECTIVES:
-        raise ValueError(f'objective={name!r} is not one of {tuple(MODEL_OBJECTIVES)}.')
-    return MODEL_OBJECTIVES[name]
+    from vae_jax import zoo_objectives  # imported here: it builds on this module
+
+    objectives = {**MODEL_OBJECTIVES, **zoo_objectives.MODEL_OBJECTIVES}
+    if name not in objectives:
+        raise ValueError(f'objective={name!r} is not one of {tuple(objectives)}.')
+    return objectives[name]
 
 
 def make_beta_fn(beta: float, warmup_steps: int) -> Callable[[jax.Array], jax.Array]:

@@ -60,7 +60,7 @@ class Run:
                 f'allowed: <= {num_train}'
             )
         self.steps_per_epoch = num_train // config.input.batch_size
-        self.parts = trained.build(config, self.data_shape, model)
+        self.parts = trained.build(config, self.data_shape, model, dataset_size=num_train)
         self.static, self.model, self.bind_fn = (
             self.parts.static,
             self.parts.model,
@@ -132,7 +132,7 @@ class Run:
     ) -> dict[str, Any]:
         """Test-split metrics with the fixed eval key (comparable across steps and runs)."""
         images, labels = self.eval_split()
-        return evaluation.evaluate_dataset(
+        metrics = evaluation.evaluate_dataset(
             self.eval_key,
             images,
             labels,
@@ -144,6 +144,15 @@ class Run:
             dynamic_binarize=self.static.dynamic_binarize,
             return_per_example=return_per_example,
             model_fn=self.parts.model_fn,
+        )
+        return {**metrics, **self.objective_terms(state, images, labels)}
+
+    def objective_terms(
+        self, state: steps.TrainState, images: np.ndarray, labels: np.ndarray
+    ) -> dict[str, float]:
+        """`trained.objective_terms` of this run's state (ESS, beta-TCVAE terms, ...)."""
+        return trained.objective_terms(
+            self.parts, self.variables(state), self.eval_key, images, labels
         )
 
     def eval_split(self) -> tuple[np.ndarray, np.ndarray]:

@@ -55,6 +55,15 @@ class StepConfig:
     event_ndims: int
     prior: str = 'standard_normal'
     latent_dim: int = 0
+    # Options of the zoo's objectives (configs/default.py); dataset_size is the number of
+    # training examples (beta-TCVAE's aggregate-posterior weights), set by the trainer.
+    miwae_m: int = 1
+    ciwae_beta: float = 0.5
+    piwae_m: int = 1
+    tcvae_alpha: float = 1.0
+    tcvae_gamma: float = 1.0
+    tcvae_estimator: str = 'mws'
+    dataset_size: int = 0
     # None: the built-in layer-spec `models.VAE`, bound as encode/decode closures (one encoder
     # pass per example; analytic KL and free bits). Otherwise the latents of a protocol model,
     # ((name, shape), ...), bound through its four methods.
@@ -66,6 +75,7 @@ class StepConfig:
         config: ml_collections.ConfigDict,
         data_shape: tuple[int, ...],
         model: Any = None,
+        dataset_size: int = 0,
     ):
         """The step configuration of `config`, for `model` (default: the config's built-in VAE).
 
@@ -103,6 +113,13 @@ class StepConfig:
             prior=m.prior.name,
             latent_dim=int(m.latent_dim),
             latent_shapes=latent_shapes,
+            miwae_m=int(config.miwae_m),
+            ciwae_beta=float(config.ciwae_beta),
+            piwae_m=int(config.piwae_m),
+            tcvae_alpha=float(config.tcvae_alpha),
+            tcvae_gamma=float(config.tcvae_gamma),
+            tcvae_estimator=config.tcvae_estimator,
+            dataset_size=int(dataset_size),
         )
 
     def objective_fn(self, beta: Array | float) -> tuple[losses.Objective, dict[str, Any]]:
@@ -115,6 +132,13 @@ class StepConfig:
             'analytic_kl': self.analytic_kl,
             'kl_samples': self.kl_samples,
             'free_bits': self.free_bits,
+            'miwae_m': self.miwae_m,
+            'ciwae_beta': self.ciwae_beta,
+            'piwae_m': self.piwae_m,
+            'tcvae_alpha': self.tcvae_alpha,
+            'tcvae_gamma': self.tcvae_gamma,
+            'tcvae_estimator': self.tcvae_estimator,
+            'dataset_size': self.dataset_size,
         }
         return objective, {name: options[name] for name in objective.options}
 

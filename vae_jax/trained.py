@@ -77,6 +77,7 @@ def build(
     config: ml_collections.ConfigDict,
     data_shape: tuple[int, ...] | None = None,
     model: nn.Module | None = None,
+    dataset_size: int = 0,
 ) -> ModelParts:
     """The model of `config` (or `model`, a module with the built-in VAE's interface).
 
@@ -84,6 +85,7 @@ def build(
       config: the experiment config (validated here).
       data_shape: one example's shape; default: computed from `config.input` without any data.
       model: a Flax module to use instead of the one `config.model` describes.
+      dataset_size: training examples (beta-TCVAE's minibatch weights); 0 where no step runs.
 
     Raises:
       ValueError: a bad config value (naming the key, the value and what is allowed).
@@ -96,7 +98,7 @@ def build(
         model = models.create_model(config.model, data_shape, config.objective)
     else:
         model = models.check_model(model, data_shape, bool(config.model.use_labels), where='model=')
-    static = steps.StepConfig.from_config(config, data_shape, model)
+    static = steps.StepConfig.from_config(config, data_shape, model, dataset_size=dataset_size)
     builtin = static.latent_shapes is None
     bind_fn = steps.make_bind_fn(model.apply, static) if builtin else None
     model_fn = None
@@ -311,3 +313,71 @@ def load(workdir: str | Path) -> TrainedModel:
     parts = build(read_config(workdir))
     variables, step = restore_variables(workdir, parts)
     return TrainedModel(parts, variables, step)
+
+
+# fold_in salt of the held-out objective terms (`objective_terms`): their own noise.
+OBJECTIVE_SALT = 0x4F424A
+
+
+def objective_terms(
+    parts: ModelParts,
+    variables: dict[str, Any],
+    eval_key: jax.Array,
+    images: np.ndarray,
+    labels: np.ndarray,
+) -> dict[str, float]:
+    """The training objective's terms on held-out data, in evaluation mode.
+
+    Whatever the objective reports (the ESS of the IWAE family, beta-TCVAE's MI, TC and
+    dimension-wise KL, ...), averaged over the examples, in batches of the training batch size
+    (beta-TCVAE's estimator depends on it); a last partial batch is left out. The key is
+    fold_in(eval_key, OBJECTIVE_SALT), then fold_in(., batch index).
+
+    Args:
+      parts: the model (`build`).
+      variables: {'params', optional 'batch_stats'}.
+      eval_key: the run's evaluation key.
+      images: [N, *data_shape]; labels: [N].
+
+    Returns:
+      {'objective/<term>': mean}; empty when the data is smaller than one batch.
+    """
+    batch = int(parts.config.input.batch_size)
+    num_batches = images.shape[0] // batch
+    if num_batches == 0:
+        return {}
+    fn = _objective_terms_fn(parts)
+    key = jax.random.fold_in(eval_key, OBJECTIVE_SALT)
+    sums: dict[str, float] = {}
+    for i in range(num_batches):
+        rows = slice(i * batch, (i + 1) * batch)
+        terms = jax.device_get(
+            fn(
+                variables['params'],
+                variables.get('batch_stats', {}),
+                jax.random.fold_in(key, i),
+                jnp.asarray(images[rows], jnp.float32),
+                jnp.asarray(labels[rows], jnp.int32),
+                jnp.asarray(parts.config.beta, jnp.float32),
+            )
+        )
+        for name, values in terms.items():
+            sums[name] = sums.get(name, 0.0) + float(np.sum(values, dtype=np.float64))
+    count = num_batches * batch
+    return {f'objective/{name}': total / count for name, total in sums.items()}
+
+
+def _objective_terms_fn(parts: ModelParts) -> Callable[..., Any]:
+    return jax.jit(
+        lambda params, stats, key, images, labels, beta: steps.batch_terms(
+            params,
+            stats,
+            key,
+            images,
+            labels,
+            beta,
+            apply_fn=parts.model.apply,
+            static=parts.static,
+            train=False,
+        )[0]
+    )

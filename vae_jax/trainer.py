@@ -55,9 +55,17 @@ PROGRESS_SECONDS = 30.0
 
 
 def scalar_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
-    return {
-        f'{prefix}/{k}': float(v) for k, v in metrics.items() if v is not None and np.ndim(v) == 0
-    }
+    """The scalar entries as '{prefix}/{name}'; a dict of scalars (e.g. active units per
+    stochastic layer) as '{prefix}/{name}/{key}'; lists and None are left out."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            for name, inner in v.items():
+                if inner is not None and not isinstance(inner, dict) and np.ndim(inner) == 0:
+                    out[f'{prefix}/{k}/{name}'] = float(inner)
+        elif v is not None and np.ndim(v) == 0:
+            out[f'{prefix}/{k}'] = float(v)
+    return out
 
 
 class StoppedBySignal(KeyboardInterrupt):
