@@ -188,22 +188,29 @@ class Trainer:
       steps_per_call: steps in one jitted call (None: 1,000 scanned for the dense models, 4
         unrolled for the conv model).
       seed: for the parameters and the noise.
+      batch_size: None: the workload's own.
     """
 
-    def __init__(self, name: str, *, steps_per_call: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        name: str,
+        *,
+        steps_per_call: int | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+    ):
         workload = workloads.WORKLOADS[name]
-        batch = workload.batch_size
+        batch = batch_size or workload.batch_size
         if workload.family == 'dense':
             model = DenseVAE()
             loss = functools.partial(dense_loss, model=model, k=workload.k_samples)
             loop, default_steps, options = 'scan', 1000, None
-            images = workloads.train_images(name)
         else:
             model = ConvVAE()
             loss = functools.partial(conv_loss, model=model)
             loop, default_steps = 'unroll', 4
             options = CPU_CONV_COMPILER_OPTIONS if jax.default_backend() == 'cpu' else None
-            images = workloads.random_images(workloads.NUM_TRAIN, 0)
+        images = workloads.train_images(name)
         self.steps_per_call = steps_per_call or default_steps
         self.name = f'hand-written JAX ({loop}, {self.steps_per_call} steps/call)'
         self.batch_size = batch
