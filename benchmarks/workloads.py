@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from configs import default, iwae_mnist
-from vae_jax import data
+from vae_jax import backends, data
 
 BATCH_SIZE = 128
 NUM_TRAIN = 60_000
@@ -68,9 +68,15 @@ WORKLOADS = {
 # The IWAE paper's schedule: 3,280 passes over 60,000 images at batch 20.
 PAPER_STEPS = 3_280 * 3_000
 
-# How vae_jax compiles the steps of one call, per model family, chosen by measurement with
-# benchmarks/loop_sweep.py; the project's configs use the same per family.
-LOOP_SETTINGS = {'dense': ('scan', 100), 'conv': ('unroll', 4)}
+
+def loop_settings(family: str) -> tuple[str, int]:
+    """(loop, steps_per_call) of a model family ('dense' | 'conv') on the default backend.
+
+    From `vae_jax.backends` (measured with benchmarks/loop_sweep.py on CPU; GPU unmeasured).
+    """
+    d = backends.defaults()
+    return d.loop[family], d.steps_per_call[family]
+
 
 CONV_ENCODER = 'conv(32,3x3,s2)-relu-conv(64,3x3,s2)-relu-flatten'
 CONV_DECODER = (
@@ -81,7 +87,7 @@ CONV_DECODER = (
 def get_config(name: str, *, loop: str | None = None, steps_per_call: int | None = None):
     """The vae_jax config of workload `name` ('W1' | 'W2' | 'W3').
 
-    `loop` / `steps_per_call` default to `LOOP_SETTINGS` of the workload's model family.
+    `loop` / `steps_per_call` default to `loop_settings` of the workload's model family.
     """
     workload = WORKLOADS[name]
     if workload.dynamic_binarize:  # W4: the reproduction's own config, data aside
@@ -113,7 +119,7 @@ def get_config(name: str, *, loop: str | None = None, steps_per_call: int | None
     c.optim.warmup_steps = 0
     c.optim.eps = 1e-8
     c.num_train_steps = 10**9
-    default_loop, default_steps = LOOP_SETTINGS[workload.family]
+    default_loop, default_steps = loop_settings(workload.family)
     c.loop = loop or default_loop
     c.steps_per_call = steps_per_call or default_steps
     return c

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vae_jax import distributions
+from vae_jax import backends, distributions
 from vae_jax import layers as layers_lib
 from vae_jax.layers import LayerSpec
 
@@ -396,6 +396,7 @@ def create_model(
         num_classes=c.num_classes,
         batch_norm_momentum=float(c.batch_norm_momentum),
         bn_axis_name=bn_axis_name,
+        convt_implementation=backends.defaults().convt_implementation,
     )
     # Parse errors and shape mismatches surface here, at creation, not at the first train step.
     layers_lib.parse_spec(c.encoder, 'model.encoder')
