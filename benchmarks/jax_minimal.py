@@ -47,8 +47,8 @@ class DenseVAE(nn.Module):
         self.enc = [nn.Dense(200), nn.Dense(200), nn.Dense(2 * self.latent)]
         self.dec = [nn.Dense(200), nn.Dense(200), nn.Dense(784)]
 
-    def encode(self, x):  # [B, 784] (or [B, 28, 28, 1]) -> loc, log_scale [B, D]
-        h = x.reshape(x.shape[0], -1)
+    def encode(self, x):  # [..., 784] or [..., 28, 28, 1] -> loc, log_scale [..., D]
+        h = x.reshape(*x.shape[:-3], 784) if x.shape[-3:] == (28, 28, 1) else x
         h = jnp.tanh(self.enc[0](h))
         h = jnp.tanh(self.enc[1](h))
         return jnp.split(self.enc[2](h), 2, axis=-1)
