@@ -226,10 +226,10 @@ class Trainer:
         params = model.init(key, x0, jnp.zeros((batch, model.latent)))
         image_shape = (28, 28, 1) if workload.family == 'conv' else (784,)
 
-        def step(carry, idx):
+        def step(images, carry, idx):
             params, mu, nu, t = carry
             step_key = jax.random.fold_in(key, t)
-            x = self.images[idx].reshape(batch, *image_shape)
+            x = images[idx].reshape(batch, *image_shape)
             if dynamic:
                 bin_key, step_key = jax.random.split(step_key)
                 x = (jax.random.uniform(bin_key, x.shape) < x).astype(jnp.float32)
@@ -237,12 +237,15 @@ class Trainer:
             params, mu, nu = adam_update(params, grads, mu, nu, t, learning_rate=lr, eps=eps)
             return (params, mu, nu, t + 1), value
 
-        def chunk(state, order):
+        # The images are an argument, not a closure: a closed-over array would be compiled into
+        # the program as a 188 MB constant.
+        def chunk(state, images, order):
+            body = functools.partial(step, images)
             if loop == 'scan':
-                state, losses = jax.lax.scan(step, state, order)
+                state, losses = jax.lax.scan(body, state, order)
                 return state, losses[-1]
             for i in range(order.shape[0]):
-                state, value = step(state, order[i])
+                state, value = body(state, order[i])
             return state, value
 
         self._chunk = jax.jit(chunk, donate_argnums=0, compiler_options=options)
@@ -274,7 +277,7 @@ class Trainer:
         while done < num_steps:
             to_epoch_end = self.steps_per_epoch - self._step % self.steps_per_epoch
             n = min(self.steps_per_call, num_steps - done, to_epoch_end)
-            self.state, last = self._chunk(self.state, self._indices(n))
+            self.state, last = self._chunk(self.state, self.images, self._indices(n))
             self._step += n
             done += n
         return float(np.asarray(last))

@@ -97,7 +97,7 @@ class Ladder:
         )
         data_key = jax.random.fold_in(key, 1)
 
-        def step(carry, idx):
+        def step(images, carry, idx):
             params, opt, t, perm, perm_epoch = carry
             if 'perm' in f:
                 epoch = t // steps_per_epoch
@@ -127,22 +127,23 @@ class Ladder:
             out = metrics if 'metrics' in f or 'grad_norm' in f else {'loss': metrics['loss']}
             return (params, opt, t + 1, perm, perm_epoch), out
 
-        def chunk(carry, order):
-            carry, out = jax.lax.scan(step, carry, order)
+        def chunk(carry, images, order):  # images an argument: no 188 MB constant
+            carry, out = jax.lax.scan(functools.partial(step, images), carry, order)
             return carry, jax.tree.map(lambda m: jnp.sum(m, 0), out)
 
         opt = tx.init(params) if 'optax' in f else jax_minimal.adam_init(params)
         perm = jax.random.permutation(jax.random.fold_in(data_key, 0), num)
         self.carry = (params, opt, jnp.zeros((), jnp.int32), perm, jnp.zeros((), jnp.int32))
+        self.images = images
         self.order = perm[: steps * batch].reshape(steps, batch)
         self._chunk = jax.jit(chunk, donate_argnums=0)
         self.name = '+'.join(features) or 'hand-written'
 
     def hlo(self) -> str:
-        return self._chunk.lower(self.carry, self.order).compile().as_text()
+        return self._chunk.lower(self.carry, self.images, self.order).compile().as_text()
 
     def run(self) -> None:
-        self.carry, out = self._chunk(self.carry, self.order)
+        self.carry, out = self._chunk(self.carry, self.images, self.order)
         jax.block_until_ready(out)
 
 
