@@ -12,7 +12,11 @@ on, one at a time, each thing vae_jax's step does differently:
                instead of precomputed index rows
   optax        optax.adam instead of the hand-fused Adam
   grad_norm    the global gradient norm, logged
-plus all of them together ('all') and vae_jax's own `trainer.Run.chunk_fn` ('vae_jax').
+  binarize_per_example  dynamic binarisation from a key split per example (two splits each)
+  distrax_sample        z drawn by the posterior object's `sample` and scored by its `log_prob`
+                        (a division by the scale) instead of eps
+plus the first six together ('all'), all eight ('all8') and vae_jax's own
+`trainer.Run.chunk_fn` ('vae_jax').
 Every variant runs `--steps` scanned steps per jitted call; timed rounds are interleaved in a
 rotating order, and both the fastest and the median round are reported (on a loaded machine the
 fastest is the least disturbed). `--hlo` also prints the number of HLO instructions and fusions
@@ -37,15 +41,24 @@ from benchmarks import jax_minimal, workloads
 from vae_jax import distributions
 
 FEATURES = ('per_example', 'distrax', 'metrics', 'perm', 'optax', 'grad_norm')
+# Two more of vae_jax's differences, tried after the first ladder left a gap (W4 only).
+EXTRA = ('binarize_per_example', 'distrax_sample')
 
 
-def _terms(model, params, key, x, k, *, per_example: bool, use_distrax: bool):
+def _terms(model, params, key, x, k, *, per_example: bool, use_distrax: bool, sample: bool):
     """(loss, metrics) of the IWAE-k bound on a batch x [B, 784]."""
 
     def bound(key, x):  # x [..., 784] with leading batch axes [*b]; returns log_w [K, *b], etc.
         loc, log_scale = model.apply(params, x, method=jax_minimal.DenseVAE.encode)
-        eps = jax.random.normal(key, (k, *loc.shape))
-        z = loc + jnp.exp(log_scale) * eps
+        if sample:
+            q = distributions.make_posterior(
+                'diagonal', jnp.concatenate([loc, log_scale], -1), scale_transform='exp'
+            )
+            z = q.sample(seed=key, sample_shape=k)
+            eps = (z - loc) / jnp.exp(log_scale)  # what q.log_prob computes
+        else:
+            eps = jax.random.normal(key, (k, *loc.shape))
+            z = loc + jnp.exp(log_scale) * eps
         logits = model.apply(params, z, method=jax_minimal.DenseVAE.decode)
         if use_distrax:
             q = distributions.make_posterior(
@@ -93,7 +106,12 @@ class Ladder:
         tx = optax.adam(1e-3, eps=workload.adam_eps)
         f = set(features)
         loss_fn = functools.partial(
-            _terms, model, k=k, per_example='per_example' in f, use_distrax='distrax' in f
+            _terms,
+            model,
+            k=k,
+            per_example='per_example' in f,
+            use_distrax='distrax' in f,
+            sample='distrax_sample' in f,
         )
         data_key = jax.random.fold_in(key, 1)
 
@@ -110,7 +128,10 @@ class Ladder:
                 perm_epoch = epoch
             x = images[idx]
             step_key = jax.random.fold_in(key, t)
-            if workload.dynamic_binarize:
+            if workload.dynamic_binarize and 'binarize_per_example' in f:
+                pairs = jax.vmap(jax.random.split)(jax.random.split(step_key, batch))
+                x = jax.vmap(jax.random.bernoulli)(pairs[:, 0], x).astype(jnp.float32)
+            elif workload.dynamic_binarize:
                 bin_key, step_key = jax.random.split(step_key)
                 x = (jax.random.uniform(bin_key, x.shape) < x).astype(jnp.float32)
             grads, metrics = jax.grad(lambda p: loss_fn(p, step_key, x), has_aux=True)(params)
@@ -183,6 +204,7 @@ def main(argv=None) -> None:
     parser.add_argument('--steps', type=int, default=200, help='scanned steps per call')
     parser.add_argument('--repeats', type=int, default=7)
     parser.add_argument('--variants', default=','.join(('base', *FEATURES, 'all', 'vae_jax')))
+    # e.g. --variants base,binarize_per_example,distrax_sample,all,all8,vae_jax
     parser.add_argument('--hlo', action='store_true', help='also count HLO instructions')
     args = parser.parse_args(argv)
 
@@ -190,11 +212,13 @@ def main(argv=None) -> None:
     for v in args.variants.split(','):
         if v == 'vae_jax':
             impls[v] = VaeJax(args.workload, args.steps)
-        elif v in ('base', 'all', *FEATURES):
-            feats = {'base': (), 'all': FEATURES}.get(v, (v,))
+        elif v in ('base', 'all', 'all8', *FEATURES, *EXTRA):
+            feats = {'base': (), 'all': FEATURES, 'all8': FEATURES + EXTRA}.get(v, (v,))
             impls[v] = Ladder(args.workload, feats, args.steps)
         else:
-            raise ValueError(f'--variants: unknown {v!r}; allowed: base, {FEATURES}, all, vae_jax')
+            raise ValueError(
+                f'--variants: unknown {v!r}; allowed: base, {FEATURES + EXTRA}, all, all8, vae_jax'
+            )
     for impl in impls.values():
         impl.run()  # compile and warm up
     times = {v: [] for v in impls}
