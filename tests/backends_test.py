@@ -13,6 +13,7 @@ class BackendDefaultsTest(parameterized.TestCase):
         self.assertIn(d.convt_implementation, layers.CONV_TRANSPOSE_IMPLEMENTATIONS)
         self.assertEqual(set(d.loop), {'dense', 'conv'})
         self.assertEqual(set(d.steps_per_call), {'dense', 'conv'})
+        self.assertEqual(set(d.compiler_options), {'dense', 'conv'})
         for family in ('dense', 'conv'):
             self.assertIn(d.loop[family], ('scan', 'unroll'))
             self.assertGreaterEqual(d.steps_per_call[family], 1)
@@ -21,6 +22,8 @@ class BackendDefaultsTest(parameterized.TestCase):
         d = backends.defaults('cpu')
         self.assertEqual(d.convt_implementation, 'subpixel')
         self.assertEqual(d.loop, {'dense': 'scan', 'conv': 'unroll'})
+        self.assertIsNone(d.compiler_options['dense'])
+        self.assertEqual(d.compiler_options['conv'], {'xla_cpu_experimental_ynn_fusion_type': ''})
 
     @parameterized.parameters('cuda', 'rocm')
     def test_platform_names_map_to_gpu(self, name):

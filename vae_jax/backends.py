@@ -1,10 +1,10 @@
 """Per-backend performance defaults: choices that were measured on one backend, not another.
 
-Three choices in vae_jax exist only because of how XLA compiles for a given backend: how a
+Four choices in vae_jax exist only because of how XLA compiles for a given backend: how a
 transposed convolution is computed, whether the steps of one jitted call are scanned or
-unrolled, and how many steps one call runs. They are chosen here per backend, by measurement on
-that backend; each entry says what was measured, or that it was not. (The XLA compiler options
-are per backend too: `steps.compiler_options()`.)
+unrolled, how many steps one call runs, and which XLA compiler options the training call gets.
+They are chosen here per backend (and model family), by measurement on that backend; each entry
+says what was measured, or that it was not.
 
 CPU figures: XLA:CPU on a 2-core x86-64 machine, jax 0.10 (benchmarks/results.md and the
 scripts beside it).
@@ -28,11 +28,14 @@ class BackendDefaults:
       convt_implementation: `layers.conv_transpose`'s implementation for `convt` layers.
       loop: family ('dense' | 'conv') -> 'scan' | 'unroll', how one call's steps compile.
       steps_per_call: family -> optimizer steps per jitted call.
+      compiler_options: family -> `jax.jit(..., compiler_options=...)` of the training call
+        (None: XLA's defaults).
     """
 
     convt_implementation: str
     loop: dict[str, str]
     steps_per_call: dict[str, int]
+    compiler_options: dict[str, dict[str, str] | None]
 
 
 BACKEND_DEFAULTS = {
@@ -49,6 +52,16 @@ BACKEND_DEFAULTS = {
         # Dense: 100-1,000 steps per call are within noise of each other; 100 keeps the host
         # responsive. Conv: 4 unrolled steps (more copies lengthen compilation for no gain).
         steps_per_call={'dense': 100, 'conv': 4},
+        # YNNPACK library fusions off for conv models: W3 1.6-1.7x faster (and the k=5000 NLL
+        # evaluation 2.1-2.2x). Dense models keep XLA's defaults: at the IWAE paper's batch 20
+        # (W4-k5) turning YNNPACK off made the hand-written step 1.45x (fastest round) / 1.74x
+        # (median) slower, and turning it back on made vae_jax's step 1.74x / 1.11x faster
+        # (benchmarks/profile.md; loaded machine). NOTE: `steps.compiler_options()` still
+        # applies the conv setting to every model; the trainer should take it from here.
+        compiler_options={
+            'dense': None,
+            'conv': {'xla_cpu_experimental_ynn_fusion_type': ''},
+        },
     ),
     'gpu': BackendDefaults(
         # Unmeasured, default 'lax': the sub-pixel form works around an XLA:CPU slow path;
@@ -60,6 +73,8 @@ BACKEND_DEFAULTS = {
         # Unmeasured, default 1,000 / 100: small steps are launch-bound on a GPU, so more steps
         # per call amortise the host round trip.
         steps_per_call={'dense': 1000, 'conv': 100},
+        # XLA's defaults (the YNNPACK option is XLA:CPU's).
+        compiler_options={'dense': None, 'conv': None},
     ),
 }
 
