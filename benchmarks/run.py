@@ -531,6 +531,9 @@ def main(argv=None) -> None:
                 f'--workloads: unknown workload {name!r}; allowed: {[*workloads.WORKLOADS, "E1"]}'
             )
 
+    if gpu:
+        # JAX and torch share the GPU in one process: JAX must not take 75% of it up front.
+        os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
     cpus = sorted(os.sched_getaffinity(0))
     if not gpu and args.threads < len(cpus):
         os.sched_setaffinity(0, cpus[: args.threads])  # before any thread pool starts
