@@ -13,7 +13,7 @@ Prints one JSON object per setting.
 Measured 2026-11-21 (one core of the 2-core VM, `taskset -c 1`, other jobs running, so CPU
 ms/step): W1 scan:100 4.8, scan:20 5.0, unroll:10 5.6, unroll:20 7.1 (and 4-25 s more
 compilation); W3 unroll:1 245, unroll:4 214, unroll:8 217, scan:4 5,882 (XLA:CPU's convolution
-gradients inside a while loop). Hence `workloads.LOOP_SETTINGS`: dense scan:100, conv unroll:4.
+gradients inside a while loop). Hence `vae_jax.backends`' CPU entry: dense scan:100, conv unroll:4.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 The same models, objectives and optimizer as `workloads.py`, written the way a PyTorch user would:
 batched `nn.Module`s, `torch.distributions`-free closed forms, `torch.optim.Adam`, one Python-level
-step per batch over a device-resident (here: in-memory) tensor indexed by a per-epoch permutation.
-Eager by default; `compile=True` wraps the model's forward pass and loss in `torch.compile`.
+step per batch over a device-resident tensor indexed by a per-epoch permutation (W4: binarised
+afresh in each step with `torch.bernoulli`). Eager by default; `compile=True` wraps the model's
+forward pass and loss in `torch.compile`. `device='cuda'` runs it on the GPU.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def iwae_loss(model: DenseVAE, x: torch.Tensor, k: int) -> torch.Tensor:
     """Mean over the batch of -IWAE_k (k = 1: the Monte-Carlo ELBO); x [B, 28, 28, 1]."""
     params = model.encoder(x)
     loc, scale = params[:, :50], torch.exp(params[:, 50:])
-    eps = torch.randn((k, *loc.shape))
+    eps = torch.randn((k, *loc.shape), device=loc.device)
     z = loc + scale * eps  # [K, B, D]
     log_px = bernoulli_log_prob(model.decode(z), x)  # [K, B]
     log_pz = (-0.5 * z**2 - 0.5 * LOG_2PI).sum(-1)
@@ -102,7 +103,15 @@ def elbo_loss(model: ConvVAE, x: torch.Tensor) -> torch.Tensor:
 class Trainer:
     """Model, Adam and the loss of one workload; `epoch(num_steps)` trains on random data."""
 
-    def __init__(self, name: str, *, compile: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        name: str,
+        *,
+        compile: bool = False,
+        seed: int = 0,
+        batch_size: int | None = None,
+        device: str = 'cpu',
+    ):
         torch.manual_seed(seed)
         workload = workloads.WORKLOADS[name]
         if workload.family == 'dense':
@@ -112,16 +121,19 @@ class Trainer:
         else:
             self.model = ConvVAE()
             self.loss_fn = lambda x: elbo_loss(self.model, x)
+        self.model.to(device)
         if compile:
             # The usual recipe: compile the model's forward pass and loss (AOTAutograd compiles
             # the backward pass too); zero_grad and the optimizer step stay eager. Compiling the
             # whole step instead breaks the graph at zero_grad, backward and Adam's step and
             # ran 10x slower than eager here.
             self.loss_fn = torch.compile(self.loss_fn)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3, eps=1e-8)
-        self.images = torch.from_numpy(workloads.random_images(workloads.NUM_TRAIN, 0))
-        self.batch_size = workloads.BATCH_SIZE
-        self.perm = torch.randperm(self.images.shape[0])
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3, eps=workload.adam_eps)
+        self.images = torch.from_numpy(workloads.train_images(name)).to(device)
+        self.dynamic_binarize = workload.dynamic_binarize
+        self.batch_size = batch_size or workload.batch_size
+        self.device = device
+        self.perm = torch.randperm(self.images.shape[0], device=device)
         self.position = 0
 
     def _step(self, x):
@@ -136,8 +148,12 @@ class Trainer:
         loss = None
         for _ in range(num_steps):
             if self.position + self.batch_size > self.images.shape[0]:
-                self.perm, self.position = torch.randperm(self.images.shape[0]), 0
+                self.perm = torch.randperm(self.images.shape[0], device=self.device)
+                self.position = 0
             idx = self.perm[self.position : self.position + self.batch_size]
             self.position += self.batch_size
-            loss = self._step(self.images[idx])
+            x = self.images[idx]
+            if self.dynamic_binarize:
+                x = torch.bernoulli(x)
+            loss = self._step(x)
         return float(loss)

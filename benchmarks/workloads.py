@@ -5,8 +5,13 @@ W2  the same model, IWAE bound with k = 50.
 W3  conv VAE: encoder conv(32,3x3,s2)-relu-conv(64,3x3,s2)-relu-flatten + Dense(2 x 16), decoder
     dense(3136)-relu-reshape(7,7,64)-convt(64,3x3,s2)-relu-convt(32,3x3,s2)-relu-conv(1,3x3);
     ELBO with the analytic KL.
-All: random binary MNIST-shaped data [N, 28, 28, 1] (no binarisation in the step), batch 128,
-Adam (lr 1e-3, constant), Bernoulli logits, diagonal Gaussian posterior, N(0, I) prior.
+W1-W3: random binary MNIST-shaped data [N, 28, 28, 1] (no binarisation in the step), batch 128,
+Adam (lr 1e-3, constant, eps 1e-8), Bernoulli logits, diagonal Gaussian posterior, N(0, I) prior.
+W4  the IWAE paper's protocol step (configs/iwae_mnist.py unchanged but for the data): the W1
+    model, batch 20, grey images binarised afresh in every step (dynamic binarisation), Adam
+    eps 1e-4 with the paper's stage schedule, IWAE bound at k = 1, 5, 50 ('W4-k1', 'W4-k5',
+    'W4-k50'). Its figure of merit is ms/step and hours for the paper's 3,280 passes x 3,000
+    steps.
 
 The configs start from the project's own files (configs/iwae_mnist.py, configs/default.py), so the
 benchmark times what `python -m vae_jax.train` runs; only the data source is replaced (see
@@ -23,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from configs import default, iwae_mnist
-from vae_jax import data
+from vae_jax import backends, data
 
 BATCH_SIZE = 128
 NUM_TRAIN = 60_000
@@ -38,17 +43,40 @@ class Workload:
     description: str
     family: str  # 'dense' | 'conv'
     k_samples: int
+    batch_size: int = 128
+    dynamic_binarize: bool = False
+    adam_eps: float = 1e-8
 
 
 WORKLOADS = {
     'W1': Workload('W1', 'IWAE-paper MLP 784-200-200-50 tanh, k=1', 'dense', 1),
     'W2': Workload('W2', 'IWAE-paper MLP 784-200-200-50 tanh, IWAE k=50', 'dense', 50),
     'W3': Workload('W3', 'conv VAE (2 conv / 2 convT + conv), latent 16, ELBO', 'conv', 1),
+    **{
+        f'W4-k{k}': Workload(
+            f'W4-k{k}',
+            f'IWAE-paper protocol step: MLP, batch 20, dynamic binarisation, IWAE k={k}',
+            'dense',
+            k,
+            batch_size=20,
+            dynamic_binarize=True,
+            adam_eps=1e-4,
+        )
+        for k in (1, 5, 50)
+    },
 }
+# The IWAE paper's schedule: 3,280 passes over 60,000 images at batch 20.
+PAPER_STEPS = 3_280 * 3_000
 
-# How vae_jax compiles the steps of one call, per model family, chosen by measurement with
-# benchmarks/loop_sweep.py; the project's configs use the same per family.
-LOOP_SETTINGS = {'dense': ('scan', 100), 'conv': ('unroll', 4)}
+
+def loop_settings(family: str) -> tuple[str, int]:
+    """(loop, steps_per_call) of a model family ('dense' | 'conv') on the default backend.
+
+    From `vae_jax.backends` (measured with benchmarks/loop_sweep.py on CPU; GPU unmeasured).
+    """
+    d = backends.defaults()
+    return d.loop[family], d.steps_per_call[family]
+
 
 CONV_ENCODER = 'conv(32,3x3,s2)-relu-conv(64,3x3,s2)-relu-flatten'
 CONV_DECODER = (
@@ -59,9 +87,15 @@ CONV_DECODER = (
 def get_config(name: str, *, loop: str | None = None, steps_per_call: int | None = None):
     """The vae_jax config of workload `name` ('W1' | 'W2' | 'W3').
 
-    `loop` / `steps_per_call` default to `LOOP_SETTINGS` of the workload's model family.
+    `loop` / `steps_per_call` default to `loop_settings` of the workload's model family.
     """
     workload = WORKLOADS[name]
+    if workload.dynamic_binarize:  # W4: the reproduction's own config, data aside
+        c = iwae_mnist.get_config()
+        c.k_samples = workload.k_samples
+        c.loop = loop or 'scan'
+        c.steps_per_call = steps_per_call or c.steps_per_call
+        return c
     if workload.family == 'dense':
         c = iwae_mnist.get_config()  # model, posterior ('exp' scale), likelihood, Adam
         c.objective = 'iwae'
@@ -85,7 +119,7 @@ def get_config(name: str, *, loop: str | None = None, steps_per_call: int | None
     c.optim.warmup_steps = 0
     c.optim.eps = 1e-8
     c.num_train_steps = 10**9
-    default_loop, default_steps = LOOP_SETTINGS[workload.family]
+    default_loop, default_steps = loop_settings(workload.family)
     c.loop = loop or default_loop
     c.steps_per_call = steps_per_call or default_steps
     return c
@@ -97,9 +131,26 @@ def random_images(num: int, seed: int) -> np.ndarray:
     return (rng.random((num, *IMAGE_SHAPE), dtype=np.float32) < PIXEL_MEAN).astype(np.float32)
 
 
+def random_grey_images(num: int, seed: int) -> np.ndarray:
+    """Grey MNIST-shaped images for dynamic binarisation: float32 [num, 28, 28, 1] in [0, 1].
+
+    About MNIST's share of ink, with intermediate values on the strokes' edges.
+    """
+    rng = np.random.default_rng(seed)
+    ink = rng.random((num, *IMAGE_SHAPE), dtype=np.float32) < PIXEL_MEAN
+    return (ink * rng.uniform(0.3, 1.0, (num, *IMAGE_SHAPE))).astype(np.float32)
+
+
+def train_images(name: str) -> np.ndarray:
+    """The training images of workload `name`: [N, 28, 28, 1] float32."""
+    if WORKLOADS[name].dynamic_binarize:
+        return random_grey_images(NUM_TRAIN, 0)
+    return random_images(NUM_TRAIN, 0)
+
+
 def _random_datasets(input_config: ml_collections.ConfigDict):
-    del input_config
-    split = lambda n, seed: {'image': random_images(n, seed), 'label': np.zeros((n,), np.int32)}
+    images = random_grey_images if input_config.binarize == 'dynamic' else random_images
+    split = lambda n, seed: {'image': images(n, seed), 'label': np.zeros((n,), np.int32)}
     return split(NUM_TRAIN, 0), split(NUM_TEST, 1)
 
 
@@ -123,7 +174,7 @@ def _gemms(m: int, k: int, n: int, *, input_grad: bool = True) -> list[tuple[int
     return [(m, k, n), (k, m, n)] + ([(m, n, k)] if input_grad else [])
 
 
-def gemm_shapes(name: str, batch: int = BATCH_SIZE) -> list[tuple[int, int, int]]:
+def gemm_shapes(name: str, batch: int | None = None) -> list[tuple[int, int, int]]:
     """The GEMMs of one training step of workload `name`, forward and backward.
 
     Dense layers are [batch, in] x [in, out]. A 3x3 convolution is its im2col GEMM
@@ -136,6 +187,7 @@ def gemm_shapes(name: str, batch: int = BATCH_SIZE) -> list[tuple[int, int, int]
       [(m, k, n)] with 2 * m * k * n FLOPs each.
     """
     workload = WORKLOADS[name]
+    batch = batch or workload.batch_size
     if workload.family == 'dense':
         bk = batch * workload.k_samples  # the decoder sees k samples per example
         return [
@@ -157,6 +209,6 @@ def gemm_shapes(name: str, batch: int = BATCH_SIZE) -> list[tuple[int, int, int]
     ]
 
 
-def matmul_flops_per_step(name: str, batch: int = BATCH_SIZE) -> int:
+def matmul_flops_per_step(name: str, batch: int | None = None) -> int:
     """FLOPs of the matrix products of one training step (forward and backward)."""
     return sum(2 * m * k * n for m, k, n in gemm_shapes(name, batch))

@@ -246,16 +246,23 @@ def inverse_gaussian_scale(sigma: float) -> float:
 
 
 class BernoulliLogits(distrax.Bernoulli):
-    """distrax.Bernoulli with a cheaper log_prob: x * logits - softplus(logits).
+    """distrax.Bernoulli with a cheaper log_prob: l x - max(l, 0) - log1p(exp(-|l|)).
 
-    Equal to distrax's (1 - x) log sigmoid(-l) + x log sigmoid(l) for every x (softplus(l) -
-    softplus(-l) = l), with one softplus instead of two and no multiply_no_nan; on XLA:CPU the
-    likelihood term dominates the IWAE paper's MLP step, so this is worth ~1.5x there.
+    Equal to distrax's (1 - x) log sigmoid(-l) + x log sigmoid(l) for every x (it is
+    l x - softplus(l), and softplus(l) - softplus(-l) = l), with one exp and one log1p per pixel
+    and no multiply_no_nan. On XLA:CPU the likelihood term dominates the IWAE paper's MLP step:
+    value and gradient over [128, 784] logits took 271 us this way, 315 us as
+    `l x - jax.nn.softplus(l)` and 895 us with distrax's own (fastest of 30 interleaved rounds on
+    a loaded 2-core machine; benchmarks/profile.md).
     """
 
     def log_prob(self, value: jax.Array) -> jax.Array:
         logits = self.logits
-        return value.astype(logits.dtype) * logits - jax.nn.softplus(logits)
+        # Stable softplus: max(l, 0) + log1p(exp(-|l|)) never overflows. -|l| is written as
+        # min(l, -l) so that the gradient at l = 0 is sigmoid(0) = 0.5 (JAX's abs has slope 1
+        # at 0, which would give 0 there; maximum and minimum split a tie evenly).
+        softplus = jnp.maximum(logits, 0.0) + jnp.log1p(jnp.exp(jnp.minimum(logits, -logits)))
+        return value.astype(logits.dtype) * logits - softplus
 
 
 def make_likelihood(

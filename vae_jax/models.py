@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vae_jax import distributions, priors
+from vae_jax import backends, distributions, priors
 from vae_jax import layers as layers_lib
 from vae_jax.layers import LayerSpec
 from vae_jax.protocol import (  # noqa: F401 -- re-exported: models.LatentVariableModel etc.
@@ -521,6 +521,7 @@ def create_model(
         gaussian_sigma=c.gaussian_sigma,
         prior=c.prior.name,
         num_prior_components=int(c.prior.num_components),
+        convt_implementation=backends.defaults().convt_implementation,
     )
     # Parse errors and shape mismatches surface here, at creation, not at the first train step.
     layers_lib.parse_spec(c.encoder, 'model.encoder')

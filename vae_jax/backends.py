@@ -1,0 +1,94 @@
+"""Per-backend performance defaults: choices that were measured on one backend, not another.
+
+Four choices in vae_jax exist only because of how XLA compiles for a given backend: how a
+transposed convolution is computed, whether the steps of one jitted call are scanned or
+unrolled, how many steps one call runs, and which XLA compiler options the training call gets.
+They are chosen here per backend (and model family), by measurement on that backend; each entry
+says what was measured, or that it was not.
+
+CPU figures: XLA:CPU on a 2-core x86-64 machine, jax 0.10 (benchmarks/results.md and the
+scripts beside it).
+GPU: nothing has been measured yet; each GPU entry says 'unmeasured' and which default it takes
+and why. `python -m benchmarks.run --backend gpu` (benchmarks/results_gpu.md) and
+`python -m benchmarks.loop_sweep` are the measurements that should fill them in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendDefaults:
+    """Performance defaults of one backend.
+
+    Attributes:
+      convt_implementation: `layers.conv_transpose`'s implementation for `convt` layers.
+      loop: family ('dense' | 'conv') -> 'scan' | 'unroll', how one call's steps compile.
+      steps_per_call: family -> optimizer steps per jitted call.
+      compiler_options: family -> `jax.jit(..., compiler_options=...)` of the training call
+        (None: XLA's defaults).
+    """
+
+    convt_implementation: str
+    loop: dict[str, str]
+    steps_per_call: dict[str, int]
+    compiler_options: dict[str, dict[str, str] | None]
+
+
+BACKEND_DEFAULTS = {
+    'cpu': BackendDefaults(
+        # 'subpixel': XLA:CPU computes the weight gradient of lax.conv_transpose (an
+        # lhs-dilated convolution) ~10x slower than the same product as stride-1 convolutions
+        # of the sub-kernels (benchmarks/convt_grad.py); identical values and gradients.
+        convt_implementation='subpixel',
+        # Dense: one lax.scan over the chunk; ~1.25x faster than one jitted call per step on the
+        # IWAE-paper MLP. Conv: convolution gradients inside a scan ran 3-30x slower than
+        # outside a loop on XLA:CPU; 4 unrolled steps per call were fastest
+        # (benchmarks/loop_sweep.py; scanning 4 steps made the conv VAE 4.6x slower).
+        loop={'dense': 'scan', 'conv': 'unroll'},
+        # Dense: 100-1,000 steps per call are within noise of each other; 100 keeps the host
+        # responsive. Conv: 4 unrolled steps (more copies lengthen compilation for no gain).
+        steps_per_call={'dense': 100, 'conv': 4},
+        # YNNPACK library fusions off for conv models: W3 1.6-1.7x faster (and the k=5000 NLL
+        # evaluation 2.1-2.2x). Dense models keep XLA's defaults: at the IWAE paper's batch 20
+        # (W4-k5) turning YNNPACK off made the hand-written step 1.45x (fastest round) / 1.74x
+        # (median) slower, and turning it back on made vae_jax's step 1.74x / 1.11x faster
+        # (benchmarks/profile.md; loaded machine). NOTE: `steps.compiler_options()` still
+        # applies the conv setting to every model; the trainer should take it from here.
+        compiler_options={
+            'dense': None,
+            'conv': {'xla_cpu_experimental_ynn_fusion_type': ''},
+        },
+    ),
+    'gpu': BackendDefaults(
+        # Unmeasured, default 'lax': the sub-pixel form works around an XLA:CPU slow path;
+        # cuDNN runs transposed convolutions and their gradients natively.
+        convt_implementation='lax',
+        # Unmeasured, default 'scan' for both: unrolling worked around XLA:CPU's slow
+        # convolution gradients inside loops; on a GPU a scan keeps compile time flat.
+        loop={'dense': 'scan', 'conv': 'scan'},
+        # Unmeasured, default 1,000 / 100: small steps are launch-bound on a GPU, so more steps
+        # per call amortise the host round trip.
+        steps_per_call={'dense': 1000, 'conv': 100},
+        # XLA's defaults (the YNNPACK option is XLA:CPU's).
+        compiler_options={'dense': None, 'conv': None},
+    ),
+}
+
+
+def defaults(backend: str | None = None) -> BackendDefaults:
+    """The defaults of `backend` (None: `jax.default_backend()`); 'cuda'/'rocm' count as 'gpu'.
+
+    Raises:
+      ValueError: for a backend without an entry (naming it and the known ones).
+    """
+    backend = backend or jax.default_backend()
+    backend = 'gpu' if backend in ('cuda', 'rocm') else backend
+    if backend not in BACKEND_DEFAULTS:
+        raise ValueError(
+            f'no performance defaults for backend {backend!r}; known: {sorted(BACKEND_DEFAULTS)}'
+        )
+    return BACKEND_DEFAULTS[backend]
