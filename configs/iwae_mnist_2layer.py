@@ -9,7 +9,7 @@ every use, Adam (eps 1e-4), batch 20, 3,280 passes in 8 stages of 3^i epochs at 
 Run (IWAE, k=5):
   python -m vae_jax.train --config configs/iwae_mnist_2layer.py \
       --workdir runs/iwae_mnist_2layer/iwae_k5 --config.objective=iwae --config.k_samples=5 \
-      --config.input.data_dir=../shared/data/tfds
+      --config.input.data_dir=/path/to/tfds
 VAE rows use --config.objective=elbo (k-sample Monte-Carlo ELBO, as the paper's VAE).
 Then: python -m vae_jax.evaluate --workdir runs/iwae_mnist_2layer/iwae_k5 --k_samples 5000
 (test NLL through the log-weights of both layers, and active units per layer).

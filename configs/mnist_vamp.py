@@ -7,7 +7,7 @@ mixture, so the ELBO uses its one-sample Monte-Carlo estimate.
 
 Run:
   python -m vae_jax.train --config configs/mnist_vamp.py --workdir runs/mnist_vamp \
-      --config.input.data_dir=../shared/data/tfds
+      --config.input.data_dir=/path/to/tfds
 Standard-prior baseline: add --config.model.prior.name=standard_normal.
 Then: python -m vae_jax.evaluate --workdir runs/mnist_vamp --k_samples 5000
 Expected: a test NLL below the standard-prior baseline's (the paper reports a gain of about

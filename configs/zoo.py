@@ -12,7 +12,7 @@ mixture prior), vamp (VampPrior, 100 pseudo-inputs), two_layer_vae, two_layer_iw
 
 Run (one model):
   python -m vae_jax.train --config configs/zoo.py:miwae --workdir runs/zoo/miwae \
-      --config.input.data_dir=../shared/data/tfds
+      --config.input.data_dir=/path/to/tfds
   python -m vae_jax.evaluate --workdir runs/zoo/miwae --k_samples 5000
 All of them: experiments/zoo/run.sh (the table is experiments/zoo/README.md).
 Expected: test NLL (k = 5000) in the high 80s to low 90s nats after 121 passes (IWAE k=5 at

@@ -7,7 +7,7 @@ environment (the exact versions the tests pass with), downloads their wheels wit
 dependencies into an ignored folder, copies a prepared TFDS data dir beside them, and checks the
 total against the 64 MiB that may travel with the working tree.
 
-    python scripts/gpu_carry.py --data_dir ../shared/data/tfds   # -> .carry/wheels, .carry/tfds
+    python scripts/gpu_carry.py --data_dir /path/to/tfds        # -> .carry/wheels, .carry/tfds
     python scripts/gpu_carry.py --list                            # name==version lines only
 
 Then, on the GPU machine, from the repository root (with .carry travelling alongside):

@@ -66,6 +66,7 @@ class Run:
             self.parts.model,
             self.parts.bind_fn,
         )
+        self.model_fn = self.parts.model_fn
         self.init_key, self.loop_key, self.data_key, self.eval_key = root_keys(config.seed)
         self.tx = optim.create_optimizer(
             config.optim,

@@ -137,7 +137,23 @@ def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
         )
     config = ml_collections.ConfigDict(json.loads(path.read_text()))
     config.eval_k_samples = tuple(config.eval_k_samples)
+    # A run written before a top-level key existed (e.g. the zoo's options) takes its default.
+    from configs import default as default_config  # noqa: PLC0415 -- configs import vae_jax
+
+    _fill_missing(config, default_config.get_config())
     return config
+
+
+def _fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+    """Adds (recursively) the keys of `defaults` that `config` lacks, with their defaults."""
+    for key in defaults.keys():
+        if key not in config:
+            value = defaults[key]
+            config[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+        elif isinstance(defaults[key], ml_collections.ConfigDict) and isinstance(
+            config[key], ml_collections.ConfigDict
+        ):
+            _fill_missing(config[key], defaults[key])
 
 
 def restore_variables(workdir: str | Path, parts: ModelParts) -> tuple[dict[str, Any], int]:

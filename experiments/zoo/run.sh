@@ -14,7 +14,7 @@
 #   NLL_K=5000                     importance samples of the final NLL
 #   MAX_EXAMPLES=                  evaluate the first N test images only (default: all 10,000)
 #   STEPS=                         override num_train_steps (a smoke test; logs every STEPS/4)
-#   TFDS_DATA_DIR=../shared/data/tfds
+#   TFDS_DATA_DIR=/path/to/tfds
 #   PYTHON=.venv/bin/python
 # Smoke test (minutes): STEPS=200 NLL_K=50 MAX_EXAMPLES=100 OUT=/tmp/zoo experiments/zoo/run.sh
 set -euo pipefail
@@ -23,7 +23,7 @@ export OUT=${OUT:-experiments/zoo/workdirs}
 export NLL_K=${NLL_K:-5000}
 export MAX_EXAMPLES=${MAX_EXAMPLES:-}
 export STEPS=${STEPS:-}
-export DATA_DIR=${TFDS_DATA_DIR:-../shared/data/tfds}
+export DATA_DIR=${TFDS_DATA_DIR:?set TFDS_DATA_DIR to a prepared TFDS data dir}
 export PYTHON=${PYTHON:-.venv/bin/python}
 # The IWAE-paper model is small: one XLA thread per run, runs side by side on the cores.
 export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
