@@ -159,6 +159,21 @@ class LogLikelihoodTest(parameterized.TestCase):
         )
         np.testing.assert_allclose(estimate, _exact_log_px(x[None])[0], atol=1e-4)
 
+    @parameterized.named_parameters(('one_chunk', 10, 16), ('ragged_chunks', 37, 8))
+    def test_chunked_ess_is_the_ess_of_the_same_weights(self, k, chunk_size):
+        # The running sums of w and w^2 give (sum w)^2 / sum w^2 of exactly the k weights that
+        # the estimate uses (sample i from fold_in(key, i)), computed here in float64.
+        x = jnp.asarray(_data(1, seed=5)[0])
+        encode, decode = _make_bind()(None)
+        key = jax.random.key(3)
+        _, ess = evaluation._log_likelihood_and_ess(key, x, encode, decode, k, chunk_size, None)
+        log_w = np.asarray(
+            evaluation.log_importance_weights(key, x, encode, decode, k_samples=k), np.float64
+        )
+        w = np.exp(log_w - log_w.max())
+        np.testing.assert_allclose(ess, w.sum() ** 2 / np.sum(w**2), rtol=1e-4)
+        self.assertBetween(float(ess), 1.0, float(k))
+
     def test_rejects_nonpositive_sizes(self):
         encode, decode = _make_bind()(None)
         x = jnp.asarray(_data(1)[0])

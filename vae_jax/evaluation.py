@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import bounds, distributions, losses, steps
+from vae_jax import distributions, losses, steps
 
 Array = jax.Array
 
@@ -40,9 +40,8 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016), Sec. 5.2
 # Draws per example for E_q[z|x] of a several-layer model when no NLL is computed: the
 # Monte-Carlo error adds ~Var_q / 2000 <= 0.0005 to a unit's activity, 1/20 of the threshold.
 MEAN_SAMPLES = 2000
-# 'ess_k{K}' (K = the largest eval k, if any): the effective sample size of K importance
-# weights, drawn with fold_in(example key, ESS_SALT) so the other metrics keep their values.
-ESS_SALT = 0x455353
+# 'ess_k{K}' (K = the largest eval k, if any): the effective sample size of the K importance
+# weights of iwae_k{K}'s own pass (running sums of w and w^2: no second pass over the samples).
 
 
 def _log_weights(
@@ -141,6 +140,11 @@ def log_likelihood(
     References:
       Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016.
     """
+    return _log_likelihood_and_ess(key, x, encode, decode, k_samples, chunk_size, prior)[0]
+
+
+def _log_likelihood_and_ess(key, x, encode, decode, k_samples, chunk_size, prior):
+    """`log_likelihood` and the effective sample size of the same k weights: ([], [])."""
     if k_samples < 1 or chunk_size < 1:
         raise ValueError(f'k_samples and chunk_size must be >= 1, got {k_samples}, {chunk_size}')
     q = encode(x)
@@ -148,16 +152,28 @@ def log_likelihood(
     chunk_size = min(chunk_size, k_samples)
     num_chunks = -(-k_samples // chunk_size)
 
-    def body(total, chunk_index):
+    def body(totals, chunk_index):
         indices = chunk_index * chunk_size + jnp.arange(chunk_size)
         log_w = _log_weights(key, indices, x, q, decode, prior)
         log_w = jnp.where(indices < k_samples, log_w, -jnp.inf)
-        # Running log-sum-exp: logaddexp is stable for any magnitudes and for -inf.
-        return jnp.logaddexp(total, jax.nn.logsumexp(log_w)), None
+        return _add_log_sums(totals, log_w), None
 
-    init = jnp.full((), -jnp.inf, jnp.float32)
-    total, _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
-    return total - jnp.log(float(k_samples))
+    init = (jnp.full((), -jnp.inf, jnp.float32),) * 2
+    totals, _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
+    return totals[0] - jnp.log(float(k_samples)), _ess(totals)
+
+
+def _add_log_sums(totals, log_w):
+    """Running (log sum w, log sum w^2) over chunks; logaddexp is stable for any magnitude."""
+    return (
+        jnp.logaddexp(totals[0], jax.nn.logsumexp(log_w)),
+        jnp.logaddexp(totals[1], jax.nn.logsumexp(2.0 * log_w)),
+    )
+
+
+def _ess(totals):
+    """(sum w)^2 / sum w^2 from the running log sums (as `bounds.ess`, without a second pass)."""
+    return jnp.exp(2.0 * totals[0] - totals[1])
 
 
 def model_log_likelihood(
@@ -188,6 +204,12 @@ def model_log_likelihood(
     References:
       Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016.
     """
+    estimate, means, _ = _model_log_likelihood_and_ess(key, model, k_samples, chunk_size)
+    return estimate, means
+
+
+def _model_log_likelihood_and_ess(key, model, k_samples, chunk_size):
+    """`model_log_likelihood` plus the effective sample size of the same k weights."""
     if k_samples < 1 or chunk_size < 1:
         raise ValueError(f'k_samples and chunk_size must be >= 1, got {k_samples}, {chunk_size}')
     chunk_size = min(chunk_size, k_samples)
@@ -197,7 +219,7 @@ def model_log_likelihood(
         return jax.tree.map(lambda leaf: leaf[0], model.sample(sample_key, 1))
 
     def body(carry, chunk_index):
-        total, sums = carry
+        totals, sums = carry
         indices = chunk_index * chunk_size + jnp.arange(chunk_size)
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
         z = jax.vmap(draw)(keys)  # leaves [C, ...]
@@ -209,15 +231,14 @@ def model_log_likelihood(
             mask = valid.reshape(valid.shape + (1,) * (leaf.ndim - 1))
             return s + jnp.sum(jnp.where(mask, leaf, 0.0), axis=0)
 
-        # Running log-sum-exp: logaddexp is stable for any magnitudes and for -inf.
-        return (jnp.logaddexp(total, jax.nn.logsumexp(log_w)), jax.tree.map(add, sums, z)), None
+        return (_add_log_sums(totals, log_w), jax.tree.map(add, sums, z)), None
 
     z_shape = jax.eval_shape(draw, key)
     sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), z_shape)
-    init = (jnp.full((), -jnp.inf, jnp.float32), sums)
-    (total, sums), _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
+    init = ((jnp.full((), -jnp.inf, jnp.float32),) * 2, sums)
+    (totals, sums), _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
     means = jax.tree.map(lambda s: s / k_samples, sums)
-    return total - jnp.log(float(k_samples)), means
+    return totals[0] - jnp.log(float(k_samples)), means, _ess(totals)
 
 
 def _model_example_metrics(
@@ -238,14 +259,9 @@ def _model_example_metrics(
     terms = losses.model_elbo(elbo_key, model, analytic_kl=True)
     out = {name: terms[name] for name in ('elbo', 'recon', 'kl')}
     for k, iwae_key in zip(k_list, iwae_keys, strict=True):
-        out[f'iwae_k{k}'], _ = model_log_likelihood(
-            iwae_key, model, k_samples=k, chunk_size=chunk_size
-        )
-    if k_list:
-        k_ess = max(k_list)
-        out[f'ess_k{k_ess}'] = bounds.ess(
-            losses.model_log_weights(jax.random.fold_in(key, ESS_SALT), model, k_samples=k_ess)
-        )
+        out[f'iwae_k{k}'], _, ess = _model_log_likelihood_and_ess(iwae_key, model, k, chunk_size)
+        if k == max(k_list):
+            out[f'ess_k{k}'] = ess
     if nll_k:
         out['log_px'], means = model_log_likelihood(
             nll_key, model, k_samples=nll_k, chunk_size=chunk_size
@@ -323,16 +339,11 @@ def _example_metrics(
     terms = losses.elbo(elbo_key, x, encode, decode, analytic_kl=True)
     out.update({name: terms[name] for name in ('elbo', 'recon', 'kl')})
     for k, iwae_key in zip(k_list, iwae_keys, strict=True):
-        out[f'iwae_k{k}'] = log_likelihood(
-            iwae_key, x, encode, decode, k_samples=k, chunk_size=chunk_size
+        out[f'iwae_k{k}'], ess = _log_likelihood_and_ess(
+            iwae_key, x, encode, decode, k, chunk_size, None
         )
-    if k_list:
-        k_ess = max(k_list)
-        out[f'ess_k{k_ess}'] = bounds.ess(
-            losses.log_importance_weights(
-                jax.random.fold_in(key, ESS_SALT), x, encode, decode, k_samples=k_ess
-            )
-        )
+        if k == max(k_list):
+            out[f'ess_k{k}'] = ess
     if nll_k:
         out['log_px'] = log_likelihood(
             nll_key, x, encode, decode, k_samples=nll_k, chunk_size=chunk_size
