@@ -157,10 +157,32 @@ def tcvae(
     if log_px.shape != z.shape[:1]:
         raise ValueError(f'log_px must be [B] = {z.shape[:1]} for z {z.shape}, got {log_px.shape}.')
     terms = decompose(z, loc, scale, dataset_size=dataset_size, estimator=estimator)
-    mi = jnp.mean(terms['log_q_zx'] - terms['log_qz'])
-    tc = jnp.mean(terms['log_qz'] - terms['log_prod_qz'])
-    dwkl = jnp.mean(terms['log_prod_qz'] - terms['log_pz'])
-    recon = -jnp.mean(log_px)
+    per_example = objective_terms(log_px, terms, alpha=alpha, beta=beta, gamma=gamma)
+    return {name: jnp.mean(value) for name, value in per_example.items()}
+
+
+def objective_terms(
+    log_px: jax.Array,
+    terms: dict[str, jax.Array],
+    *,
+    alpha: float | jax.Array,
+    beta: float | jax.Array,
+    gamma: float | jax.Array,
+) -> dict[str, jax.Array]:
+    """Per-example beta-TCVAE loss and terms from `decompose`'s log densities.
+
+    Args:
+        log_px: [B] log p(x_i | z_i).
+        terms: `decompose`'s {'log_q_zx', 'log_qz', 'log_prod_qz', 'log_pz'}, each [B].
+        alpha, beta, gamma: weights on MI, TC and the dimension-wise KL (may be traced).
+
+    Returns:
+        {'loss', 'recon', 'mi', 'tc', 'dwkl', 'kl' (= mi + tc + dwkl), 'elbo'}, each [B].
+    """
+    mi = terms['log_q_zx'] - terms['log_qz']
+    tc = terms['log_qz'] - terms['log_prod_qz']
+    dwkl = terms['log_prod_qz'] - terms['log_pz']
+    recon = -log_px
     kl = mi + tc + dwkl
     return {
         'loss': recon + alpha * mi + beta * tc + gamma * dwkl,

@@ -246,20 +246,7 @@ def model_beta_tcvae(
     labels_in = labels if labels is not None else jnp.zeros(images.shape[:1], jnp.int32)
     z, loc, scale, log_px = jax.vmap(one, axis_name='batch')(keys, images, labels_in)
     parts = tcvae.decompose(z, loc, scale, dataset_size=dataset_size, estimator=tcvae_estimator)
-    mi = parts['log_q_zx'] - parts['log_qz']
-    tc = parts['log_qz'] - parts['log_prod_qz']
-    dwkl = parts['log_prod_qz'] - parts['log_pz']
-    recon = -log_px
-    kl = mi + tc + dwkl
-    return {
-        'loss': recon + tcvae_alpha * mi + beta * tc + tcvae_gamma * dwkl,
-        'recon': recon,
-        'mi': mi,
-        'tc': tc,
-        'dwkl': dwkl,
-        'kl': kl,
-        'elbo': -(recon + kl),
-    }
+    return tcvae.objective_terms(log_px, parts, alpha=tcvae_alpha, beta=beta, gamma=tcvae_gamma)
 
 
 MODEL_OBJECTIVES: dict[str, Any] = {
