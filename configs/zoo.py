@@ -22,7 +22,7 @@ written into experiments/zoo/README.md by experiments/zoo/report.py.
 
 import ml_collections
 
-from configs import default
+from configs import iwae_mnist, iwae_mnist_2layer
 
 STEPS_PER_EPOCH = 60_000 // 20
 NUM_STAGES = 5
@@ -47,40 +47,15 @@ MODELS = (
 
 
 def _base() -> ml_collections.ConfigDict:
-    c = default.get_config()
-    c.objective = 'elbo'
-    c.k_samples = 1
-    # The IWAE paper's VAE bound averages the k log-weights (a Monte-Carlo KL).
-    c.analytic_kl = False
+    """The IWAE-paper protocol (configs/iwae_mnist.py) cut to its first five stages."""
+    c = iwae_mnist.get_config()
+    c.objective = 'elbo'  # The IWAE paper's VAE: a Monte-Carlo ELBO (analytic_kl stays False).
     c.num_train_steps = NUM_EPOCHS * STEPS_PER_EPOCH
-    c.log_every_steps = STEPS_PER_EPOCH
     c.eval_every_steps = 11 * STEPS_PER_EPOCH  # 11 test evaluations during training
     c.checkpoint_every_steps = 11 * STEPS_PER_EPOCH
     c.keep_checkpoints = 1
-    c.steps_per_call = 1_000
     c.eval_k_samples = (1, 50)
-
-    c.input.dataset = 'mnist'
-    c.input.binarize = 'dynamic'
-    c.input.batch_size = 20
-    c.input.eval_batch_size = 1_000
-
-    c.model.latent_dim = 50
-    c.model.encoder = 'dense(200)-tanh-dense(200)-tanh'
-    c.model.decoder = 'dense(200)-tanh-dense(200)-tanh-dense(out)'
-    c.model.posterior = 'diagonal'
-    c.model.scale_transform = 'exp'
-    c.model.likelihood = 'bernoulli'
-
-    c.optim.name = 'adam'
-    c.optim.learning_rate = 1e-3
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-4
-    c.optim.schedule = 'stages'
     c.optim.num_stages = NUM_STAGES
-    c.optim.stage_base = 3
-    c.optim.stage_decay = 10 ** (-1 / 7)
     return c
 
 
@@ -128,12 +103,6 @@ def get_config(model: str = 'vae') -> ml_collections.ConfigDict:
             )
         )
     elif model.startswith('two_layer'):
-        c.model.module = 'vae_jax.two_layer:TwoLayerVAE'
-        c.model.module_kwargs = ml_collections.ConfigDict(
-            dict(
-                latent_dims=(100, 50),
-                encoder_dims=((200, 200), (100, 100)),
-                decoder_dims=((100, 100), (200, 200)),
-            )
-        )
+        two_layer = iwae_mnist_2layer.get_config().model
+        c.model.module, c.model.module_kwargs = two_layer.module, two_layer.module_kwargs
     return c

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from configs import default as default_config
 from vae_jax import (
     checkpoints,
     config_validation,
@@ -138,8 +139,6 @@ def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(json.loads(path.read_text()))
     config.eval_k_samples = tuple(config.eval_k_samples)
     # A run written before a top-level key existed (e.g. the zoo's options) takes its default.
-    from configs import default as default_config  # noqa: PLC0415 -- configs import vae_jax
-
     _fill_missing(config, default_config.get_config())
     return config
 
