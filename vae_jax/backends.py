@@ -56,9 +56,9 @@ BACKEND_DEFAULTS = {
         # evaluation 2.1-2.2x). Dense models keep XLA's defaults: at the IWAE paper's batch 20
         # (W4-k5) turning YNNPACK off made the hand-written step 1.45x (fastest round) / 1.74x
         # (median) slower, and turning it back on made vae_jax's step 1.74x / 1.11x faster
-        # (benchmarks/profile.md; loaded machine). NOTE: the trainer still applies the conv
-        # setting to every model (`steps.compiler_options()`): switching per family changed the
-        # float rounding between a resumed and an uninterrupted run; to be checked first.
+        # (benchmarks/profile.md; loaded AMD EPYC machine). On an Intel Xeon 2-vCPU machine the
+        # setting made no difference to the IWAE-paper step (k=1 480-540 vs 520-530 steps/s).
+        # Evaluation keeps YNNPACK off for every family (`steps.compiler_options()`).
         compiler_options={
             'dense': None,
             'conv': {'xla_cpu_experimental_ynn_fusion_type': ''},

@@ -111,7 +111,7 @@ class Run:
             self.chunk_body,
             static_argnames=('num_steps',),
             donate_argnums=(0, 1),
-            compiler_options=steps.compiler_options(),
+            compiler_options=steps.compiler_options(steps.model_family(self.config)),
         )
 
     @functools.cached_property
@@ -222,7 +222,7 @@ def make_vmapped_chunk_fn(run: Run) -> Callable[..., Any]:
         vmapped,
         static_argnames=('num_steps',),
         donate_argnums=(0, 1),
-        compiler_options=steps.compiler_options(),
+        compiler_options=steps.compiler_options(steps.model_family(run.config)),
     )
 
 

@@ -33,7 +33,7 @@ from configs import zoo  # noqa: E402
 START, END = '<!-- zoo:start -->', '<!-- zoo:end -->'
 STEPS_PER_PASS = zoo.STEPS_PER_EPOCH
 # Published test NLLs on dynamically binarised MNIST after a FULL schedule (a different budget
-# from this table's 121 passes): (nats, source). Only numbers for the same model family.
+# from this table's 40 passes): (nats, source). Only numbers for the same model family.
 BURDA = 'Burda et al. 2016, Table 1 (3,280 passes)'
 PUBLISHED = {
     'vae': (86.76, BURDA + ', VAE k=1'),
