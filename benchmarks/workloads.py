@@ -148,7 +148,7 @@ def train_images(name: str) -> np.ndarray:
     return random_images(NUM_TRAIN, 0)
 
 
-def _random_datasets(input_config: ml_collections.ConfigDict):
+def _random_datasets(input_config: ml_collections.ConfigDict, likelihood: str | None = None):
     images = random_grey_images if input_config.binarize == 'dynamic' else random_images
     split = lambda n, seed: {'image': images(n, seed), 'label': np.zeros((n,), np.int32)}
     return split(NUM_TRAIN, 0), split(NUM_TEST, 1)
