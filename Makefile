@@ -32,7 +32,7 @@ format: $(TEST_STAMP)
 	$(BIN)/ruff check --fix .
 
 test: lint
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/python -m pytest -n 2 --durations=15 tests
 
 # A fresh virtual environment holding only `pip install .` (no test extra, no editable install)
 # must import every module of vae_jax and configs: this catches an import of a package that is
