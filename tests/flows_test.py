@@ -174,6 +174,31 @@ class IAFVAETest(absltest.TestCase):
         )
         np.testing.assert_allclose(z['z'], jax.vmap(single)(z['z0']), rtol=1e-5, atol=1e-6)
 
+    def test_optional_members_draw_n01_and_decode_the_bernoulli_mean(self):
+        from vae_jax import models
+
+        model = flows.IAFVAE(
+            latent_dim=3, encoder_dims=(8,), decoder_dims=(8,), context_dim=2, flow_steps=1
+        )
+        variables = models.init_variables(model, jax.random.key(0), (4, 4, 1), False)
+        variables = {'params': _randomised(variables['params'])}
+        noise = {
+            'z': jax.random.normal(jax.random.key(1), (5, 3)),
+            'z0': jax.random.normal(jax.random.key(2), (5, 3)),
+        }
+        z = model.apply(variables, noise, method='sample_prior')
+        self.assertEqual(set(z), {'z'})  # z0 belongs to the posterior only
+        np.testing.assert_array_equal(z['z'], noise['z'])
+        mean = np.asarray(model.apply(variables, z, method='decode_mean'), np.float64)
+        self.assertEqual(mean.shape, (5, 16))
+        # log p(x|z) is the Bernoulli log-pmf with that mean, computed here.
+        x = np.random.default_rng(3).integers(0, 2, (4, 4, 1)).astype(np.float32)
+        flat = x.reshape(-1).astype(np.float64)
+        log_px = np.sum(flat * np.log(mean) + (1 - flat) * np.log1p(-mean), -1)
+        np.testing.assert_allclose(
+            model.apply(variables, x, z, method='log_likelihood'), log_px, rtol=1e-5, atol=1e-4
+        )
+
 
 def _randomised(params, seed=5, scale=0.5):
     leaves, tree = jax.tree.flatten(params)

@@ -68,6 +68,53 @@ class TwoLayerTest(absltest.TestCase):
         log_px = stats.bernoulli(1 / (1 + np.exp(-logits))).logpmf(x.reshape(-1)).sum(-1)
         np.testing.assert_allclose(call('log_likelihood', x, z), log_px, rtol=1e-5, atol=1e-4)
 
+    def test_sample_prior_draws_z2_then_z1_given_z2(self):
+        params = _params()
+        rng = np.random.default_rng(2)
+        n = 20_000
+        noise = {'z1': rng.normal(size=(n, 4)), 'z2': rng.normal(size=(n, 2))}
+        noise = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), noise)
+        z = jax.tree.map(np.asarray, _MODEL.apply({'params': params}, noise, method='sample_prior'))
+        np.testing.assert_array_equal(z['z2'], noise['z2'])
+        # z1 = loc + scale * noise of p(z1|z2), computed here in numpy.
+        out = _mlp(params['p_z1'], z['z2'].astype(np.float64))
+        loc, scale = out[:, :4], np.exp(out[:, 4:])
+        np.testing.assert_allclose(
+            z['z1'], loc + scale * np.asarray(noise['z1']), rtol=1e-5, atol=1e-5
+        )
+        # The model's own log p(z) of its draws: its mean is E[log p(z2) - sum log scale(z2)]
+        # - (D1 / 2)(1 + log 2 pi) (the conditional's expected log-density given z2, at the
+        # same z2). What differs is z1's noise, -sum noise^2 / 2 + D1 / 2, of variance D1 / 2:
+        # a draw of z1 at another scale than p(z1|z2)'s moves the mean by many standard errors.
+        log_p = np.asarray(_MODEL.apply({'params': params}, z, method='log_prior'), np.float64)
+        expected = (
+            stats.norm.logpdf(z['z2'].astype(np.float64)).sum(-1)
+            - np.log(scale).sum(-1)
+            - 2.0 * (1.0 + np.log(2 * np.pi))
+        )
+        self.assertLess(abs(log_p.mean() - expected.mean()), 5.0 * np.sqrt(2.0 / n))
+
+    def test_decode_mean_is_the_mean_of_the_bernoulli_likelihood(self):
+        params = _params()
+        rng = np.random.default_rng(3)
+        x = rng.integers(0, 2, size=_SHAPE).astype(np.float32)
+        z = {'z1': rng.normal(size=(3, 4)) * 2.0, 'z2': rng.normal(size=(3, 2))}
+        z = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), z)
+        mean = np.asarray(_MODEL.apply({'params': params}, z, method='decode_mean'), np.float64)
+        self.assertEqual(mean.shape, (3, 6))  # [K, M]: the flattened x
+        logits = _mlp(params['p_x'], np.asarray(z['z1'], np.float64))
+        np.testing.assert_allclose(mean, 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6)
+        # log p(x|z) is the Bernoulli log-pmf with that mean, computed here.
+        flat = x.reshape(-1).astype(np.float64)
+        log_px = np.sum(flat * np.log(mean) + (1 - flat) * np.log1p(-mean), -1)
+        log_likelihood = _MODEL.apply({'params': params}, x, z, method='log_likelihood')
+        np.testing.assert_allclose(log_likelihood, log_px, rtol=1e-5, atol=1e-4)
+
+    def test_decode_mean_before_the_likelihood_exists_says_so(self):
+        z = {'z1': jnp.zeros((1, 4)), 'z2': jnp.zeros((1, 2))}
+        with self.assertRaisesRegex(ValueError, r"p_x.output_width: .*no output layer 'Dense_1'"):
+            _MODEL.init(jax.random.key(0), z, method='decode_mean')
+
 
 if __name__ == '__main__':
     absltest.main()

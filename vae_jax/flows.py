@@ -203,7 +203,8 @@ class IAFVAE(nn.Module):
     It follows `models.LatentVariableModel`, with latents {'z': [D], 'z0': [D]}: z is the
     flow's output (the decoder and prior see it) and z0 its base sample, which `log_posterior`
     needs (log q(z | x) = log N(z0; loc, scale^2) - log-det, without inverting the flow). The
-    library draws noise for both; 'z0' uses it, the noise drawn for 'z' is unused.
+    library draws noise for both; `sample_posterior` uses the noise of 'z0' only, the optional
+    `sample_prior` (z ~ N(0, I)) that of 'z' only. `decode_mean` is the decoder's Bernoulli mean.
 
     Gradient estimators: reparameterised only. `log_posterior` reads z0 from the latents, so
     with stopped parameters it is not log q at the stopped flow's inverse of z, which is what
@@ -275,3 +276,16 @@ class IAFVAE(nn.Module):
     def log_prior(self, z: dict, y=None, train: bool = False) -> Array:
         """[K] log N(z; 0, I)."""
         return jnp.sum(-0.5 * jnp.square(z['z']) - 0.5 * math.log(2 * math.pi), -1)
+
+    # Optional protocol members (`vae_jax.load(...).sample` and `.reconstruct` use them).
+
+    def sample_prior(self, noise: dict, y=None, train: bool = False) -> dict:
+        """noise {'z': [K, D], 'z0': [K, D]} -> {'z': [K, D]} ~ p(z) = N(0, I).
+
+        z0 is the posterior's base sample, not part of p(x, z): it is left out (its noise unused).
+        """
+        return {'z': noise['z']}
+
+    def decode_mean(self, z: dict, y=None, train: bool = False) -> Array:
+        """[K, M] the mean of p(x|z), sigmoid of the Bernoulli logits, over the flattened x."""
+        return jax.nn.sigmoid(self.decoder(z['z'], self.decoder.output_width()))

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 Array = jax.Array
 
 PROTOCOL_METHODS = ('sample_posterior', 'log_posterior', 'log_likelihood', 'log_prior')
+# Optional members: what `vae_jax.load(...).sample` and `.reconstruct` need of a protocol model.
+OPTIONAL_METHODS = ('sample_prior', 'decode_mean')
 
 
 @runtime_checkable
@@ -48,6 +50,20 @@ class LatentVariableModel(Protocol):
       log_likelihood(x, z, y=None, train=False) -> [K] log p(x | z).
       log_prior(z, y=None, train=False) -> [K] log p(z); the prior may have parameters (a
         learned mixture, a VampPrior, a hierarchy p(z2) p(z1 | z2)).
+
+    Optional members (training and evaluation never call them; `vae_jax.load(workdir)`'s
+    `sample_prior`, `sample` and `reconstruct` do, in evaluation mode, and name the one a model
+    lacks):
+      sample_prior(noise, y=None, train=False) -> z: a draw from p(z). noise has the latents'
+        structure, leaves [K, *shape] drawn from N(0, I); z holds the latents that `log_prior`
+        and `decode_mean` read, leaves [K, *shape] (a latent only the posterior uses, such as
+        `flows.IAFVAE`'s base sample 'z0', may be left out). A hierarchy samples ancestrally
+        (z2 ~ p(z2), then z1 ~ p(z1 | z2)).
+      decode_mean(z, y=None, train=False) -> [K, *event]: the mean of p(x | z), in x's layout;
+        a model whose likelihood reads x flattened may return [K, prod(event)] instead.
+    `sample` decodes `sample_prior`'s draws; `reconstruct` decodes `sample_posterior` at zero
+    noise (the posterior mean of a one-layer Gaussian q; in a hierarchy, each layer's mean given
+    the layers it is conditioned on at theirs; for a flow, the flow's image of its base mean).
 
     Every objective (`losses.model_elbo`, `losses.model_iwae` with reparam, STL and DReG
     gradients) is a function of log w = log p(x | z) + log p(z) - log q(z | x). Objectives that
@@ -97,6 +113,11 @@ class LatentVariableModel(Protocol):
     def log_prior(self, z: Any, y: Array | None = None, train: bool = False): ...
 
 
+def missing_members(model: Any, names: tuple[str, ...] = OPTIONAL_METHODS) -> list[str]:
+    """The names in `names` that `model` does not have as callable members, in order."""
+    return [name for name in names if not callable(getattr(model, name, None))]
+
+
 def import_module_class(path: str) -> type:
     """The class named by `model.module`, 'package.module:ClassName'.
 
@@ -125,7 +146,7 @@ def check_protocol(model: Any, where: str = 'model') -> None:
     """Raises a ValueError naming what `model` lacks of `LatentVariableModel`."""
     if not isinstance(model, nn.Module):
         raise ValueError(f'{where}: {type(model).__name__} is not a Flax Linen module.')
-    missing = [name for name in PROTOCOL_METHODS if not callable(getattr(model, name, None))]
+    missing = missing_members(model, PROTOCOL_METHODS)
     try:
         shapes = model.latent_shapes
     except Exception as e:  # noqa: BLE001 -- reported with the cause below

@@ -4,13 +4,20 @@
     model = vae_jax.load('experiments/iwae_mnist/workdirs/iwae_k5')
     q = model.encode(x)                      # x [B, 28, 28, 1] -> q(z|x), batch [B], event [D]
     x_mean = model.reconstruct(x)            # [B, 28, 28, 1]
-    samples = model.sample(jax.random.key(0), 16)              # [16, 28, 28, 1]
+    z = model.sample_prior(jax.random.key(0), 16)              # [16, D], from the run's prior
+    samples = model.sample(jax.random.key(0), 16)              # [16, 28, 28, 1]: decoded z
     log_px = model.log_likelihood(jax.random.key(1), x, 5000)  # [B]
 
 `load` rebuilds the model from the run's config.json (the data shape comes from the config, so no
 data set is read) and restores the newest checkpoint, verified against the checksum recorded when
 it was saved. Full training checkpoints and parameters-only checkpoints (written by
 `checkpoints.export_params` for published runs) both load.
+
+A run of a model of its own (`model.module`, the model protocol) has `log_likelihood`, and
+uses the protocol's optional members where the module has them (`two_layer.TwoLayerVAE` and
+`flows.IAFVAE` have both): `sample_prior` needs its `sample_prior`, `reconstruct` its
+`decode_mean`, `sample` both; otherwise they raise a ValueError naming what is missing. `encode`
+and `decode` return distributions of the built-in VAE only.
 
 This module also holds what the trainer and `load` share: the model built from a config
 (`build`), the run's keys (`root_keys`) and the initial train state (`create_train_state`).
@@ -19,7 +26,9 @@ This module also holds what the trainer and `load` share: the model built from a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +49,7 @@ from vae_jax import (
     evaluation,
     models,
     optim,
+    protocol,
     run_files,
     steps,
 )
@@ -196,10 +206,34 @@ class TrainedModel:
         self.eval_key = root_keys(self.config.seed)[3]
         self._reconstruct = jax.jit(steps.reconstruct, static_argnums=0)
         self._decode_mean = jax.jit(steps.decode_mean, static_argnums=0)
+        apply_fn, latent_shapes = parts.model.apply, parts.static.latent_shapes
+        if latent_shapes is None:
+            self._prior_draws = jax.jit(
+                functools.partial(_builtin_prior_draws, apply_fn), static_argnums=2
+            )
+        else:
+            where = type(parts.model).__name__
+            self._prior_draws = jax.jit(
+                functools.partial(_protocol_prior_draws, apply_fn, latent_shapes, where),
+                static_argnums=2,
+            )
+            self._protocol_decode_mean = jax.jit(
+                functools.partial(_protocol_decode_mean, apply_fn, parts.data_shape, where)
+            )
+            self._protocol_reconstruct = jax.jit(
+                functools.partial(
+                    _protocol_reconstruct, apply_fn, latent_shapes, parts.data_shape, where
+                )
+            )
 
     @property
     def latent_dim(self) -> int:
         return int(self.config.model.latent_dim)
+
+    @property
+    def builtin(self) -> bool:
+        """True for the built-in layer-spec VAE, False for a model of its own (`model.module`)."""
+        return self.parts.static.latent_shapes is None
 
     def _labels(self, labels: Any, n: int, method: str) -> jax.Array:
         if not self.parts.static.use_labels:
@@ -226,50 +260,122 @@ class TrainedModel:
         if self.parts.bind_fn is None:
             raise ValueError(
                 f'{method}: this run trained a model of its own ({type(self.parts.model).__name__}'
-                '), which offers the log-weights protocol, not encode/decode closures; use '
-                "log_likelihood, or call the module's protocol methods with `self.variables`."
+                '), which offers the log-weights protocol, not encode/decode distributions; use '
+                'log_likelihood, sample and reconstruct (these two need the optional members '
+                "sample_prior and decode_mean), or call the module's methods with "
+                '`self.variables`.'
             )
         return self.parts.bind_fn
 
+    def _require(self, method: str, members: tuple[str, ...]) -> None:
+        """Raises a ValueError naming the optional protocol members the model lacks."""
+        missing = protocol.missing_members(self.parts.model, members)
+        if missing:
+            raise ValueError(
+                f'{method}: this run trained a model of its own ({type(self.parts.model).__name__}'
+                f'), which has no {" and no ".join(_SIGNATURES[name] for name in missing)}: '
+                f'optional members of the model protocol (vae_jax.models.LatentVariableModel) '
+                f'that {method} needs.'
+            )
+
+    def _protocol_labels(self, labels: Any, n: int, method: str) -> jax.Array | None:
+        """A protocol model's labels: [n] ints for a conditional run, else None (as in training)."""
+        return self._labels(labels, n, method) if self.parts.static.use_labels else None
+
     def encode(self, x: Any, labels: Any = None) -> distrax.Distribution:
         """q(z|x): x [B, *data_shape] (labels [B] for a conditional run) -> batch [B], event [D]."""
+        bind_fn = self._bind_fn('encode')
         x = self._batch(x, 'encode')
         y = self._labels(labels, x.shape[0], 'encode') if self.parts.static.use_labels else None
-        encode, _ = self._bind_fn('encode')(self.variables, y)
+        encode, _ = bind_fn(self.variables, y)
         return encode(x)
 
     def decode(self, z: Any, labels: Any = None) -> distrax.Distribution:
         """p(x|z): z [B, D] -> a distribution with batch [B] and event [*data_shape]."""
+        bind_fn = self._bind_fn('decode')
         z = jnp.asarray(z, jnp.float32)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f'decode: z must be [B, {self.latent_dim}], got {z.shape}')
         y = self._labels(labels, z.shape[0], 'decode') if self.parts.static.use_labels else None
-        _, decode = self._bind_fn('decode')(self.variables, y)
+        _, decode = bind_fn(self.variables, y)
         return decode(z)
 
     def reconstruct(self, x: Any, labels: Any = None) -> np.ndarray:
-        """The likelihood's mean at the posterior mean: x [B, *data_shape] -> [B, *data_shape]."""
+        """The likelihood's mean at the posterior mean: x [B, *data_shape] -> [B, *data_shape].
+
+        A model of its own needs `decode_mean`; it decodes `sample_posterior` at zero noise (the
+        posterior mean of a one-layer Gaussian q; in a hierarchy, each layer's mean given the
+        layers it is conditioned on at theirs; for an IAF posterior, the flow's image of its
+        base mean).
+        """
         x = self._batch(x, 'reconstruct')
+        if not self.builtin:
+            self._require('reconstruct', ('decode_mean',))
+            y = self._protocol_labels(labels, x.shape[0], 'reconstruct')
+            return np.asarray(self._protocol_reconstruct(self.variables, x, y))
         y = self._labels(labels, x.shape[0], 'reconstruct')
         bind_fn = self._bind_fn('reconstruct')
         return np.asarray(self._reconstruct(bind_fn, self.variables, x, y))
 
+    def sample_prior(self, key: jax.Array, n: int, labels: Any = None) -> Any:
+        """n draws z ~ p(z) from the run's prior, learned or not.
+
+        The built-in VAE draws from its prior distribution (`VAE.prior_distribution`, distrax):
+        N(0, I) (z = normal(key, [n, D])); the learned mixture of Gaussians ('mog': a component
+        by its learned weights, then z from that Gaussian); the VampPrior ('vamp': a pseudo-input
+        u_k uniformly, then z ~ q(z | u_k)). A model of its own draws N(0, I) noise for each of
+        its latents (`steps.standard_normal_noise`) and calls its `sample_prior` once per draw,
+        with that draw's label.
+
+        Args:
+          key: the draw's key.
+          n: how many.
+          labels: [n] (or one int) class labels; required for a conditional model of its own
+            (the built-in VAE's prior does not depend on the label: unused there).
+
+        Returns:
+          The built-in VAE: [n, D]. A model of its own: what its `sample_prior` returns, e.g.
+          {'z1': [n, D1], 'z2': [n, D2]}.
+
+        Raises:
+          ValueError: a model of its own without `sample_prior`; a conditional model of its own
+            without labels.
+        """
+        return jax.tree.map(np.asarray, self._draw_prior(key, n, labels, 'sample_prior'))
+
+    def _draw_prior(self, key: jax.Array, n: int, labels: Any, method: str) -> Any:
+        if self.builtin:
+            return self._prior_draws(self.variables, key, int(n))
+        self._require(method, ('sample_prior',))
+        y = self._protocol_labels(labels, n, method)
+        return self._prior_draws(self.variables, key, int(n), y)
+
     def sample(self, key: jax.Array, n: int, labels: Any = None) -> np.ndarray:
-        """The likelihood's mean at n draws z ~ N(0, I): [n, *data_shape].
+        """The likelihood's mean at n draws z ~ p(z) (`sample_prior` with the same key).
+
+        A model of its own needs the optional protocol members `sample_prior` and
+        `decode_mean`.
 
         Args:
           key: the draw's key.
           n: how many.
           labels: [n] (or one int) class labels; required for a conditional run.
+
+        Returns:
+          [n, *data_shape].
+
+        Raises:
+          ValueError: a model of its own without `sample_prior` or `decode_mean` (naming them);
+            a conditional run without labels.
         """
+        if not self.builtin:
+            self._require('sample', protocol.OPTIONAL_METHODS)
+            y = self._protocol_labels(labels, n, 'sample')
+            z = self._draw_prior(key, n, labels, 'sample')
+            return np.asarray(self._protocol_decode_mean(self.variables, z, y))
         bind_fn = self._bind_fn('sample')
-        if self.parts.static.prior != 'standard_normal':
-            raise ValueError(
-                f'sample: drawing from the learned prior model.prior.name='
-                f'{self.parts.static.prior!r} is not implemented here; only the N(0, I) prior is.'
-            )
-        z = jax.random.normal(key, (n, self.latent_dim))
         y = self._labels(labels, n, 'sample')
+        z = self._draw_prior(key, n, labels, 'sample')
         return np.asarray(self._decode_mean(bind_fn, self.variables, z, y))
 
     def log_likelihood(
@@ -310,6 +416,117 @@ class TrainedModel:
             model_fn=self.parts.model_fn,
         )
         return out['per_example']['log_px']
+
+
+_SIGNATURES = {
+    'sample_prior': 'sample_prior(noise, y=None, train=False) -> z',
+    'decode_mean': 'decode_mean(z, y=None, train=False) -> [K, *event]',
+}
+
+
+def _builtin_prior_draws(
+    apply_fn: Callable[..., Any], variables: Any, key: jax.Array, n: int
+) -> jax.Array:
+    """n draws from the built-in VAE's prior distribution: [n, D].
+
+    distrax's `MixtureSameFamily.sample` draws each component index from the mixture's weights,
+    then z from that component (for 'vamp': uniform weights, components q(z | u_k)).
+    """
+
+    def draw(module):
+        return module.prior_distribution(train=False).sample(seed=key, sample_shape=n)
+
+    return apply_fn(variables, method=draw)
+
+
+def _with_k(tree: Any) -> Any:
+    """Leaves [*shape] -> [1, *shape]: one example's single draw as K = 1 samples."""
+    return jax.tree.map(lambda a: a[None], tree)
+
+
+def _protocol_prior_draws(
+    apply_fn: Callable[..., Any],
+    latent_shapes: tuple[tuple[str, tuple[int, ...]], ...],
+    where: str,
+    variables: Any,
+    key: jax.Array,
+    n: int,
+    y: jax.Array | None,
+) -> Any:
+    """n draws of a protocol model's `sample_prior`, one call per draw: leaves [n, *shape].
+
+    Args:
+      apply_fn: the module's `apply`; latent_shapes: ((name, shape), ...); where: its class name.
+      variables: {'params', optional 'batch_stats'}.
+      key: the noise's key (`steps.standard_normal_noise`, K = n).
+      n: how many (static).
+      y: [n] int labels, or None for an unconditional model.
+    """
+    noise = steps.standard_normal_noise(key, n, latent_shapes)
+
+    def one(noise, y):
+        z = apply_fn(variables, _with_k(noise), y=y, train=False, method='sample_prior')
+        leaves = jax.tree.leaves(z)
+        if not leaves or any(a.ndim < 1 or a.shape[0] != 1 for a in leaves):
+            raise ValueError(
+                f'{where}.sample_prior returned {jax.tree.map(jnp.shape, z)} for K = 1 noise '
+                'draws; it must return the latents as a pytree of [K, *shape] arrays.'
+            )
+        return jax.tree.map(lambda a: a[0], z)
+
+    return jax.vmap(one)(noise, y)
+
+
+def _event(out: jax.Array, data_shape: tuple[int, ...], where: str) -> jax.Array:
+    """`decode_mean`'s output for K = 1, [1, *data_shape] or [1, prod(data_shape)] -> [*data_shape].
+
+    Raises:
+      ValueError: any other shape.
+    """
+    flat = math.prod(data_shape)
+    if out.shape not in ((1, *data_shape), (1, flat)):
+        raise ValueError(
+            f'{where}.decode_mean returned shape {out.shape} for K = 1 latents; it must return '
+            f'[K, {", ".join(map(str, data_shape))}] (the data shape) or [K, {flat}] (flattened).'
+        )
+    return out.reshape(data_shape)
+
+
+def _protocol_decode_mean(
+    apply_fn: Callable[..., Any],
+    data_shape: tuple[int, ...],
+    where: str,
+    variables: Any,
+    z: Any,
+    y: jax.Array | None,
+) -> jax.Array:
+    """A protocol model's `decode_mean`, per draw: z leaves [B, *shape] -> [B, *data_shape]."""
+
+    def one(z, y):
+        out = apply_fn(variables, _with_k(z), y=y, train=False, method='decode_mean')
+        return _event(out, data_shape, where)
+
+    return jax.vmap(one)(z, y)
+
+
+def _protocol_reconstruct(
+    apply_fn: Callable[..., Any],
+    latent_shapes: tuple[tuple[str, tuple[int, ...]], ...],
+    data_shape: tuple[int, ...],
+    where: str,
+    variables: Any,
+    x: jax.Array,
+    y: jax.Array | None,
+) -> jax.Array:
+    """`decode_mean` at `sample_posterior` with zero noise: x [B, *data_shape] -> the same shape."""
+
+    def one(x, y):
+        noise = {name: jnp.zeros((1, *shape), jnp.float32) for name, shape in latent_shapes}
+        z = apply_fn(variables, x, noise, y=y, train=False, method='sample_posterior')
+        out = apply_fn(variables, z, y=y, train=False, method='decode_mean')
+        return _event(out, data_shape, where)
+
+    return jax.vmap(one)(x, y)
 
 
 def load(workdir: str | Path) -> TrainedModel:

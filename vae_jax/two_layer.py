@@ -5,8 +5,9 @@
                                                            p(x | z1):  z1 -> 200 -> 200 -> x
 with tanh hidden units, diagonal Gaussians whose scales are exp of a linear output, and a
 Bernoulli likelihood over the flattened data. The sizes are attributes, so other depths of MLP
-fit too. `TwoLayerVAE` follows the model protocol (`models.LatentVariableModel`); a config names
-it as `model.module='vae_jax.two_layer:TwoLayerVAE'` (configs/iwae_mnist_2layer.py).
+fit too. `TwoLayerVAE` follows the model protocol (`models.LatentVariableModel`), with its
+optional `sample_prior` and `decode_mean` (so `vae_jax.load(workdir).sample` works for its runs);
+a config names it as `model.module='vae_jax.two_layer:TwoLayerVAE'` (configs/iwae_mnist_2layer.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,21 @@ class MLP(nn.Module):
         for width in self.hidden_dims:
             h = act(nn.Dense(width)(h))
         return nn.Dense(num_outputs)(h)
+
+    def output_width(self) -> int:
+        """num_outputs of the created output layer (bound, initialised modules only).
+
+        Raises:
+          ValueError: the output layer has no parameters yet (the MLP was never called).
+        """
+        name = f'Dense_{len(self.hidden_dims)}'
+        params = self.variables.get('params', {})
+        if name not in params:
+            raise ValueError(
+                f'{self.name}.output_width: the MLP has no output layer {name!r} yet; call it '
+                '(or initialise the model) first.'
+            )
+        return int(params[name]['kernel'].shape[-1])
 
 
 class TwoLayerVAE(nn.Module):
@@ -104,6 +120,22 @@ class TwoLayerVAE(nn.Module):
         return gaussian_log_prob(z['z1'], loc1, scale1) + gaussian_log_prob(
             z2, jnp.zeros_like(z2), jnp.ones_like(z2)
         )
+
+    # Optional protocol members (`vae_jax.load(...).sample` and `.reconstruct` use them).
+
+    def sample_prior(self, noise: dict, y=None, train: bool = False) -> dict:
+        """Ancestral draws from p(z1|z2) p(z2): noise {'z1': [K, D1], 'z2': [K, D2]} ~ N(0, I).
+
+        z2 = noise['z2'] ~ N(0, I), then z1 = loc(z2) + scale(z2) * noise['z1'] ~ p(z1|z2);
+        returns {'z1': [K, D1], 'z2': [K, D2]}.
+        """
+        z2 = noise['z2']
+        loc1, scale1 = self._gaussian(self.p_z1, z2, self.latent_dims[0])
+        return {'z1': loc1 + scale1 * noise['z1'], 'z2': z2}
+
+    def decode_mean(self, z: dict, y=None, train: bool = False) -> Array:
+        """[K, M] the mean of p(x|z1), sigmoid of the Bernoulli logits, over the flattened x."""
+        return jax.nn.sigmoid(self.p_x(z['z1'], self.p_x.output_width()))
 
     def __call__(self, x: Array, y=None, *, train: bool = False) -> Array:
         """log w of one zero-noise sample, [1]; lets `model.init(key, x)` create every parameter."""
