@@ -17,6 +17,8 @@ import jax.numpy as jnp
 Array = jax.Array
 
 PROTOCOL_METHODS = ('sample_posterior', 'log_posterior', 'log_likelihood', 'log_prior')
+# Members a model may have; the library uses them when present (see `LatentVariableModel`).
+OPTIONAL_METHODS = ('sample_and_log_posterior',)
 
 
 @runtime_checkable
@@ -49,6 +51,22 @@ class LatentVariableModel(Protocol):
       log_prior(z, y=None, train=False) -> [K] log p(z); the prior may have parameters (a
         learned mixture, a VampPrior, a hierarchy p(z2) p(z1 | z2)).
 
+    Optional member (`OPTIONAL_METHODS`):
+      sample_and_log_posterior(x, noise, y=None, train=False) -> (z, [K] log q(z | x)): the
+        sample `sample_posterior(x, noise)` returns and its log-density, from ONE pass of the
+        inference network. A reparameterised sample knows its density from the noise: for a
+        Gaussian layer z = loc + scale * eps, log q = sum(-0.5 eps^2 - log scale - 0.5 log 2 pi);
+        for an IAF posterior, that of the base sample minus the sum of the steps' log sigma.
+        Without it the objectives call `sample_posterior` and then `log_posterior`, i.e. the
+        encoder (and a flow) twice per step. The library uses it wherever it scores a fresh
+        sample with live parameters: the ELBO, IWAE with the 'reparam' estimator, the zoo's
+        MIWAE / CIWAE / PIWAE, and evaluation's log-weights. STL and DReG need log q with
+        stopped variational parameters at a live z, so with those estimators the library keeps
+        calling `sample_posterior` and `log_posterior` and never this member. Its values must
+        equal theirs (to float rounding), and z must be differentiable in the same way. It
+        must use only parameters the four methods create (initialisation calls those four);
+        `models.check_model` checks its output shapes.
+
     Every objective (`losses.model_elbo`, `losses.model_iwae` with reparam, STL and DReG
     gradients) is a function of log w = log p(x | z) + log p(z) - log q(z | x). Objectives that
     need a one-layer encode/decode form (the autoencoder, free bits, analytic KL) are available
@@ -78,6 +96,12 @@ class LatentVariableModel(Protocol):
             def log_posterior(self, x, z, y=None, train=False):
                 loc, scale = self._q(x)
                 return jax.vmap(lambda z: normal_log_pdf(z, loc, scale).sum())(z['z'])
+
+            def sample_and_log_posterior(self, x, noise, y=None, train=False):  # optional
+                loc, scale = self._q(x)
+                eps = noise['z']  # [K, D]; log q(z) = log N(eps; 0, I) - sum log scale
+                log_q = normal_log_pdf(eps, 0.0, 1.0).sum(-1) - jnp.log(scale).sum()
+                return {'z': loc[None] + scale[None] * eps}, log_q
             ...
 
     README.md ("Your own model") has a complete, runnable example.
@@ -126,6 +150,9 @@ def check_protocol(model: Any, where: str = 'model') -> None:
     if not isinstance(model, nn.Module):
         raise ValueError(f'{where}: {type(model).__name__} is not a Flax Linen module.')
     missing = [name for name in PROTOCOL_METHODS if not callable(getattr(model, name, None))]
+    for name in OPTIONAL_METHODS:
+        if hasattr(model, name) and not callable(getattr(model, name)):
+            missing.append(f'{name} (optional, but present and not a method)')
     try:
         shapes = model.latent_shapes
     except Exception as e:  # noqa: BLE001 -- reported with the cause below
@@ -149,6 +176,11 @@ def check_protocol(model: Any, where: str = 'model') -> None:
             f'{where}: {type(model).__name__}.latent_shapes must be a non-empty dict of '
             f'name -> tuple of ints, got {shapes!r}.'
         )
+
+
+def has_one_pass_posterior(model: Any) -> bool:
+    """True when `model` has the optional `sample_and_log_posterior` (see `LatentVariableModel`)."""
+    return callable(getattr(model, 'sample_and_log_posterior', None))
 
 
 def init_all(module: Any, x: Array, y: Array | None) -> Array:
