@@ -58,6 +58,14 @@ class MyVAE(nn.Module):
         loc, scale = self._q(x)
         return normal_log_prob(z['z'], loc[None], scale[None])  # [K]
 
+    def sample_and_log_posterior(self, x, noise, y=None, train=False):
+        # Optional: the sample and its log q from one encoder pass (reparameterised objectives
+        # use it; without it they call sample_posterior and then log_posterior).
+        loc, scale = self._q(x)
+        eps = noise['z']  # [K, D]
+        log_q = jnp.sum(-0.5 * jnp.square(eps) - jnp.log(scale)[None] - _HALF_LOG_2PI, -1)
+        return {'z': loc[None] + scale[None] * eps}, log_q  # [K]
+
     def log_likelihood(self, x, z, y=None, train=False):
         flat = x.reshape(-1)
         logits = self.decoder_out(jnp.tanh(self.decoder_hidden(z['z'])), flat.shape[0])

@@ -18,7 +18,7 @@ from absl.testing import absltest, parameterized
 from scipy import stats
 
 from configs import default
-from vae_jax import evaluation, losses, models, steps
+from vae_jax import evaluation, losses, models, steps, zoo_objectives
 
 _D1, _D2, _M, _S1, _S = 3, 2, 4, 0.7, 0.5
 _RNG = np.random.default_rng(0)
@@ -290,6 +290,138 @@ class OneLayerEquivalenceTest(parameterized.TestCase):
                 estimator=estimator,
             )
             jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+class OnePassChain(LinearGaussianChain):
+    """The chain with the optional one-pass member; `log_q_offset` != 0 makes its log q wrong."""
+
+    log_q_offset: float = 0.0
+
+    def sample_and_log_posterior(self, x, noise, y=None, train=False):
+        q = self._q()
+        log_q = self.log_q_offset
+        for name, scale_tril in (('z1', q['L1']), ('z2', q['L2'])):
+            eps = noise[name]  # z = loc + L eps: log q = log N(eps; 0, I) - log|det L|
+            log_q = log_q + (
+                jnp.sum(-0.5 * jnp.square(eps), -1)
+                - 0.5 * eps.shape[-1] * np.log(2 * np.pi)
+                - jnp.sum(jnp.log(jnp.abs(jnp.diag(scale_tril))))
+            )
+        return self.sample_posterior(x, noise), log_q
+
+
+_OFFSET = 3.0
+
+
+def _bound(model, params, train=True):
+    """One example of `model` as a `losses.LatentModel`, bound through the library."""
+    static = _static_for(model)
+    return steps.make_model_binder(model.apply, params, {}, static, train=train)(
+        jnp.asarray(_X), None
+    )
+
+
+class OnePassPosteriorTest(parameterized.TestCase):
+    """The optional `sample_and_log_posterior`: used for reparameterised samples, not STL/DReG."""
+
+    def test_the_step_config_records_the_member(self):
+        self.assertTrue(_static_for(OnePassChain('wrong')).one_pass_posterior)
+        self.assertFalse(_static_for(LinearGaussianChain('wrong')).one_pass_posterior)
+        _, params, _ = _chain('wrong')
+        self.assertIsNone(_bound(LinearGaussianChain('wrong'), params).sample_and_log_q)
+        self.assertIsNotNone(_bound(OnePassChain('wrong'), params).sample_and_log_q)
+
+    def test_one_pass_log_q_is_the_log_posterior(self):
+        _, params, _ = _chain('wrong')
+        model = _bound(OnePassChain('wrong'), params)
+        key = jax.random.key(8)
+        z, log_q = model.sample_and_log_q(key, 6)
+        jax.tree.map(np.testing.assert_array_equal, z, model.sample(key, 6))
+        np.testing.assert_allclose(log_q, model.log_q(z, False), rtol=1e-5, atol=1e-5)
+
+    @parameterized.named_parameters(
+        ('elbo', losses.model_elbo, dict(k_samples=3, kl_samples=3)),
+        ('elbo_fewer_kl_samples', losses.model_elbo, dict(k_samples=4, kl_samples=2)),
+        ('iwae_reparam', losses.model_iwae, dict(k_samples=5)),
+        ('miwae', zoo_objectives.model_miwae, dict(k_samples=4, miwae_m=2)),
+        ('ciwae', zoo_objectives.model_ciwae, dict(k_samples=4)),
+        ('piwae', zoo_objectives.model_piwae, dict(k_samples=4, piwae_m=2)),
+    )
+    def test_reparam_objectives_use_it_with_the_same_values_and_gradients(self, objective, kw):
+        _, params, _ = _chain('wrong')
+
+        def loss(params, model):
+            return objective(jax.random.key(9), _bound(model, params), beta=0.7, **kw)['loss']
+
+        value, grad = jax.value_and_grad(loss)(params, LinearGaussianChain('wrong'))
+        value_one, grad_one = jax.value_and_grad(loss)(params, OnePassChain('wrong'))
+        np.testing.assert_allclose(value_one, value, rtol=1e-5)
+        jax.tree.map(
+            functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5), grad_one, grad
+        )
+        # The control: a wrong log q moves the loss by beta * offset, so the member is used.
+        wrong = loss(params, OnePassChain('wrong', log_q_offset=_OFFSET))
+        np.testing.assert_allclose(wrong - value, 0.7 * _OFFSET, rtol=1e-4)
+
+    def test_evaluation_uses_it(self):
+        _, params, _ = _chain('wrong')
+        key = jax.random.key(10)
+        for fn in (
+            lambda m: losses.model_log_weights(key, m, k_samples=7),
+            lambda m: evaluation.model_log_likelihood(key, m, k_samples=9, chunk_size=4)[0],
+        ):
+            two = fn(_bound(LinearGaussianChain('wrong'), params, train=False))
+            one = fn(_bound(OnePassChain('wrong'), params, train=False))
+            wrong = fn(_bound(OnePassChain('wrong', log_q_offset=_OFFSET), params, train=False))
+            np.testing.assert_allclose(one, two, rtol=1e-5)
+            np.testing.assert_allclose(two - wrong, np.full_like(two, _OFFSET), rtol=1e-4)
+
+    @parameterized.named_parameters(('stl', 'stl'), ('dreg', 'dreg'))
+    def test_stl_and_dreg_do_not_use_it(self, estimator):
+        # A deliberately wrong one-pass log q changes nothing: they call log_posterior.
+        _, params, _ = _chain('wrong')
+
+        def loss(params, model):
+            terms = losses.model_iwae(
+                jax.random.key(11), _bound(model, params), k_samples=4, estimator=estimator
+            )
+            return terms['loss'], terms
+
+        grad_fn = jax.grad(loss, has_aux=True)
+        grad, terms = grad_fn(params, LinearGaussianChain('wrong'))
+        grad_wrong, terms_wrong = grad_fn(params, OnePassChain('wrong', log_q_offset=_OFFSET))
+        jax.tree.map(np.testing.assert_array_equal, terms_wrong, terms)
+        jax.tree.map(np.testing.assert_array_equal, grad_wrong, grad)
+        self.assertGreater(max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grad)), 1e-3)
+
+    def test_a_malformed_member_is_named(self):
+        class BadLogQ(LinearGaussianChain):
+            def sample_and_log_posterior(self, x, noise, y=None, train=False):
+                return self.sample_posterior(x, noise), jnp.zeros((noise['z1'].shape[0], 1))
+
+        class BadZ(LinearGaussianChain):
+            def sample_and_log_posterior(self, x, noise, y=None, train=False):
+                z = self.sample_posterior(x, noise)
+                return {'z1': z['z1']}, jnp.zeros(noise['z1'].shape[:1])
+
+        with self.assertRaisesRegex(ValueError, r'BadLogQ.sample_and_log_posterior returned shape'):
+            models.check_model(BadLogQ('wrong'), (_M,), False)
+        with self.assertRaisesRegex(ValueError, r'BadZ.sample_and_log_posterior must return'):
+            models.check_model(BadZ('wrong'), (_M,), False)
+        models.check_model(OnePassChain('wrong'), (_M,), False)
+
+    def test_the_example_model_member_is_its_two_passes(self):
+        from examples import my_models
+
+        model = models.check_model(my_models.MyVAE(latent_dim=3), (6,), False)
+        params = models.init_variables(model, jax.random.key(0), (6,), False)
+        x = jnp.asarray(_RNG.integers(0, 2, size=(6,)), jnp.float32)
+        noise = {'z': jax.random.normal(jax.random.key(1), (5, 3))}
+        call = functools.partial(model.apply, params)
+        z, log_q = call(x, noise, method='sample_and_log_posterior')
+        z_two = call(x, noise, method='sample_posterior')
+        jax.tree.map(np.testing.assert_array_equal, z, z_two)
+        np.testing.assert_allclose(log_q, call(x, z_two, method='log_posterior'), rtol=1e-5)
 
 
 class ErrorsTest(absltest.TestCase):

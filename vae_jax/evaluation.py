@@ -186,7 +186,8 @@ def model_log_likelihood(
     """`log_likelihood` for any `losses.LatentModel` (a latent pytree, several layers).
 
     Sample i is `model.sample(fold_in(key, i), 1)`, so for a one-layer model bound with
-    `losses.one_layer_model` the samples, and the estimate, are those of `log_likelihood`.
+    `losses.one_layer_model` the samples, and the estimate, are those of `log_likelihood`. A
+    model with `sample_and_log_q` gives each sample's log q from the same pass.
 
     Args:
       key: importance-sampling key.
@@ -216,14 +217,20 @@ def _model_log_likelihood_and_ess(key, model, k_samples, chunk_size):
     num_chunks = -(-k_samples // chunk_size)
 
     def draw(sample_key):
-        return jax.tree.map(lambda leaf: leaf[0], model.sample(sample_key, 1))
+        # One pass for z and log q when the model has it; else log q is scored per chunk.
+        if model.sample_and_log_q is None:
+            return jax.tree.map(lambda leaf: leaf[0], model.sample(sample_key, 1)), None
+        z, log_qz = losses.sample_with_log_q(sample_key, model, 1)
+        return jax.tree.map(lambda leaf: leaf[0], z), log_qz[0]
 
     def body(carry, chunk_index):
         totals, sums = carry
         indices = chunk_index * chunk_size + jnp.arange(chunk_size)
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
-        z = jax.vmap(draw)(keys)  # leaves [C, ...]
-        log_w = model.log_likelihood(z) + model.log_prior(z) - model.log_q(z, False)
+        z, log_qz = jax.vmap(draw)(keys)  # leaves [C, ...], [C] (or None)
+        if log_qz is None:
+            log_qz = model.log_q(z, False)
+        log_w = model.log_likelihood(z) + model.log_prior(z) - log_qz
         valid = indices < k_samples
         log_w = jnp.where(valid, log_w, -jnp.inf)
 
@@ -233,7 +240,7 @@ def _model_log_likelihood_and_ess(key, model, k_samples, chunk_size):
 
         return (_add_log_sums(totals, log_w), jax.tree.map(add, sums, z)), None
 
-    z_shape = jax.eval_shape(draw, key)
+    z_shape, _ = jax.eval_shape(draw, key)
     sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), z_shape)
     init = ((jnp.full((), -jnp.inf, jnp.float32),) * 2, sums)
     (totals, sums), _ = jax.lax.scan(body, init, jnp.arange(num_chunks))

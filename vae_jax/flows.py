@@ -188,11 +188,15 @@ def sample_and_log_prob(
         raise ValueError(f'loc and scale must both be [D], got {loc.shape} and {scale.shape}.')
     eps = jax.random.normal(key, (k_samples,) + loc.shape, loc.dtype)
     z0 = loc[None] + scale[None] * eps
-    log_q0 = jnp.sum(
+    z, log_det = flow(z0, context)
+    return z, _base_log_prob_of_noise(eps, scale) - log_det
+
+
+def _base_log_prob_of_noise(eps: Array, scale: Array) -> Array:
+    """log N(z0; loc, scale^2) of z0 = loc + scale * eps, from eps [K, D] and scale [D]: [K]."""
+    return jnp.sum(
         -0.5 * jnp.square(eps) - jnp.log(scale)[None] - 0.5 * math.log(2 * math.pi), axis=-1
     )
-    z, log_det = flow(z0, context)
-    return z, log_q0 - log_det
 
 
 class IAFVAE(nn.Module):
@@ -208,7 +212,9 @@ class IAFVAE(nn.Module):
 
     Gradient estimators: reparameterised only. `log_posterior` reads z0 from the latents, so
     with stopped parameters it is not log q at the stopped flow's inverse of z, which is what
-    STL and DReG would need.
+    STL and DReG would need. With the reparameterised estimator the library draws the sample
+    and its log q in one pass (`sample_and_log_posterior`), so the encoder and the flow run
+    once per step.
 
     Attributes:
       latent_dim: D.
@@ -252,6 +258,18 @@ class IAFVAE(nn.Module):
         z0 = loc[None] + scale[None] * noise['z0']
         z, _ = self.flow(z0, context)
         return {'z': z, 'z0': z0}
+
+    def sample_and_log_posterior(
+        self, x: Array, noise: dict, y=None, train: bool = False
+    ) -> tuple[dict, Array]:
+        """(`sample_posterior`'s z, [K] log q(z|x)) from one encoder and flow pass.
+
+        log q = log N(z0; loc, scale^2) from the noise minus the flow's sum of log sigma.
+        """
+        loc, scale, context = self._encode(x)
+        z0 = loc[None] + scale[None] * noise['z0']
+        z, log_det = self.flow(z0, context)
+        return {'z': z, 'z0': z0}, _base_log_prob_of_noise(noise['z0'], scale) - log_det
 
     def log_posterior(self, x: Array, z: dict, y=None, train: bool = False) -> Array:
         """[K] log N(z0; loc, scale^2) - log|det dz/dz0|."""

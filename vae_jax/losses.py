@@ -191,6 +191,11 @@ class LatentModel(NamedTuple):
         log_prior: z -> [K] log p(z) (a learned prior keeps its gradients).
         one_layer: the distributions, when the model is one stochastic layer given as
             `encode`/`decode` (analytic KL and free bits use them), else None.
+        sample_and_log_q: optional (key, K) -> (z, [K] log q(z|x)): the draw `sample(key, K)`
+            makes and `log_q(z, False)` of it, from one pass of the inference network (the
+            protocol's `sample_and_log_posterior`). When set, objectives use it wherever they
+            score a fresh sample with live parameters (`sample_with_log_q`); STL and DReG need
+            `log_q(z, True)` and never use it. None: `sample` then `log_q`.
     """
 
     x: jax.Array
@@ -199,6 +204,7 @@ class LatentModel(NamedTuple):
     log_likelihood: Callable[[Any], jax.Array]
     log_prior: Callable[[Any], jax.Array]
     one_layer: OneLayer | None = None
+    sample_and_log_q: Callable[[jax.Array, int], tuple[Any, jax.Array]] | None = None
 
 
 def one_layer_model(
@@ -265,12 +271,41 @@ def _checked(name: str, value: jax.Array, k: int) -> jax.Array:
     return value
 
 
-def _log_terms(model: LatentModel, z, *, stop_variational: bool):
-    """(log p(x|z) [K], log p(z) - log q(z|x) [K]) for samples z with leading axis K."""
+def sample_with_log_q(key: jax.Array, model: LatentModel, k: int) -> tuple[Any, jax.Array]:
+    """K reparameterised draws z ~ q(z|x) and their log q(z|x) [K] with live parameters.
+
+    One pass through `model.sample_and_log_q` when the model has it, else `model.sample` then
+    `model.log_q(z, False)`; the same z for the same key either way, and log q equal to float
+    rounding. Not for STL / DReG, which need log q with stopped variational parameters.
+
+    Raises:
+        ValueError: z does not have K samples, or log q is not [K].
+    """
+    if model.sample_and_log_q is None:
+        z = model.sample(key, k)
+        if _num_samples(z) != k:
+            raise ValueError(f'sample(key, {k}) returned {_num_samples(z)} samples.')
+        return z, _checked('log_q', model.log_q(z, False), k)
+    z, log_qz = model.sample_and_log_q(key, k)
+    if _num_samples(z) != k or jnp.shape(log_qz) != (k,):
+        raise ValueError(
+            f'sample_and_log_q(key, {k}) must return (z with K={k} samples, log q [K]=({k},)), '
+            f'got z {jax.tree.map(jnp.shape, z)} and log q of shape {jnp.shape(log_qz)}.'
+        )
+    return z, log_qz
+
+
+def _log_terms(model: LatentModel, z, *, stop_variational: bool, log_qz=None):
+    """(log p(x|z) [K], log p(z) - log q(z|x) [K]) for samples z with leading axis K.
+
+    log_qz: [K] log q(z|x) already computed with the sample (`sample_with_log_q`), or None to
+    call `model.log_q(z, stop_variational)`.
+    """
     k = _num_samples(z)
     log_px = _checked('log_likelihood', model.log_likelihood(z), k)
     log_pz = _checked('log_prior', model.log_prior(z), k)
-    log_qz = _checked('log_q', model.log_q(z, stop_variational), k)
+    if log_qz is None:
+        log_qz = _checked('log_q', model.log_q(z, stop_variational), k)
     return log_px, log_pz - log_qz
 
 
@@ -294,7 +329,8 @@ def model_elbo(
     form (and `analytic_kl`); otherwise it is the Monte-Carlo estimate
     mean_n [log q(z_n|x) - log p(z_n)] over the first kl_samples of the same draws
     z_1..z_N ~ q (N = max(k_samples, kl_samples)) whose first k_samples give the reconstruction
-    term. Arguments and returns as `elbo`.
+    term. For a Monte-Carlo KL, z and log q come from one pass when the model has
+    `sample_and_log_q`. Arguments and returns as `elbo`.
 
     Raises:
         ValueError: free bits on a model that is not one layer with the N(0, I) prior, or
@@ -313,7 +349,11 @@ def model_elbo(
         )
     kl = _analytic_kl_or_none(one.q, one.prior) if (analytic_kl and one is not None) else None
     num_draws = k_samples if kl is not None else max(k_samples, kl_samples)
-    z = model.sample(key, num_draws)
+    log_q_all = None
+    if kl is None and model.sample_and_log_q is not None:
+        z, log_q_all = sample_with_log_q(key, model, num_draws)  # one pass, log q of all draws
+    else:
+        z = model.sample(key, num_draws)
     n = _num_samples(z)
     if n != num_draws:
         raise ValueError(f'sample(key, {num_draws}) returned {n} samples.')
@@ -323,7 +363,11 @@ def model_elbo(
     if kl is None:
         z_kl = _first(z, kl_samples)
         log_pz = _checked('log_prior', model.log_prior(z_kl), kl_samples)
-        kl = jnp.mean(_checked('log_q', model.log_q(z_kl, False), kl_samples) - log_pz)
+        if log_q_all is None:
+            log_qz = _checked('log_q', model.log_q(z_kl, False), kl_samples)
+        else:
+            log_qz = log_q_all[:kl_samples]
+        kl = jnp.mean(log_qz - log_pz)
     kl_loss = kl
     if use_free_bits:
         kl_dims = kl_per_dimension(one.q)  # [D]
@@ -383,8 +427,9 @@ def model_iwae(
     always -(logsumexp_k log w_k - log K); the gradient follows `estimator` exactly as in `iwae`:
     'stl' evaluates log q with every layer's variational parameters stopped (z live); 'dreg'
     additionally reweights the gradient along the whole sampling path of z (all layers; the
-    probes are attached after the last layer is drawn, so a hierarchy is scaled once). Arguments
-    and returns as `iwae`.
+    probes are attached after the last layer is drawn, so a hierarchy is scaled once). With
+    'reparam', z and log q come from one pass when the model has `sample_and_log_q`; 'stl' and
+    'dreg' call `sample` and `log_q(z, True)`. Arguments and returns as `iwae`.
 
     Raises:
         ValueError: unknown estimator; log-densities whose shape is not [K].
@@ -393,9 +438,14 @@ def model_iwae(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f'gradient_estimator={estimator!r} is not one of {ESTIMATORS}.')
-    z = model.sample(key, k_samples)  # live in q's parameters
-    if _num_samples(z) != k_samples:
-        raise ValueError(f'sample(key, {k_samples}) returned {_num_samples(z)} samples.')
+    log_qz = None
+    if estimator == 'reparam':
+        # One pass when the model has it: log q with live parameters is what reparam needs.
+        z, log_qz = sample_with_log_q(key, model, k_samples)
+    else:
+        z = model.sample(key, k_samples)  # live in q's parameters
+        if _num_samples(z) != k_samples:
+            raise ValueError(f'sample(key, {k_samples}) returned {_num_samples(z)} samples.')
     probe_terms = []
     if estimator == 'dreg':
         anchor = jax.lax.stop_gradient(jnp.reshape(model.x, -1)[0])
@@ -404,7 +454,7 @@ def model_iwae(
         z = jax.tree.unflatten(treedef, [t[0] for t in tapped])
         probe_terms = [(t[1], t[2]) for t in tapped]
     # STL / DReG: log q sees z (live) but not q's parameters, dropping the score-function term.
-    log_px, log_ratio = _log_terms(model, z, stop_variational=estimator != 'reparam')
+    log_px, log_ratio = _log_terms(model, z, stop_variational=estimator != 'reparam', log_qz=log_qz)
     log_w = log_px + beta * log_ratio
     log_k = math.log(k_samples)
     bound_beta = jax.nn.logsumexp(log_w) - log_k  # stable log-mean-exp
@@ -438,9 +488,12 @@ def model_iwae(
 def model_log_weights(key: jax.Array, model: LatentModel, *, k_samples: int) -> jax.Array:
     """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x): [K] (no gradients meant).
 
+    z and log q come from one pass when the model has `sample_and_log_q`.
+
     References: Burda et al., 2016.
     """
-    log_px, log_ratio = _log_terms(model, model.sample(key, k_samples), stop_variational=False)
+    z, log_qz = sample_with_log_q(key, model, k_samples)
+    log_px, log_ratio = _log_terms(model, z, stop_variational=False, log_qz=log_qz)
     return log_px + log_ratio
 
 

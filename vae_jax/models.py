@@ -52,10 +52,12 @@ from vae_jax import backends, distributions, priors
 from vae_jax import layers as layers_lib
 from vae_jax.layers import LayerSpec
 from vae_jax.protocol import (  # noqa: F401 -- re-exported: models.LatentVariableModel etc.
+    OPTIONAL_METHODS,
     PROTOCOL_METHODS,
     LatentVariableModel,
     build_module,
     check_protocol,
+    has_one_pass_posterior,
     import_module_class,
     init_all,
 )
@@ -538,7 +540,8 @@ def check_model(
       model, unchanged.
 
     Raises:
-      ValueError: a protocol member is missing, or a log-density is not [K].
+      ValueError: a protocol member is missing, a log-density is not [K], or the optional
+        `sample_and_log_posterior` does not return (z shaped as `sample_posterior`'s, [K]).
     """
     check_protocol(model, where)
     data_shape = tuple(int(d) for d in data_shape)
@@ -550,20 +553,39 @@ def check_model(
     if isinstance(model, VAE):
         return model
 
+    one_pass = has_one_pass_posterior(model)
+
     def scores(variables, x, y):
         noise = {n: jnp.zeros((2, *s), jnp.float32) for n, s in model.latent_shapes.items()}
         call = functools.partial(model.apply, variables, y=y, train=False)
         z = call(x, noise, method='sample_posterior')
-        return {
+        out = {
             'log_posterior': call(x, z, method='log_posterior'),
             'log_likelihood': call(x, z, method='log_likelihood'),
             'log_prior': call(z, method='log_prior'),
         }
+        if not one_pass:
+            return out, z, None
+        pair = call(x, noise, method='sample_and_log_posterior')
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise ValueError(
+                f'{where}: {type(model).__name__}.sample_and_log_posterior must return a pair '
+                f'(z, log q [K]), got {type(pair).__name__}.'
+            )
+        return {**out, 'sample_and_log_posterior': pair[1]}, z, pair[0]
 
-    for name, out in jax.eval_shape(scores, variables, x, y).items():
+    outs, z, z_one_pass = jax.eval_shape(scores, variables, x, y)
+    for name, out in outs.items():
         if out.shape != (2,):
             raise ValueError(
                 f'{where}: {type(model).__name__}.{name} returned shape {out.shape} for K = 2 '
                 'samples of one example; it must return [K].'
+            )
+    if one_pass:
+        want, got = (jax.tree.map(lambda a: a.shape, tree) for tree in (z, z_one_pass))
+        if got != want:
+            raise ValueError(
+                f'{where}: {type(model).__name__}.sample_and_log_posterior must return (z, '
+                f'log q) with z shaped as sample_posterior returns it, {want}; got z {got}.'
             )
     return model

@@ -18,7 +18,9 @@ Array = jax.Array
 
 PROTOCOL_METHODS = ('sample_posterior', 'log_posterior', 'log_likelihood', 'log_prior')
 # Optional members: what `vae_jax.load(...).sample` and `.reconstruct` need of a protocol model.
-OPTIONAL_METHODS = ('sample_prior', 'decode_mean')
+SAMPLING_METHODS = ('sample_prior', 'decode_mean')
+# Members a model may have; the library uses them when present (see `LatentVariableModel`).
+OPTIONAL_METHODS = ('sample_and_log_posterior', *SAMPLING_METHODS)
 
 
 @runtime_checkable
@@ -51,7 +53,22 @@ class LatentVariableModel(Protocol):
       log_prior(z, y=None, train=False) -> [K] log p(z); the prior may have parameters (a
         learned mixture, a VampPrior, a hierarchy p(z2) p(z1 | z2)).
 
-    Optional members (training and evaluation never call them; `vae_jax.load(workdir)`'s
+    Optional members (`OPTIONAL_METHODS`). For training and evaluation:
+      sample_and_log_posterior(x, noise, y=None, train=False) -> (z, [K] log q(z | x)): the
+        sample `sample_posterior(x, noise)` returns and its log-density, from ONE pass of the
+        inference network. A reparameterised sample knows its density from the noise: for a
+        Gaussian layer z = loc + scale * eps, log q = sum(-0.5 eps^2 - log scale - 0.5 log 2 pi);
+        for an IAF posterior, that of the base sample minus the sum of the steps' log sigma.
+        Without it the objectives call `sample_posterior` and then `log_posterior`, i.e. the
+        encoder (and a flow) twice per step. The library uses it wherever it scores a fresh
+        sample with live parameters: the ELBO, IWAE with the 'reparam' estimator, the zoo's
+        MIWAE / CIWAE / PIWAE, and evaluation's log-weights. STL and DReG need log q with
+        stopped variational parameters at a live z, so with those estimators the library keeps
+        calling `sample_posterior` and `log_posterior` and never this member. Its values must
+        equal theirs (to float rounding), and z must be differentiable in the same way. It
+        must use only parameters the four methods create (initialisation calls those four);
+        `models.check_model` checks its output shapes.
+    For sampling (training and evaluation never call these; `vae_jax.load(workdir)`'s
     `sample_prior`, `sample` and `reconstruct` do, in evaluation mode, and name the one a model
     lacks):
       sample_prior(noise, y=None, train=False) -> z: a draw from p(z). noise has the latents'
@@ -94,6 +111,12 @@ class LatentVariableModel(Protocol):
             def log_posterior(self, x, z, y=None, train=False):
                 loc, scale = self._q(x)
                 return jax.vmap(lambda z: normal_log_pdf(z, loc, scale).sum())(z['z'])
+
+            def sample_and_log_posterior(self, x, noise, y=None, train=False):  # optional
+                loc, scale = self._q(x)
+                eps = noise['z']  # [K, D]; log q(z) = log N(eps; 0, I) - sum log scale
+                log_q = normal_log_pdf(eps, 0.0, 1.0).sum(-1) - jnp.log(scale).sum()
+                return {'z': loc[None] + scale[None] * eps}, log_q
             ...
 
     README.md ("Your own model") has a complete, runnable example.
@@ -113,7 +136,7 @@ class LatentVariableModel(Protocol):
     def log_prior(self, z: Any, y: Array | None = None, train: bool = False): ...
 
 
-def missing_members(model: Any, names: tuple[str, ...] = OPTIONAL_METHODS) -> list[str]:
+def missing_members(model: Any, names: tuple[str, ...] = SAMPLING_METHODS) -> list[str]:
     """The names in `names` that `model` does not have as callable members, in order."""
     return [name for name in names if not callable(getattr(model, name, None))]
 
@@ -147,6 +170,11 @@ def check_protocol(model: Any, where: str = 'model') -> None:
     if not isinstance(model, nn.Module):
         raise ValueError(f'{where}: {type(model).__name__} is not a Flax Linen module.')
     missing = missing_members(model, PROTOCOL_METHODS)
+    # A training member that is present but not a method is a mistake worth stopping on; the
+    # sampling members are checked when used (`missing_members`), where None means absent.
+    for name in ('sample_and_log_posterior',):
+        if hasattr(model, name) and not callable(getattr(model, name)):
+            missing.append(f'{name} (optional, but present and not a method)')
     try:
         shapes = model.latent_shapes
     except Exception as e:  # noqa: BLE001 -- reported with the cause below
@@ -170,6 +198,11 @@ def check_protocol(model: Any, where: str = 'model') -> None:
             f'{where}: {type(model).__name__}.latent_shapes must be a non-empty dict of '
             f'name -> tuple of ints, got {shapes!r}.'
         )
+
+
+def has_one_pass_posterior(model: Any) -> bool:
+    """True when `model` has the optional `sample_and_log_posterior` (see `LatentVariableModel`)."""
+    return callable(getattr(model, 'sample_and_log_posterior', None))
 
 
 def init_all(module: Any, x: Array, y: Array | None) -> Array:

@@ -68,6 +68,9 @@ class StepConfig:
     # pass per example; analytic KL and free bits). Otherwise the latents of a protocol model,
     # ((name, shape), ...), bound through its four methods.
     latent_shapes: tuple[tuple[str, tuple[int, ...]], ...] | None = None
+    # A protocol model with the optional `sample_and_log_posterior`: the binder gives the
+    # objectives its one-pass (z, log q) (`losses.LatentModel.sample_and_log_q`).
+    one_pass_posterior: bool = False
 
     @classmethod
     def from_config(
@@ -89,10 +92,12 @@ class StepConfig:
                 '(StepConfig.from_config(config, data_shape, model)).'
             )
         latent_shapes = None
+        one_pass_posterior = False
         if model is not None and not isinstance(model, models.VAE):
             latent_shapes = tuple(
                 (name, tuple(int(d) for d in shape)) for name, shape in model.latent_shapes.items()
             )
+            one_pass_posterior = models.has_one_pass_posterior(model)
         return cls(
             objective=config.objective,
             k_samples=int(config.k_samples),
@@ -113,6 +118,7 @@ class StepConfig:
             prior=m.prior.name,
             latent_dim=int(m.latent_dim),
             latent_shapes=latent_shapes,
+            one_pass_posterior=one_pass_posterior,
             miwae_m=int(config.miwae_m),
             ciwae_beta=float(config.ciwae_beta),
             piwae_m=int(config.piwae_m),
@@ -265,6 +271,9 @@ def make_model_binder(
     `sample` draws `standard_normal_noise` and calls `sample_posterior`; `log_q(z, True)`
     calls `log_posterior` with stop-gradient copies of ALL parameters (so every layer's
     variational parameters are stopped, z stays live); the likelihood and prior are live.
+    With `static.one_pass_posterior` (the module has `sample_and_log_posterior`),
+    `sample_and_log_q` draws the same noise and calls it with live parameters, which the
+    objectives use for reparameterised samples (one encoder pass instead of two).
 
     Args:
       apply_fn, params, batch_stats, static, train, updates: as `make_bind`.
@@ -315,12 +324,17 @@ def make_model_binder(
             noise = standard_normal_noise(key, k, static.latent_shapes)
             return call(live, 'sample_posterior', x, noise, y=y)
 
+        def sample_and_log_q(key, k):
+            noise = standard_normal_noise(key, k, static.latent_shapes)
+            return call(live, 'sample_and_log_posterior', x, noise, y=y)
+
         return losses.LatentModel(
             x=x,
             sample=sample,
             log_q=lambda z, stop: call(stopped if stop else live, 'log_posterior', x, z, y=y),
             log_likelihood=lambda z: call(live, 'log_likelihood', x, z, y=y),
             log_prior=lambda z: call(live, 'log_prior', z, y=y),
+            sample_and_log_q=sample_and_log_q if static.one_pass_posterior else None,
         )
 
     return bind

@@ -369,7 +369,7 @@ class TrainedModel:
             a conditional run without labels.
         """
         if not self.builtin:
-            self._require('sample', protocol.OPTIONAL_METHODS)
+            self._require('sample', protocol.SAMPLING_METHODS)
             y = self._protocol_labels(labels, n, 'sample')
             z = self._draw_prior(key, n, labels, 'sample')
             return np.asarray(self._protocol_decode_mean(self.variables, z, y))

@@ -30,6 +30,15 @@ def gaussian_log_prob(z: Array, loc: Array, scale: Array) -> Array:
     return jnp.sum(-0.5 * jnp.square((z - loc) / scale) - jnp.log(scale) - _HALF_LOG_2PI, -1)
 
 
+def gaussian_log_prob_of_noise(eps: Array, scale: Array) -> Array:
+    """log N(loc + scale * eps; loc, diag(scale^2)) from the noise: [..., D] -> [...].
+
+    Equals `gaussian_log_prob(loc + scale * eps, loc, scale)` (to float rounding) without loc;
+    scale has eps's rank (broadcast [1, D] against [K, D]).
+    """
+    return jnp.sum(-0.5 * jnp.square(eps) - jnp.log(scale) - _HALF_LOG_2PI, -1)
+
+
 class MLP(nn.Module):
     """Dense layers with an activation between them, then a Dense output of `num_outputs`."""
 
@@ -63,6 +72,9 @@ class MLP(nn.Module):
 class TwoLayerVAE(nn.Module):
     """Two stochastic layers z1 [D1], z2 [D2]: p(x|z1) p(z1|z2) p(z2) and q(z1|x) q(z2|z1).
 
+    Has the protocol's optional `sample_and_log_posterior`, so reparameterised objectives run
+    each encoder once per step (`log_posterior` stays for STL and DReG).
+
     Attributes:
       latent_dims: (D1, D2).
       encoder_dims: hidden widths of q(z1|x) and of q(z2|z1).
@@ -89,13 +101,27 @@ class TwoLayerVAE(nn.Module):
         out = net(h, 2 * dim)
         return out[..., :dim], jnp.exp(out[..., dim:])
 
-    def sample_posterior(self, x: Array, noise: dict, y=None, train: bool = False) -> dict:
-        """noise {'z1': [K, D1], 'z2': [K, D2]} ~ N(0, I) -> z1 ~ q(z1|x), z2 ~ q(z2|z1)."""
+    def _draw(self, x: Array, noise: dict) -> tuple[dict, Array, Array]:
+        """(z, scale1 [1, D1], scale2 [K, D2]): the sample and the scales that drew it."""
         d1, d2 = self.latent_dims
         loc1, scale1 = self._gaussian(self.q_z1, x.reshape(-1), d1)  # [D1]
         z1 = loc1[None] + scale1[None] * noise['z1']  # [K, D1]
         loc2, scale2 = self._gaussian(self.q_z2, z1, d2)  # [K, D2]
-        return {'z1': z1, 'z2': loc2 + scale2 * noise['z2']}
+        return {'z1': z1, 'z2': loc2 + scale2 * noise['z2']}, scale1[None], scale2
+
+    def sample_posterior(self, x: Array, noise: dict, y=None, train: bool = False) -> dict:
+        """noise {'z1': [K, D1], 'z2': [K, D2]} ~ N(0, I) -> z1 ~ q(z1|x), z2 ~ q(z2|z1)."""
+        return self._draw(x, noise)[0]
+
+    def sample_and_log_posterior(
+        self, x: Array, noise: dict, y=None, train: bool = False
+    ) -> tuple[dict, Array]:
+        """(`sample_posterior`'s z, [K] log q(z1|x) + log q(z2|z1)) from one encoder pass."""
+        z, scale1, scale2 = self._draw(x, noise)
+        log_q = gaussian_log_prob_of_noise(noise['z1'], scale1) + gaussian_log_prob_of_noise(
+            noise['z2'], scale2
+        )
+        return z, log_q
 
     def log_posterior(self, x: Array, z: dict, y=None, train: bool = False) -> Array:
         """[K] log q(z1|x) + log q(z2|z1)."""

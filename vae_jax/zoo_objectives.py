@@ -37,9 +37,13 @@ def _check_reparam(estimator: str, objective: str) -> None:
 
 
 def _log_terms(key: Array, model: losses.LatentModel, k_samples: int):
-    """z ~ q (K draws), (log p(x|z) [K], log p(z) [K], log q(z|x) [K])."""
-    z = model.sample(key, k_samples)
-    return z, model.log_likelihood(z), model.log_prior(z), model.log_q(z, False)
+    """z ~ q (K draws), (log p(x|z) [K], log p(z) [K], log q(z|x) [K]).
+
+    z and log q come from one pass when the model has `sample_and_log_q` (reparameterised
+    gradients only here, so log q is always taken with live parameters).
+    """
+    z, log_qz = losses.sample_with_log_q(key, model, k_samples)
+    return z, model.log_likelihood(z), model.log_prior(z), log_qz
 
 
 def _report(log_px: Array, log_pz: Array, log_qz: Array) -> dict[str, Array]:
