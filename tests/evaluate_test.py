@@ -1,5 +1,6 @@
 """The evaluate command and the run's pictures, on tiny trained runs (digits, 2-D toy data)."""
 
+import io
 import json
 import os
 import subprocess
@@ -60,6 +61,14 @@ class EvaluateDigitsTest(absltest.TestCase):
         table = evaluate.format_table(result)
         self.assertIn('NLL with k=64', table)
         self.assertIn(f'{result["nll"]:.4f}', table)
+
+    def test_progress_without_a_terminal_is_plain_lines(self):
+        stderr = io.StringIO()  # not a terminal, like `2>> train.log`
+        with mock.patch.object(sys, 'stderr', stderr):
+            evaluate.evaluate(self.workdir, k_samples=4, max_examples=10, output='p.json')
+        text = stderr.getvalue()
+        self.assertNotIn('\r', text)  # no bar redraws in a log file
+        self.assertIn('eval test: 10/10 examples', text)
 
     def test_chunking_and_batching_do_not_change_the_estimate(self):
         kwargs = dict(k_samples=30, max_examples=25, pictures=False, progress=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,44 @@ def with_data_dir(config: ml_collections.ConfigDict, data_dir: str | None) -> No
     chosen = data_dir or os.environ.get('TFDS_DATA_DIR') or config.input.data_dir
     with config.unlocked():
         config.input.data_dir = chosen
+
+
+# Without a terminal, a progress line at most this often (seconds).
+PROGRESS_SECONDS = 30.0
+
+
+class ExampleProgress:
+    """A tqdm bar over examples when stderr is a terminal; else a plain line now and then.
+
+    A bar's carriage-return redraws would fill a log file (`2>> train.log`), so without a
+    terminal one line `<desc>: <done>/<total> examples` is printed at most every
+    `PROGRESS_SECONDS`, and one at the end.
+    """
+
+    def __init__(self, total: int, desc: str, *, enabled: bool = True):
+        self.enabled = enabled and jax.process_index() == 0
+        terminal = sys.stderr.isatty()
+        self.bar = tqdm.tqdm(
+            total=total, desc=desc, unit='ex', disable=not (self.enabled and terminal)
+        )
+        self.total, self.desc, self.done = total, desc, 0
+        self.last_line = time.time()
+
+    def update(self, done: int) -> None:
+        """`done` examples evaluated so far."""
+        self.bar.update(done - self.done)
+        self.done = done
+        if self.enabled and self.bar.disable and time.time() - self.last_line >= PROGRESS_SECONDS:
+            self._line()
+
+    def _line(self) -> None:
+        print(f'{self.desc}: {self.done}/{self.total} examples', file=sys.stderr, flush=True)
+        self.last_line = time.time()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.enabled and self.bar.disable:
+            self._line()
 
 
 def evaluate(
@@ -81,7 +120,7 @@ def evaluate(
         images, labels = images[:max_examples], labels[:max_examples]
     eval_key = trained.root_keys(config.seed)[3]
     key = eval_key if seed is None else jax.random.key(seed)
-    bar = tqdm.tqdm(total=images.shape[0], desc=f'eval {split}', unit='ex', disable=not progress)
+    bar = ExampleProgress(images.shape[0], f'eval {split}', enabled=progress)
     start = time.time()
     try:
         metrics = evaluation.evaluate_dataset(
@@ -95,7 +134,7 @@ def evaluate(
             chunk_size=chunk_size,
             batch_size=batch_size,
             dynamic_binarize=parts.static.dynamic_binarize,
-            progress=lambda done, total: bar.update(done - bar.n),
+            progress=lambda done, total: bar.update(done),
             return_per_example=True,
             model_fn=parts.model_fn,
         )
