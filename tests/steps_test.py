@@ -103,6 +103,46 @@ class TrainChunkTest(parameterized.TestCase):
             _train_chunks(run, [1])
 
 
+class ChunkIndicesTest(parameterized.TestCase):
+    """The rows a chunk gathers before its loop are exactly each step's slice of its epoch."""
+
+    @parameterized.parameters(
+        # (num_examples, batch, first step, num_steps, epoch of the carried permutation)
+        (60, 5, 0, 3, 0),  # inside one epoch, the carried permutation reused
+        (60, 5, 10, 5, 0),  # crosses one epoch boundary (12 steps per epoch)
+        (60, 5, 11, 13, 0),  # ends exactly at a boundary + 1, spans 3 epochs
+        (62, 5, 23, 1, 1),  # a partial last batch is dropped; the last step of epoch 1
+        (20, 5, 7, 30, 1),  # many short epochs: the batched path
+        (20, 5, 8, 4, 2),  # exactly one whole epoch
+    )
+    def test_matches_each_steps_slice_of_its_epoch_permutation(
+        self, num, batch, first, num_steps, perm_epoch
+    ):
+        data_key = jax.random.key(3)
+        per_epoch = num // batch
+        perm = steps.epoch_permutation(data_key, perm_epoch, num)
+        fn = jax.jit(steps.chunk_indices, static_argnums=(4, 5, 6))
+        idx, last_perm, last = fn(
+            jnp.asarray(first),
+            perm,
+            jnp.asarray(perm_epoch, jnp.int32),
+            data_key,
+            num,
+            num_steps,
+            batch,
+        )
+        for j in range(num_steps):
+            t = first + j
+            expected = steps.epoch_permutation(data_key, t // per_epoch, num)
+            start = (t % per_epoch) * batch
+            np.testing.assert_array_equal(idx[j], expected[start : start + batch], err_msg=f't={t}')
+        t_last = first + num_steps - 1
+        self.assertEqual(int(last), t_last // per_epoch)
+        np.testing.assert_array_equal(
+            last_perm, steps.epoch_permutation(data_key, t_last // per_epoch, num)
+        )
+
+
 class TrainStepTest(parameterized.TestCase):
     def setUp(self):
         super().setUp()

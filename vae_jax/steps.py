@@ -559,9 +559,10 @@ def train_chunk(
 ) -> tuple[TrainState, Array, Array, dict[str, Array]]:
     """Runs `num_steps` optimizer steps over device-resident data in one call.
 
-    The epoch permutation is carried between calls, and redrawn inside the loop when the step
-    crosses into a new epoch, so the data order depends only on the step, not on how steps are
-    grouped into calls.
+    The data order depends only on the step, not on how steps are grouped into calls: step t
+    takes rows (t mod S) B .. + B of epoch t // S's permutation (S steps per epoch). The rows of
+    all `num_steps` steps are gathered before the loop (`chunk_indices`), so the loop body holds
+    no permutation, branch or slice; the last epoch's permutation is carried to the next call.
 
     Args:
       state: the train state (donated by the caller's jit).
@@ -581,39 +582,89 @@ def train_chunk(
     Returns:
       (state, perm, perm_epoch, metric sums over the steps: dict of [] arrays).
     """
-    num_examples = train_images.shape[0]
-    steps_per_epoch = num_examples // batch_size
+    idx, perm, perm_epoch = chunk_indices(
+        state.step, perm, perm_epoch, data_key, train_images.shape[0], num_steps, batch_size
+    )
 
-    def body(carry, _):
-        state, perm, perm_epoch = carry
-        epoch = (state.step // steps_per_epoch).astype(perm_epoch.dtype)
-        perm = jax.lax.cond(
-            epoch == perm_epoch,
-            lambda: perm,
-            lambda: epoch_permutation(data_key, epoch, num_examples),
-        )
-        start = (state.step % steps_per_epoch) * batch_size
-        idx = jax.lax.dynamic_slice(perm, (start,), (batch_size,))
-        images, labels = train_images[idx], train_labels[idx]
+    def body(state, rows):
+        images, labels = train_images[rows], train_labels[rows]
         if batch_sharding is not None:
             images = jax.lax.with_sharding_constraint(images, batch_sharding)
             labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
-        state, metrics = train_step(state, images, labels, loop_key, beta, static=static)
-        return (state, perm, epoch), metrics
+        return train_step(state, images, labels, loop_key, beta, static=static)
 
-    carry = (state, perm, perm_epoch)
     if loop == 'scan':
-        carry, metrics = jax.lax.scan(body, carry, None, length=num_steps)
+        state, metrics = jax.lax.scan(body, state, idx)
         sums = jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
     elif loop == 'unroll':
         sums = None
-        for _ in range(num_steps):
-            carry, metrics = body(carry, None)
+        for j in range(num_steps):
+            state, metrics = body(state, idx[j])
             sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
     else:
         raise ValueError(f"loop must be 'scan' or 'unroll', got {loop!r}")
-    state, perm, perm_epoch = carry
     return state, perm, perm_epoch, sums
+
+
+def chunk_indices(
+    step: Array,
+    perm: Array,
+    perm_epoch: Array,
+    data_key: Array,
+    num_examples: int,
+    num_steps: int,
+    batch_size: int,
+) -> tuple[Array, Array, Array]:
+    """The example indices of steps step .. step + num_steps - 1, and the last one's permutation.
+
+    Step t uses rows (t mod S) B .. (t mod S) B + B - 1 of `epoch_permutation(data_key, t // S)`,
+    S = num_examples // batch_size (a last partial batch is dropped). The chunk spans at most
+    num_steps // S + 2 epochs. When that is at most 3, each epoch's permutation is drawn only if
+    the chunk reaches it, and `perm` (the permutation of `perm_epoch`) is reused when it is that
+    epoch, so a chunk inside one epoch draws nothing; otherwise (many short epochs) all are drawn
+    in one batched call.
+
+    Args:
+      step: [] int, the first step.
+      perm: [N] int32, the permutation of epoch `perm_epoch`.
+      perm_epoch: [] int32.
+      data_key: the run's data key.
+      num_examples, num_steps, batch_size: static.
+
+    Returns:
+      (idx [num_steps, batch_size] int32, the last step's epoch permutation [N], that epoch []).
+    """
+    steps_per_epoch = num_examples // batch_size
+    first = (step // steps_per_epoch).astype(perm_epoch.dtype)
+    last = ((step + num_steps - 1) // steps_per_epoch).astype(perm_epoch.dtype)
+    t = step + jnp.arange(num_steps)
+    epoch_of_step = (t // steps_per_epoch).astype(perm_epoch.dtype)  # [num_steps]
+    positions = (t % steps_per_epoch)[:, None] * batch_size + jnp.arange(batch_size)[None, :]
+    num_epochs = num_steps // steps_per_epoch + 2  # an upper bound on the epochs spanned
+    if num_epochs > 3:
+        # Many short epochs (a small data set): draw them all at once, one batched sort.
+        epochs = first + jnp.arange(num_epochs, dtype=first.dtype)
+        perms = jax.vmap(epoch_permutation, in_axes=(None, 0, None))(data_key, epochs, num_examples)
+        idx = perms[(epoch_of_step - first)[:, None], positions]
+        return idx, perms[last - first], last
+    idx = jnp.zeros((num_steps, batch_size), jnp.int32)
+    last_perm = perm
+    for i in range(num_epochs):
+        epoch = first + i
+        this = jax.lax.cond(
+            epoch == perm_epoch,
+            lambda e: perm,
+            lambda e: jax.lax.cond(
+                e <= last,
+                lambda e: epoch_permutation(data_key, e, num_examples),
+                lambda e: perm,
+                e,
+            ),
+            epoch,
+        )
+        idx = jnp.where((epoch_of_step == epoch)[:, None], this[positions], idx)
+        last_perm = jnp.where(epoch == last, this, last_perm)
+    return idx, last_perm, last
 
 
 def epoch_permutation(data_key: Array, epoch: Array | int, num_examples: int) -> Array:
