@@ -4,17 +4,16 @@ The log-density of an IAF sample is checked against the change-of-variables form
 flow's Jacobian from `jax.jacfwd` (an independent computation of the log-determinant).
 """
 
-import dataclasses
 import functools
 
 import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import one_pass_testing
 from absl.testing import absltest, parameterized
 
-from configs import default
-from vae_jax import flows, models, steps
+from vae_jax import flows, models
 
 _D, _H = 4, 3
 _CONTEXT = jnp.asarray([0.5, -1.0, 0.25])
@@ -224,36 +223,6 @@ def _iaf_params():
     return _randomised(variables['params'])
 
 
-def _iaf_batch_loss(objective, one_pass, **options):
-    """params -> the train step's mean loss on a fixed batch, with or without the one pass."""
-    config = default.get_config()
-    config.objective = objective
-    for name, value in options.items():
-        setattr(config, name, value)
-    static = steps.StepConfig.from_config(config, _IAF_SHAPE, _IAF_MODEL)
-    assert static.one_pass_posterior  # IAFVAE has sample_and_log_posterior
-    static = dataclasses.replace(static, one_pass_posterior=one_pass)
-    rng = np.random.default_rng(4)
-    images = jnp.asarray(rng.integers(0, 2, size=(3, *_IAF_SHAPE)), jnp.float32)
-    labels = jnp.zeros((3,), jnp.int32)
-
-    def loss(params):
-        terms, _ = steps.batch_terms(
-            params,
-            {},
-            jax.random.key(6),
-            images,
-            labels,
-            jnp.float32(0.8),
-            apply_fn=_IAF_MODEL.apply,
-            static=static,
-            train=True,
-        )
-        return jnp.mean(terms['loss'])
-
-    return loss
-
-
 class IAFVAEOnePassTest(parameterized.TestCase):
     def test_sample_and_log_posterior_is_sample_then_log_posterior(self):
         variables = {'params': _iaf_params()}
@@ -276,8 +245,12 @@ class IAFVAEOnePassTest(parameterized.TestCase):
     )
     def test_training_loss_and_gradients_match_the_two_pass_path(self, objective, options):
         params = _iaf_params()
-        value_a, grad_a = jax.value_and_grad(_iaf_batch_loss(objective, True, **options))(params)
-        value_b, grad_b = jax.value_and_grad(_iaf_batch_loss(objective, False, **options))(params)
+        value_a, grad_a = one_pass_testing.batch_loss(
+            _IAF_MODEL, _IAF_SHAPE, objective, True, **options
+        )(params)
+        value_b, grad_b = one_pass_testing.batch_loss(
+            _IAF_MODEL, _IAF_SHAPE, objective, False, **options
+        )(params)
         np.testing.assert_allclose(value_a, value_b, rtol=1e-5)
         jax.tree.map(
             functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5), grad_a, grad_b

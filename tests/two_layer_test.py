@@ -1,16 +1,15 @@
 """Tests for vae_jax.two_layer: the two-stochastic-layer model's densities against numpy/scipy."""
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import one_pass_testing
 from absl.testing import absltest, parameterized
 from scipy import stats
 
-from configs import default
-from vae_jax import models, protocol, steps, two_layer
+from vae_jax import models, protocol, two_layer
 
 _SHAPE = (3, 2, 1)
 _MODEL = two_layer.TwoLayerVAE(
@@ -128,36 +127,6 @@ def _random_params(seed=3, scale=0.4):
     return jax.tree.unflatten(tree, new)
 
 
-def _batch_loss(objective, one_pass, **options):
-    """params -> the train step's mean loss on a fixed batch, with or without the one pass."""
-    config = default.get_config()
-    config.objective = objective
-    for name, value in options.items():
-        setattr(config, name, value)
-    static = steps.StepConfig.from_config(config, _SHAPE, _MODEL)
-    assert static.one_pass_posterior  # TwoLayerVAE has sample_and_log_posterior
-    static = dataclasses.replace(static, one_pass_posterior=one_pass)
-    rng = np.random.default_rng(4)
-    images = jnp.asarray(rng.integers(0, 2, size=(3, *_SHAPE)), jnp.float32)
-    labels = jnp.zeros((3,), jnp.int32)
-
-    def loss(params):
-        terms, _ = steps.batch_terms(
-            params,
-            {},
-            jax.random.key(6),
-            images,
-            labels,
-            jnp.float32(0.8),
-            apply_fn=_MODEL.apply,
-            static=static,
-            train=True,
-        )
-        return jnp.mean(terms['loss'])
-
-    return loss
-
-
 class OnePassPosteriorTest(parameterized.TestCase):
     def test_sample_and_log_posterior_is_sample_then_log_posterior(self):
         variables = {'params': _random_params()}
@@ -183,8 +152,12 @@ class OnePassPosteriorTest(parameterized.TestCase):
     )
     def test_training_loss_and_gradients_match_the_two_pass_path(self, objective, options):
         params = _random_params()
-        value_a, grad_a = jax.value_and_grad(_batch_loss(objective, True, **options))(params)
-        value_b, grad_b = jax.value_and_grad(_batch_loss(objective, False, **options))(params)
+        value_a, grad_a = one_pass_testing.batch_loss(_MODEL, _SHAPE, objective, True, **options)(
+            params
+        )
+        value_b, grad_b = one_pass_testing.batch_loss(_MODEL, _SHAPE, objective, False, **options)(
+            params
+        )
         np.testing.assert_allclose(value_a, value_b, rtol=1e-5)
         jax.tree.map(
             functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5), grad_a, grad_b
