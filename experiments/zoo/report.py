@@ -218,10 +218,20 @@ def main() -> None:
     models = rows(args.workdirs)
     if not models:
         raise SystemExit(f'no run directories of configs/zoo.py models in {args.workdirs}')
-    text = table(models)
+    # The table holds finished rows (trained and evaluated: timing.json); the rest are listed.
+    finished = [r for r in models if r['train_seconds'] is not None]
+    unfinished = [r for r in models if r['train_seconds'] is None]
+    missing = [m for m in zoo.MODELS if m not in {r['model'] for r in models}]
+    text = table(finished)
+    if unfinished or missing:
+        parts = [f'{r["model"]} ({r["passes"]:.3g} of {zoo.NUM_EPOCHS} passes)' for r in unfinished]
+        text += (
+            f'\n\n{len(finished)} of {len(zoo.MODELS)} rows finished. In progress: '
+            f'{", ".join(parts) or "none"}. Not started: {", ".join(missing) or "none"}.'
+        )
     print(text)
     plot_path = (HERE if args.readme else args.workdirs) / 'nll_vs_time.png'
-    plot(models, plot_path)
+    plot(finished, plot_path)
     print(f'wrote {plot_path}')
     if args.readme:
         readme = HERE / 'README.md'
