@@ -4,10 +4,11 @@ Dynamically binarised MNIST, the IWAE paper's 784-200-200-50 tanh network (two-l
 its two-layer network, vae_jax/two_layer.py), batch 20, Adam (beta2 0.999, eps 1e-4) with the
 paper's learning rates for its first four stages: 3^i passes at 0.001 * 10^(-i/7), i = 0..3,
 40 passes (120,000 steps); at most 8 importance samples per example per step. Four stages, not
-five (121 passes), so that all 14 rows train and evaluate within one ~3-hour session on a 2-core
-machine: measured there, one row of 121 passes takes 12-75 minutes (k=1 to PIWAE k=8) and the 14
-rows about 5 hours two at a time. `--config.optim.num_stages=5 --config.num_train_steps=363000`
-gives the five-stage budget.
+five (121 passes), to keep the budget near one ~3-hour session on a 2-core machine: measured
+there, one row of 121 passes trains in 12-75 minutes (k=1 to PIWAE k=8), 14 rows about 5 hours
+two at a time before evaluation; at 40 passes a row trains in 11-34 minutes, and with its
+k=5000 evaluation (8-18 minutes) the 14 rows take about 4.5 hours (experiments/zoo/README.md).
+`--config.optim.num_stages=5 --config.num_train_steps=363000` gives the five-stage budget.
 
 Models (`MODELS`): vae, beta_vae (beta = 2), iwae (k = 5), iwae_dreg (k = 5, DReG gradients),
 autoencoder, miwae (M = 2 groups of 4), ciwae (k = 8, ciwae_beta = 0.5), piwae (k = 8, encoder
