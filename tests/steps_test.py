@@ -63,7 +63,7 @@ def _train_by_hand(run, num_steps):
     labels = jnp.asarray(run.train_data['label'])
     step_fn = jax.jit(functools.partial(steps.train_step, static=run.static))
     state = run.create_train_state()
-    totals = {}
+    totals, norms = {}, []
     for step in range(num_steps):
         epoch, index = divmod(step, NUM_TRAIN // BATCH)
         perm = steps.epoch_permutation(run.data_key, epoch, NUM_TRAIN)
@@ -71,7 +71,8 @@ def _train_by_hand(run, num_steps):
         state, metrics = step_fn(state, images[idx], labels[idx], run.loop_key, jnp.asarray(1.0))
         for k, v in jax.device_get(metrics).items():
             totals[k] = totals.get(k, 0.0) + float(v)
-    return state, totals
+        norms.append(float(metrics['grad_norm']))
+    return state, totals, norms
 
 
 def _assert_trees_close(actual, expected, **tolerances):
@@ -81,7 +82,7 @@ def _assert_trees_close(actual, expected, **tolerances):
 class TrainChunkTest(parameterized.TestCase):
     @parameterized.named_parameters(('dense', DENSE), ('conv', CONV))
     def test_scanned_unrolled_and_one_step_calls_match_hand_fed_steps(self, model):
-        reference, ref_sums = _train_by_hand(trainer.Run(_config(model)), NUM_STEPS)
+        reference, ref_sums, norms = _train_by_hand(trainer.Run(_config(model)), NUM_STEPS)
         self.assertEqual(int(reference.step), NUM_STEPS)
         for loop, chunks in CHUNKINGS:
             with self.subTest(loop=loop, chunks=chunks):
@@ -93,8 +94,20 @@ class TrainChunkTest(parameterized.TestCase):
                 _assert_trees_close(state.params, reference.params, rtol=2e-5, atol=2e-6)
                 _assert_trees_close(state.opt_state, reference.opt_state, rtol=2e-5, atol=2e-6)
                 self.assertEqual(sums.keys(), ref_sums.keys())
+                # The gradient norm is sampled at each call's last step, standing for its steps.
+                ends = np.cumsum(chunks) - 1
+                ref_sums['grad_norm'] = sum(n * norms[e] for n, e in zip(chunks, ends, strict=True))
                 for k, v in ref_sums.items():
                     np.testing.assert_allclose(sums[k], v, rtol=1e-4, atol=1e-5, err_msg=k)
+
+    def test_grad_norm_is_the_mean_over_steps_when_nonfinite_updates_are_skipped(self):
+        # skip_nonfinite_updates checks every step's norm, so every step's norm is logged.
+        config = _config()
+        config.skip_nonfinite_updates = True
+        _, ref_sums, norms = _train_by_hand(trainer.Run(config), NUM_STEPS)
+        _, sums, _ = _train_chunks(trainer.Run(config), (NUM_STEPS,))
+        np.testing.assert_allclose(sums['grad_norm'], sum(norms), rtol=1e-4)
+        self.assertNotAlmostEqual(sum(norms), NUM_STEPS * norms[-1], places=3)
 
     def test_unknown_loop(self):
         run = trainer.Run(_config())
