@@ -152,6 +152,23 @@ class LikelihoodTest(parameterized.TestCase):
         np.testing.assert_allclose(log_prob, expected, rtol=1e-5)
         np.testing.assert_array_equal(px.mean(), loc)
 
+    @parameterized.parameters('bernoulli', 'continuous_bernoulli', 'gaussian')
+    def test_log_prob_over_merged_event_axes_is_the_event_shaped_sum(self, likelihood):
+        # log_prob scores on the event merged into one axis; the value must be that of the
+        # per-pixel densities of the [H, W, 1] event summed, with the value broadcast over K
+        # (a size-1 axis: rank promotion is an error in this code base).
+        rng = np.random.default_rng(2)
+        params = rng.normal(size=(4, 3, 5, 6, 1)).astype(np.float32)  # [K, B, H, W, 1]
+        x = rng.uniform(size=(3, 5, 6, 1)).astype(np.float32)  # [B, H, W, 1]
+        if likelihood == 'bernoulli':
+            x = (x > 0.5).astype(np.float32)
+        px = distributions.make_likelihood(likelihood, params, event_ndims=3, sigma=0.5)
+        self.assertEqual((px.batch_shape, px.event_shape), ((4, 3), (5, 6, 1)))
+        value = jax.jit(lambda px, x: px.log_prob(x))(px, x[None])
+        per_pixel = px.distribution.log_prob(np.broadcast_to(x, params.shape))
+        np.testing.assert_allclose(value, per_pixel.sum(axis=(2, 3, 4)), rtol=1e-5)
+        self.assertEqual(px.mean().shape, params.shape)
+
     def test_inverse_gaussian_scale_round_trips(self):
         for sigma in (0.002, 0.1, 1.0, 30.0):
             raw = distributions.inverse_gaussian_scale(sigma)

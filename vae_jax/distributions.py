@@ -307,16 +307,53 @@ def make_likelihood(
             f'{num_channels} decoder outputs per data value, but the last axis of the decoder '
             f'output has odd size: shape {params.shape}.'
         )
-    if likelihood == 'bernoulli':
-        base = BernoulliLogits(logits=params, dtype=params.dtype)
-    elif likelihood == 'continuous_bernoulli':
-        base = ContinuousBernoulli(logits=params)
+    if likelihood in ('bernoulli', 'continuous_bernoulli'):
+        arrays = {'logits': params}
     elif num_channels == 1:
-        base = distrax.Normal(loc=params, scale=jnp.full(params.shape, sigma, params.dtype))
+        arrays = {'loc': params, 'scale': jnp.full(params.shape, sigma, params.dtype)}
     else:
         m = params.shape[-1] // 2
-        base = distrax.Normal(loc=params[..., :m], scale=gaussian_scale(params[..., m:]))
-    return distrax.Independent(base, reinterpreted_batch_ndims=event_ndims)
+        arrays = {'loc': params[..., :m], 'scale': gaussian_scale(params[..., m:])}
+
+    def build(arrays):
+        if likelihood == 'bernoulli':
+            return BernoulliLogits(logits=arrays['logits'], dtype=params.dtype)
+        if likelihood == 'continuous_bernoulli':
+            return ContinuousBernoulli(logits=arrays['logits'])
+        return distrax.Normal(**arrays)
+
+    batch_ndims = params.ndim - event_ndims
+    flat = build({k: v.reshape(*v.shape[:batch_ndims], -1) for k, v in arrays.items()})
+    return Likelihood(build(arrays), event_ndims, flat)
+
+
+class Likelihood(distrax.Independent):
+    """p(x|z): `distrax.Independent` over the event axes that scores on the event as one axis.
+
+    XLA:CPU vectorises elementwise loops along the minor-most axis, which for [H, W, 1] images
+    has size 1: the Bernoulli log-likelihood's value and gradient over [20, 50, 28, 28, 1]
+    logits took 11.8 ms against 1.1 ms over the same logits as [20, 50, 784] (one thread,
+    fastest of 30), most of the IWAE-paper step at k = 50. `log_prob` therefore merges the
+    event axes first (a free reshape); everything else (mean, sample, ...) is the
+    `distrax.Independent` of the event-shaped distribution.
+    """
+
+    def __init__(
+        self,
+        distribution: distrax.Distribution,
+        event_ndims: int,
+        flat: distrax.Distribution,
+    ):
+        """Args: distribution: batch shape [..., *event]; event_ndims: how many trailing axes
+        form one data point; flat: the same distribution with those axes merged into one."""
+        super().__init__(distribution, reinterpreted_batch_ndims=event_ndims)
+        self._flat = flat
+
+    def log_prob(self, value: jax.Array) -> jax.Array:
+        """[...] log p(value) for value [..., *event]."""
+        n = self.reinterpreted_batch_ndims
+        value = jnp.asarray(value)
+        return jnp.sum(self._flat.log_prob(value.reshape(*value.shape[: value.ndim - n], -1)), -1)
 
 
 def check_support(likelihood: str, data: np.ndarray) -> None:
