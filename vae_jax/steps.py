@@ -612,8 +612,8 @@ def train_chunk(
     # Without `skip_nonfinite_updates` the gradient norm is computed on the last step of the
     # call only (see `train_step`) and stands for all of the call's steps in the sums, so the
     # logged 'grad_norm' is a mean of one sample per call.
-    last = jnp.arange(num_steps) == num_steps - 1
     if loop == 'scan':
+        last = jnp.arange(num_steps) == num_steps - 1  # the traced with_grad_norm of each step
         state, metrics = jax.lax.scan(lambda s, xs: body(s, *xs), state, (idx, last))
         sums = jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
     elif loop == 'unroll':

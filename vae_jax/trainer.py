@@ -587,7 +587,8 @@ def window_row(sums: dict[str, float], num_steps: int) -> dict[str, float]:
 
     Args:
       sums: metric name -> sum over the window's steps (`steps.train_step` zeroes the metrics
-        of a skipped step, see `skip_nonfinite_updates`).
+        of a skipped step, see `skip_nonfinite_updates`; `steps.train_chunk` counts each
+        call's sampled 'grad_norm' once per step of the call, so its mean is over calls).
       num_steps: steps in the window.
 
     Returns:
