@@ -13,3 +13,10 @@ from absl import flags  # noqa: E402
 
 # absltest helpers such as create_tempdir read absl flags; pytest does not parse them.
 flags.FLAGS.mark_as_parsed()
+
+from absl.testing import absltest  # noqa: E402
+
+# Class- and module-level fixtures make temporary directories under absltest's default test
+# directory, which absltest creates only on a test's first create_tempdir: a test file run alone
+# (or first on a pytest-xdist worker) would otherwise fail in setUpClass.
+os.makedirs(absltest.get_default_test_tmpdir(), exist_ok=True)

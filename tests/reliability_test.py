@@ -536,6 +536,14 @@ class BadInputTest(parameterized.TestCase):
             run_files.prepare_workdir(workdir, config, overwrite=False)
 
 
+# The reason a checkpoint with inverted data bytes is refused: the checksum, or the reader's own
+# check where the bytes were in a compressed chunk (zstd detects the corruption first).
+_DAMAGED_DATA = (
+    r'\(ValueError: (its contents differ from the checksum'
+    r'|.*Error reading ".*ZSTD_decompressStream\(\) failed)'
+)
+
+
 def _data_files(step_dir):
     return [p for p in step_dir.rglob('*') if p.is_file() and p.parent.name == 'd']
 
@@ -557,11 +565,23 @@ class FromCheckpointTest(parameterized.TestCase):
 
     @staticmethod
     def _flip_bytes(step_dir):
-        # The array bytes: stored without a checksum (the b-tree nodes in default/d have one).
+        # Every byte of every array data file is inverted, so whatever part of a file the
+        # restore reads is damaged (a single flipped byte can land in bytes no array uses, and
+        # the run then resumes). Which check notices depends on how the bytes were stored: a
+        # raw chunk restores and fails the checksum, a zstd-compressed one fails TensorStore's
+        # read. Both refuse the same damaged checkpoint (see _DAMAGED_DATA).
         for path in _data_files(step_dir / 'default' / 'ocdbt.process_0'):
-            raw = bytearray(path.read_bytes())
-            raw[len(raw) // 2] ^= 0xFF
-            path.write_bytes(bytes(raw))
+            raw = np.frombuffer(path.read_bytes(), np.uint8)
+            path.write_bytes(np.invert(raw).tobytes())
+
+    @staticmethod
+    def _wrong_checksum(step_dir):
+        # Readable data that is not what was saved: only the checksum can tell.
+        path = step_dir / '_CHECKPOINT_METADATA'
+        meta = json.loads(path.read_text())
+        checksum = meta['custom_metadata']['checksum']
+        meta['custom_metadata']['checksum'] = checksum[::-1]
+        path.write_text(json.dumps(meta))
 
     @staticmethod
     def _truncate(step_dir):
@@ -578,7 +598,12 @@ class FromCheckpointTest(parameterized.TestCase):
         step_dir.mkdir()
 
     @parameterized.named_parameters(
-        ('flipped_bytes', '_flip_bytes', r'\(ValueError: its contents differ from the checksum'),
+        ('flipped_bytes', '_flip_bytes', _DAMAGED_DATA),
+        (
+            'wrong_checksum',
+            '_wrong_checksum',
+            r'\(ValueError: its contents differ from the checksum',
+        ),
         ('truncated_file', '_truncate', r'\(\w+: '),
         ('garbage_metadata', '_garbage_metadata', r'\(JSONDecodeError: '),
         ('empty_directory', '_empty', r'\(\w+: '),

@@ -169,7 +169,7 @@ def restore_latest(
                 raise ValueError('its contents differ from the checksum recorded when it was saved')
             return restored, step
         except Exception as e:  # Orbax raises several types for damaged files.
-            reason = f'{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}'
+            reason = _restore_failure(e)
             older = [s for s in manager.all_steps() if s < step]
             previous = f'step {max(older)}' if older else 'none: training would start again'
             moved = Path(manager.directory).parent / run_files.DAMAGED_DIR / str(step)
@@ -192,6 +192,19 @@ def restore_latest(
         run_files.sync('skip_damaged_checkpoint')
         manager.reload()
     return state, None
+
+
+def _restore_failure(error: BaseException) -> str:
+    """Why a restore failed, in one line: the innermost exception of the chain.
+
+    Orbax wraps TensorStore's read error (e.g. `ZSTD_decompressStream() failed` for damaged
+    compressed bytes) in an exception whose first line only names the array index.
+    """
+    inner = error
+    while (nxt := inner.__cause__ or inner.__context__) is not None and str(nxt):
+        inner = nxt
+    text = str(inner).splitlines()[0][:500] if str(inner) else ''
+    return f'{type(inner).__name__}: {text}'
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: steps.TrainState) -> None:
