@@ -17,7 +17,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from configs import default, zoo
-from vae_jax import config_validation, data, evaluation, models, steps, trainer
+from vae_jax import config_validation, data, evaluation, models, steps, trained, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_NAMES = sorted(p.stem for p in (REPO / 'configs').glob('*.py') if p.stem != '__init__')
@@ -92,8 +92,8 @@ def _trained(name):
     return run, states, metrics
 
 
-_reconstruct = jax.jit(steps.reconstruct, static_argnums=0)
-_decode_mean = jax.jit(steps.decode_mean, static_argnums=0)
+def _model(run, state):
+    return trained.TrainedModel(run.parts, run.variables(state), int(state.step))
 
 
 class ConfigFilesTest(parameterized.TestCase):
@@ -121,22 +121,17 @@ class ConfigFilesTest(parameterized.TestCase):
             )
         )
         static = steps.StepConfig.from_config(config, data_shape, model)
+        self.assertIsInstance(model, models.LatentVariableModel)
+        self.assertTrue(static.latent_shapes)
         if config.model.module is not None:  # a protocol model: its own parameters
-            self.assertIsInstance(model, models.LatentVariableModel)
-            self.assertIsNotNone(static.latent_shapes)
             return
+        self.assertTrue(static.distributions)  # the built-in VAE's one-layer capability
         extra = {'standard_normal': set(), 'mog': {'prior_mixture'}, 'vamp': {'pseudo_inputs'}}
         expected = {'encoder', 'decoder'} | extra[config.model.prior.name]
         self.assertEqual(set(variables['params']), expected)
-        z = jax.ShapeDtypeStruct((5, config.model.latent_dim), jnp.float32)
+        z = {'z': jax.ShapeDtypeStruct((5, config.model.latent_dim), jnp.float32)}
         y = jnp.zeros((), jnp.int32) if config.model.use_labels else None
-        px = jax.eval_shape(
-            lambda v, z: steps.make_bind(
-                model.apply, v['params'], v.get('batch_stats', {}), static, train=False
-            )(y)[1](z).mean(),
-            variables,
-            z,
-        )
+        px = jax.eval_shape(lambda v, z: model.apply(v, z, y, method='decode_mean'), variables, z)
         self.assertEqual(px.shape, (5, *data_shape))
 
     def test_docstrings_name_command_and_result(self):
@@ -164,27 +159,27 @@ class TrainOnDataTest(parameterized.TestCase):
         )
         self.assertTrue(all(jax.tree.leaves(changed)), f'{name}: a parameter did not move')
         images, labels = run.eval_split()
-        if run.model_fn is not None:  # evaluated through the log-weights (layers, priors)
-            result = evaluation.evaluate_dataset(
-                run.eval_key,
-                images,
-                labels,
-                run.bind_fn,
-                run.variables(states[-1]),
-                k_list=(2,),
-                nll_k=8,
-                dynamic_binarize=run.static.dynamic_binarize,
-                model_fn=run.model_fn,
-            )
+        result = evaluation.evaluate_dataset(
+            run.eval_key,
+            images,
+            labels,
+            variables=run.variables(states[-1]),
+            model_fn=run.parts.model_fn,
+            k_list=(2,),
+            nll_k=8,
+            dynamic_binarize=run.static.dynamic_binarize,
+        )
+        if run.config.objective != 'autoencoder':
             for key in ('elbo', 'iwae_k2', 'nll'):
                 self.assertTrue(np.isfinite(result[key]), f'{name}: {key}={result[key]}')
-            if run.static.latent_shapes is not None:
-                names = {n for n, _ in run.static.latent_shapes}
-                for layer in names:
-                    self.assertIn(f'active_units/{layer}', result)
-        if run.bind_fn is None:  # no decoder to draw with
+        if not run.static.distributions:  # active units per stochastic layer
+            for layer, _ in run.static.latent_shapes:
+                self.assertIn(f'active_units/{layer}', result)
+        model = _model(run, states[-1])
+        if not model.capabilities.decode_mean:  # no decoder to draw with
             return
-        recon = _reconstruct(run.bind_fn, run.variables(states[-1]), images, labels)
+        y = labels if run.static.use_labels else None
+        recon = model.reconstruct(images, y)
         self.assertEqual(recon.shape, images.shape)
         self.assertTrue(np.all(np.isfinite(recon)))
         if run.config.model.likelihood != 'gaussian':
@@ -266,10 +261,10 @@ class BatchNormTest(absltest.TestCase):
         self.assertTrue(np.all(np.isfinite(terms['loss'])))
         # Running statistics make evaluation per-example: an example's reconstruction does not
         # depend on the rest of the batch (with batch statistics it would).
-        variables = self.run.variables(state)
-        recon = _reconstruct(self.run.bind_fn, variables, images, labels)
+        model = _model(self.run, state)
+        recon = model.reconstruct(images)
         blanked = images.at[8:].set(0.0)  # same shape, no recompile; other batch statistics
-        recon_blanked = _reconstruct(self.run.bind_fn, variables, blanked, labels)
+        recon_blanked = model.reconstruct(blanked)
         np.testing.assert_allclose(recon_blanked[:8], recon[:8], rtol=1e-4, atol=1e-5)
         self.assertEqual(recon.shape, images.shape)
 
@@ -278,19 +273,19 @@ class ConditionalTest(absltest.TestCase):
     def test_decoding_a_fixed_z_depends_on_the_label(self):
         _skip_without_data(self, _get_config('mnist_cvae'))
         run, states, _ = _trained('mnist_cvae')
-        variables = run.variables(states[-1])
+        model = _model(run, states[-1])
         z = jax.random.normal(jax.random.key(3), (10, run.config.model.latent_dim))
         same_z = jnp.broadcast_to(z[:1], z.shape)
         digits = jnp.arange(10, dtype=jnp.int32)
-        images = _decode_mean(run.bind_fn, variables, same_z, digits)  # [10, 28, 28, 1]
+        images = model.decode_mean(same_z, digits)  # [10, 28, 28, 1]
         self.assertEqual(images.shape, (10, 28, 28, 1))
         for c in range(1, 10):
             self.assertGreater(float(jnp.abs(images[c] - images[0]).max()), 1e-4, c)
         # A fixed label gives the same image for the same z, whatever else is in the batch.
-        again = _decode_mean(run.bind_fn, variables, z, jnp.zeros(10, jnp.int32))
+        again = model.decode_mean(z, jnp.zeros(10, jnp.int32))
         np.testing.assert_allclose(again[0], images[0], rtol=1e-5, atol=1e-6)
-        _, decode = run.bind_fn(variables, jnp.asarray(4, jnp.int32))
-        np.testing.assert_allclose(decode(z[:1]).mean()[0], images[4], rtol=1e-5, atol=1e-6)
+        decoded = model.decode(z[:1], jnp.asarray(4, jnp.int32)).mean()
+        np.testing.assert_allclose(decoded[0], images[4], rtol=1e-5, atol=1e-6)
 
 
 class ZooConfigsTest(parameterized.TestCase):

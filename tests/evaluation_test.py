@@ -14,7 +14,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 from scipy import special, stats
 
-from vae_jax import data, distributions, evaluation
+from vae_jax import data, distributions, evaluation, losses
 
 EVENT = (2, 3, 1)  # an 'image' of 6 values
 X_DIM = 6
@@ -166,7 +166,8 @@ class LogLikelihoodTest(parameterized.TestCase):
         x = jnp.asarray(_data(1, seed=5)[0])
         encode, decode = _make_bind()(None)
         key = jax.random.key(3)
-        _, ess = evaluation._log_likelihood_and_ess(key, x, encode, decode, k, chunk_size, None)
+        model = losses.one_layer_model(x, encode, decode)
+        _, _, ess = evaluation._model_log_likelihood_and_ess(key, model, k, chunk_size)
         log_w = np.asarray(
             evaluation.log_importance_weights(key, x, encode, decode, k_samples=k), np.float64
         )

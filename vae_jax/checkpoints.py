@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vae_jax import run_files, steps
+from vae_jax import build, optim, run_files, steps
 
 # custom_metadata['contents'] of a parameters-only checkpoint (see `export_params`).
 PARAMS_ONLY = 'params'
@@ -314,16 +314,14 @@ def export_params(workdir: str | Path) -> Path:
       ValueError: the run is not finished.
       RuntimeError: the newest checkpoint is damaged.
     """
-    from vae_jax import optim, trained  # trained imports this module.
-
     workdir = Path(workdir)
-    config = trained.read_config(workdir)
-    parts = trained.build(config)
+    config = build.read_config(workdir)
+    parts = build.build(config)
     tx = optim.create_optimizer(
         config.optim, steps_per_epoch=1, num_train_steps=config.num_train_steps
     )
     target = jax.device_get(
-        trained.create_train_state(parts, trained.root_keys(config.seed)[0], tx)
+        build.create_train_state(parts, build.root_keys(config.seed)[0], tx)
     )
     restored, step = load(workdir, target, allow_params_only=True)
     if step is None:

@@ -27,11 +27,11 @@ import ml_collections
 import tqdm
 from absl import app, flags, logging
 
-from vae_jax import data, evaluation, run_files, trained
+from vae_jax import build, data, evaluation, run_eval, run_files, trained
 from vae_jax import pictures as vae_pictures
 
 FLAGS = flags.FLAGS
-load_config = trained.read_config
+load_config = build.read_config
 
 
 def with_data_dir(config: ml_collections.ConfigDict, data_dir: str | None) -> None:
@@ -100,82 +100,68 @@ def evaluate(
     """Evaluates the latest checkpoint of a run; writes `<workdir>/<output>` and pictures.
 
     `data_dir` (else $TFDS_DATA_DIR, else the run's stored `input.data_dir`) is where a TFDS
-    data set is read from.
+    data set is read from. The evaluation and its record are the trainer's own
+    (`run_eval.evaluate_run`, `run_eval.record`): the same keys, and for the same key and
+    settings the same values.
 
     Returns:
-      The dict written to the output file: the protocol ('step', 'split', 'num_examples',
-      'nll_k', 'k_list', 'binarize', 'seed', 'seed_from', 'chunk_size', 'batch_size') and the
-      metrics of `evaluation.evaluate_dataset`.
+      The record written to the output file (`run_eval.record`).
     """
     workdir = Path(workdir)
     config = load_config(workdir)
     with_data_dir(config, data_dir)
     train_data, test_data = data.get_datasets(config.input)
     # The training set size only matters to beta-TCVAE's held-out terms.
-    parts = trained.build(config, dataset_size=train_data['image'].shape[0])
+    parts = build.build(config, dataset_size=train_data['image'].shape[0])
     variables, step = trained.restore_variables(workdir, parts)
     split_data = test_data if split == 'test' else train_data
     images, labels = split_data['image'], split_data['label']
     if max_examples is not None:
         images, labels = images[:max_examples], labels[:max_examples]
-    eval_key = trained.root_keys(config.seed)[3]
+    eval_key = build.root_keys(config.seed)[3]
     key = eval_key if seed is None else jax.random.key(seed)
     bar = ExampleProgress(images.shape[0], f'eval {split}', enabled=progress)
     start = time.time()
     try:
-        metrics = evaluation.evaluate_dataset(
-            key,
+        metrics, per_example = run_eval.evaluate_run(
+            parts,
+            variables,
             images,
             labels,
-            parts.bind_fn,
-            variables,
-            k_list=tuple(config.eval_k_samples),
+            key=key,
             nll_k=k_samples,
             chunk_size=chunk_size,
             batch_size=batch_size,
-            dynamic_binarize=parts.static.dynamic_binarize,
             progress=lambda done, total: bar.update(done),
-            return_per_example=True,
-            model_fn=parts.model_fn,
         )
     finally:
         bar.close()
-    per_example = metrics.pop('per_example')
-    result = {
-        'step': step,
-        'split': split,
-        'num_examples': metrics['num_examples'],
-        'nll_k': k_samples,
-        'k_list': list(config.eval_k_samples),
-        'binarize': config.input.binarize,
-        # Without --seed the key is the run's eval key, split from jax.random.key(config.seed).
-        'seed': config.seed if seed is None else seed,
-        'seed_from': 'config' if seed is None else 'flag',
-        'chunk_size': chunk_size,
-        'batch_size': batch_size,
-        'evaluated_by': 'vae_jax.evaluate',
-        'eval_time_sec': round(time.time() - start, 2),
-        **metrics,
-        **evaluation.bits_per_dim(
-            metrics['nll'], likelihood=config.model.likelihood, **data.value_grid(config.input)
-        ),
-        # The training objective's own terms (ESS, beta-TCVAE's MI / TC / dimension-wise KL).
-        **trained.objective_terms(parts, variables, eval_key, images, labels),
-    }
+    result = run_eval.record(
+        config,
+        step,
+        metrics,
+        split=split,
+        nll_k=k_samples,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        seed=seed,
+        evaluated_by='vae_jax.evaluate',
+        eval_time_sec=time.time() - start,
+    )
     path = workdir / output
     previous = json.loads(path.read_text()) if path.is_file() else {}
     previous.pop('bits_per_dim', None)  # Absent where undefined: drop an earlier run's value.
+    previous.pop('k_list', None)  # Written by earlier releases; now 'eval_k_samples'.
     path.write_text(json.dumps({**previous, **result}, indent=2))
-    if pictures and parts.bind_fn is not None:  # pictures need the layer-spec model's decoder
+    if pictures:
         vae_pictures.write_pictures(
             workdir / 'images',
-            parts.bind_fn,
-            variables,
+            trained.TrainedModel(parts, variables, step),
             eval_key,
             images,
             labels,
             **vae_pictures.config_options(config),
-            posterior_means=per_example['posterior_mean'],
+            posterior_means=vae_pictures.posterior_means(per_example),
             metrics_path=workdir / run_files.METRICS_FILE,
         )
     return result
@@ -188,7 +174,7 @@ def format_table(result: dict[str, Any]) -> str:
         for name in (
             'nll',
             'bits_per_dim',
-            *(f'iwae_k{k}' for k in result['k_list']),
+            *(f'iwae_k{k}' for k in result['eval_k_samples']),
             'elbo',
             'recon',
             'kl',

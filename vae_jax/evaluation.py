@@ -1,8 +1,10 @@
 """Test-set evaluation: importance-sampled NLL, IWAE bounds, ELBO, bits/dim, active units.
 
-Everything is written against the per-example closures of the losses contract, `bind(y) ->
-(encode, decode)`, so it runs with any model and is testable with toy models whose log p(x) is
-known in closed form.
+Everything is written against one example's model as log-weights (`losses.LatentModel`), the
+form the train step binds every model to (`steps.make_model_fn`), so one code path evaluates the
+built-in VAE, a hierarchy, a flow or a model of one's own; research code may pass the one-layer
+closures `bind(y) -> (encode, decode)` instead (adapted once by `one_layer_model_fn`), which makes
+it testable with toy models whose log p(x) is known in closed form.
 
 The NLL follows Burda et al. (2016): log p(x) is estimated by the IWAE bound with k = 5000
 importance samples from q(z|x). The samples are processed in chunks with a running log-sum-exp
@@ -21,7 +23,6 @@ with it, so the defaults sit at 10 000. On an accelerator, raise batch_size.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,7 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import distributions, losses, steps
+from vae_jax import losses, steps
+from vae_jax.bits import (  # noqa: F401 -- re-exported: evaluation.bits_per_dim
+    CONTINUOUS_LIKELIHOODS,
+    DISCRETE_LIKELIHOODS,
+    bits_per_dim,
+)
 
 Array = jax.Array
 
@@ -42,37 +48,6 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016), Sec. 5.2
 MEAN_SAMPLES = 2000
 # 'ess_k{K}' (K = the largest eval k, if any): the effective sample size of the K importance
 # weights of iwae_k{K}'s own pass (running sums of w and w^2: no second pass over the samples).
-
-
-def _log_weights(
-    key: Array,
-    indices: Array,
-    x: Array,
-    q: distrax.Distribution,
-    decode: Callable[[Array], distrax.Distribution],
-    prior: distrax.Distribution,
-) -> Array:
-    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i drawn from fold_in(key, i).
-
-    Args:
-      key: the example's importance-sampling key.
-      indices: [C] int, global indices of the importance samples.
-      x: [*event] one example.
-      q: the posterior q(z|x), event [D].
-      decode: z [C, D] -> p(x|z) with batch [C].
-      prior: p(z), event [D].
-
-    Returns:
-      [C] log importance weights.
-    """
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
-    z = jax.vmap(lambda k: q.sample(seed=k))(keys)  # [C, D]
-    # vmap, not broadcasting: distrax broadcasts [C, D] against loc [D] by implicit rank
-    # promotion, which jax_numpy_rank_promotion='raise' rejects.
-    log_q = jax.vmap(q.log_prob)(z)
-    log_pz = jax.vmap(prior.log_prob)(z)
-    log_px = decode(z).log_prob(jnp.broadcast_to(x, (indices.shape[0],) + x.shape))
-    return log_px + log_pz - log_q
 
 
 def log_importance_weights(
@@ -100,9 +75,10 @@ def log_importance_weights(
     Returns:
       [K] log w_i = log p(x, z_i) - log q(z_i|x).
     """
-    q = encode(x)
-    prior = distributions.standard_normal_prior(q.event_shape[-1]) if prior is None else prior
-    return _log_weights(key, jnp.arange(k_samples), x, q, decode, prior)
+    model = losses.one_layer_model(x, encode, decode, prior)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(k_samples))
+    z = jax.vmap(lambda k: model.sample(k, 1)[0])(keys)  # [K, D]
+    return model.log_likelihood(z) + model.log_prior(z) - model.log_q(z, False)
 
 
 def log_likelihood(
@@ -115,12 +91,11 @@ def log_likelihood(
     chunk_size: int = CHUNK_SIZE,
     prior: distrax.Distribution | None = None,
 ) -> Array:
-    """Importance-sampled log p(x) of one example: the k-sample IWAE bound, chunked.
+    """Importance-sampled log p(x) of one example, given as one-layer closures.
 
-    log p(x) ~= logsumexp_i(log w_i) - log k, accumulated over chunks of `chunk_size` samples with
-    a running log-sum-exp inside `lax.scan`, so memory is O(chunk_size) for any k. When k is not a
-    multiple of chunk_size, the last chunk's surplus samples are masked to -inf, so exactly k
-    samples count. Sample i comes from fold_in(key, i): the value does not depend on chunk_size.
+    `model_log_likelihood` of `losses.one_layer_model(x, encode, decode, prior)`: the k-sample
+    IWAE bound, chunked; sample i comes from fold_in(key, i), so the value does not depend on
+    chunk_size.
 
     Args:
       key: importance-sampling key.
@@ -140,27 +115,8 @@ def log_likelihood(
     References:
       Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016.
     """
-    return _log_likelihood_and_ess(key, x, encode, decode, k_samples, chunk_size, prior)[0]
-
-
-def _log_likelihood_and_ess(key, x, encode, decode, k_samples, chunk_size, prior):
-    """`log_likelihood` and the effective sample size of the same k weights: ([], [])."""
-    if k_samples < 1 or chunk_size < 1:
-        raise ValueError(f'k_samples and chunk_size must be >= 1, got {k_samples}, {chunk_size}')
-    q = encode(x)
-    prior = distributions.standard_normal_prior(q.event_shape[-1]) if prior is None else prior
-    chunk_size = min(chunk_size, k_samples)
-    num_chunks = -(-k_samples // chunk_size)
-
-    def body(totals, chunk_index):
-        indices = chunk_index * chunk_size + jnp.arange(chunk_size)
-        log_w = _log_weights(key, indices, x, q, decode, prior)
-        log_w = jnp.where(indices < k_samples, log_w, -jnp.inf)
-        return _add_log_sums(totals, log_w), None
-
-    init = (jnp.full((), -jnp.inf, jnp.float32),) * 2
-    totals, _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
-    return totals[0] - jnp.log(float(k_samples)), _ess(totals)
+    model = losses.one_layer_model(x, encode, decode, prior)
+    return _model_log_likelihood_and_ess(key, model, k_samples, chunk_size, with_means=False)[0]
 
 
 def _add_log_sums(totals, log_w):
@@ -209,8 +165,12 @@ def model_log_likelihood(
     return estimate, means
 
 
-def _model_log_likelihood_and_ess(key, model, k_samples, chunk_size):
-    """`model_log_likelihood` plus the effective sample size of the same k weights."""
+def _model_log_likelihood_and_ess(key, model, k_samples, chunk_size, *, with_means=True):
+    """`model_log_likelihood` plus the effective sample size of the same k weights.
+
+    with_means=False skips the running mean of the samples (None is returned for it): a
+    one-layer model's posterior mean is exact, so its NLL loop carries only the log sums.
+    """
     if k_samples < 1 or chunk_size < 1:
         raise ValueError(f'k_samples and chunk_size must be >= 1, got {k_samples}, {chunk_size}')
     chunk_size = min(chunk_size, k_samples)
@@ -238,17 +198,21 @@ def _model_log_likelihood_and_ess(key, model, k_samples, chunk_size):
             mask = valid.reshape(valid.shape + (1,) * (leaf.ndim - 1))
             return s + jnp.sum(jnp.where(mask, leaf, 0.0), axis=0)
 
-        return (_add_log_sums(totals, log_w), jax.tree.map(add, sums, z)), None
+        if with_means:
+            sums = jax.tree.map(add, sums, z)
+        return (_add_log_sums(totals, log_w), sums), None
 
-    z_shape, _ = jax.eval_shape(draw, key)
-    sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), z_shape)
+    sums = None
+    if with_means:
+        z_shape, _ = jax.eval_shape(draw, key)
+        sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), z_shape)
     init = ((jnp.full((), -jnp.inf, jnp.float32),) * 2, sums)
     (totals, sums), _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
-    means = jax.tree.map(lambda s: s / k_samples, sums)
+    means = None if sums is None else jax.tree.map(lambda s: s / k_samples, sums)
     return totals[0] - jnp.log(float(k_samples)), means, _ess(totals)
 
 
-def _model_example_metrics(
+def _example_metrics(
     key: Array,
     model: losses.LatentModel,
     *,
@@ -256,31 +220,50 @@ def _model_example_metrics(
     nll_k: int,
     chunk_size: int,
 ) -> dict[str, Array]:
-    """Per-example quantities through the log-weights of any model.
+    """All per-example quantities of one example's model (the one evaluation path).
 
-    'posterior_mean' [D] (one-layer models: the exact mean of q) or 'posterior_mean/<latent>'
-    (otherwise: the mean of the NLL's importance samples, or of MEAN_SAMPLES draws when there
-    is no NLL, so active units are counted per stochastic layer).
+    Always: 'elbo', 'recon', 'kl' (analytic KL where the one-layer capability has one),
+    'iwae_k{k}', 'ess_k{K}', 'log_px' (with nll_k). With the one-layer capability
+    (`model.one_layer`): 'posterior_mean' [D] (q's exact mean), 'recon_error' and, against
+    the N(0, I) prior, 'kl_per_dim' [D]; a point-mass q (the autoencoder's 'delta') has no ELBO,
+    KL or importance-sampled bound, so its 'recon' is -log p(x|z) at the code and the bound
+    entries are absent. Otherwise: 'posterior_mean/<latent>' (the mean of the NLL's importance
+    samples, or of MEAN_SAMPLES draws when there is no NLL), so active units are counted per
+    stochastic layer.
     """
-    elbo_key, nll_key, mean_key, *iwae_keys = jax.random.split(key, 3 + len(k_list))
+    one = model.one_layer
+    if one is not None and not _is_gaussian(one.q):
+        return {
+            'posterior_mean': one.q.mean(),
+            'recon_error': _recon_error(one, model.x),
+            'recon': losses.model_autoencoder(key, model)['recon'],
+        }
+    # The key layout of earlier releases, kept so that published evaluations reproduce bit for
+    # bit: one-layer models with the N(0, I) prior never needed a key for the posterior mean.
+    legacy = one is not None and one.standard_prior
+    elbo_key, nll_key, *rest = jax.random.split(key, (2 if legacy else 3) + len(k_list))
+    mean_key, iwae_keys = (None, rest) if legacy else (rest[0], rest[1:])
     terms = losses.model_elbo(elbo_key, model, analytic_kl=True)
     out = {name: terms[name] for name in ('elbo', 'recon', 'kl')}
+    with_means = one is None
     for k, iwae_key in zip(k_list, iwae_keys, strict=True):
-        out[f'iwae_k{k}'], _, ess = _model_log_likelihood_and_ess(iwae_key, model, k, chunk_size)
+        out[f'iwae_k{k}'], _, ess = _model_log_likelihood_and_ess(
+            iwae_key, model, k, chunk_size, with_means=False
+        )
         if k == max(k_list):
             out[f'ess_k{k}'] = ess
+    means = None
     if nll_k:
-        out['log_px'], means = model_log_likelihood(
-            nll_key, model, k_samples=nll_k, chunk_size=chunk_size
+        out['log_px'], means, _ = _model_log_likelihood_and_ess(
+            nll_key, model, nll_k, chunk_size, with_means=with_means
         )
-    else:
-        means = None
-    one = model.one_layer
     if one is not None:
         out['posterior_mean'] = one.q.mean()
-        out['recon_error'] = jnp.mean(
-            jnp.square(one.decode(one.q.mean()[None]).mean()[0] - model.x)
-        )
+        out['recon_error'] = _recon_error(one, model.x)
+        if one.standard_prior:
+            # Marginal KLs: they sum to the KL for a diagonal q; for a full-covariance q the sum
+            # is <= the KL (the gap is q's total correlation).
+            out['kl_per_dim'] = losses.kl_per_dimension(one.q)
         return out
     if means is None:
         means = jax.tree.map(
@@ -289,6 +272,11 @@ def _model_example_metrics(
     for name, mean in _named_leaves(means):
         out[f'posterior_mean/{name}'] = mean.reshape(-1)
     return out
+
+
+def _recon_error(one: losses.OneLayer, x: Array) -> Array:
+    """Mean over data values of (E[x | z = mean of q] - x)^2: one decode at q's mean."""
+    return jnp.mean(jnp.square(one.decode(one.q.mean()[None]).mean()[0] - x))
 
 
 def _named_leaves(tree: Any) -> list[tuple[str, Array]]:
@@ -319,50 +307,29 @@ def active_units(
     return int(np.sum(variances > threshold)), variances
 
 
-def _example_metrics(
-    key: Array,
-    x: Array,
-    encode: Callable[[Array], distrax.Distribution],
-    decode: Callable[[Array], distrax.Distribution],
-    *,
-    k_list: tuple[int, ...],
-    nll_k: int,
-    chunk_size: int,
-) -> dict[str, Array]:
-    """All per-example quantities: scalars, 'kl_per_dim' [D] and 'posterior_mean' [D].
-
-    A point-mass posterior (the autoencoder's 'delta') has no ELBO, KL or importance-sampled
-    bound; its 'recon' is -log p(x|z) at the code and the bound-type entries are absent.
-    """
-    q = encode(x)
-    mean = q.mean()
-    out = {'posterior_mean': mean}
-    # One decode at the posterior mean, with the [1, D] -> batch [1] convention of the losses.
-    out['recon_error'] = jnp.mean(jnp.square(decode(mean[None]).mean()[0] - x))
-    if not _is_gaussian(q):
-        out['recon'] = losses.autoencoder(key, x, encode, decode)['recon']
-        return out
-    elbo_key, nll_key, *iwae_keys = jax.random.split(key, 2 + len(k_list))
-    terms = losses.elbo(elbo_key, x, encode, decode, analytic_kl=True)
-    out.update({name: terms[name] for name in ('elbo', 'recon', 'kl')})
-    for k, iwae_key in zip(k_list, iwae_keys, strict=True):
-        out[f'iwae_k{k}'], ess = _log_likelihood_and_ess(
-            iwae_key, x, encode, decode, k, chunk_size, None
-        )
-        if k == max(k_list):
-            out[f'ess_k{k}'] = ess
-    if nll_k:
-        out['log_px'] = log_likelihood(
-            nll_key, x, encode, decode, k_samples=nll_k, chunk_size=chunk_size
-        )
-    # Marginal KLs: they sum to the KL for a diagonal q; for a full-covariance q the sum is
-    # <= the KL (the gap is q's total correlation).
-    out['kl_per_dim'] = losses.kl_per_dimension(q)
-    return out
-
-
 def _is_gaussian(q: distrax.Distribution) -> bool:
     return isinstance(q, distrax.MultivariateNormalFromBijector)
+
+
+@functools.cache
+def one_layer_model_fn(bind: Callable[..., Any], takes_variables: bool) -> Callable[..., Any]:
+    """The one-layer closures of research code as a model function `(variables, x, y) ->
+    losses.LatentModel` (what `steps.make_model_fn` gives for a run's model).
+
+    Args:
+      bind: y -> (encode, decode) (the losses contract; eval mode, parameters bound), or, with
+        `takes_variables`, (variables, y) -> (encode, decode).
+      takes_variables: whether `bind` takes the variables.
+
+    Returns:
+      model_fn; the same object for the same arguments, so jitted evaluation compiles once.
+    """
+
+    def model_fn(variables: Any, x: Array, y: Array | None) -> losses.LatentModel:
+        encode, decode = bind(variables, y) if takes_variables else bind(y)
+        return losses.one_layer_model(x, encode, decode)
+
+    return model_fn
 
 
 def _evaluate_batch(
@@ -372,33 +339,26 @@ def _evaluate_batch(
     images: Array,
     labels: Array | None,
     *,
-    bind: Callable[..., Any],
+    model_fn: Callable[..., Any],
     k_list: tuple[int, ...],
     nll_k: int,
     chunk_size: int,
     dynamic_binarize: bool,
     has_labels: bool,
-    model_fn: Callable[..., Any] | None = None,
 ) -> dict[str, Array]:
-    """`_example_metrics` (or, with `model_fn`, `_model_example_metrics`) vmapped over a batch;
-    example n uses fold_in(key, n)."""
+    """`_example_metrics` vmapped over a batch; example n uses fold_in(key, n)."""
 
     def per_example(index, x, y):
         bin_key, metrics_key = jax.random.split(jax.random.fold_in(key, index))
         if dynamic_binarize:
             x = jax.random.bernoulli(bin_key, x).astype(x.dtype)
         y = y if has_labels else None
-        if model_fn is not None:
-            return _model_example_metrics(
-                metrics_key,
-                model_fn(variables, x, y),
-                k_list=k_list,
-                nll_k=nll_k,
-                chunk_size=chunk_size,
-            )
-        encode, decode = bind(y) if variables is None else bind(variables, y)
         return _example_metrics(
-            metrics_key, x, encode, decode, k_list=k_list, nll_k=nll_k, chunk_size=chunk_size
+            metrics_key,
+            model_fn(variables, x, y),
+            k_list=k_list,
+            nll_k=nll_k,
+            chunk_size=chunk_size,
         )
 
     if labels is None:
@@ -410,7 +370,7 @@ def evaluate_dataset(
     key: Array,
     images: np.ndarray,
     labels: np.ndarray | None,
-    bind: Callable[..., Any],
+    bind: Callable[..., Any] | None = None,
     variables: Any = None,
     *,
     k_list: Sequence[int] = (1, 10),
@@ -426,8 +386,10 @@ def evaluate_dataset(
 
     Every example is processed exactly once (the last batch is padded, then sliced), with its
     own key fold_in(key, n) for example n, so the numbers do not depend on `batch_size` or
-    `chunk_size`. The batch function is jitted once per (bind, options); pass `variables` with a
-    `bind(variables, y)` so a trainer evaluating new parameters does not recompile.
+    `chunk_size`. The batch function is jitted once per (model, options); pass `variables` (and
+    a model function or `bind` that takes them) so a trainer evaluating new parameters does not
+    recompile. Give the model as `model_fn` (any model; how runs are evaluated) or, for research
+    code, as one-layer closures `bind` (adapted by `one_layer_model_fn`).
 
     Args:
       key: evaluation key (a fixed eval key makes runs comparable).
@@ -435,17 +397,17 @@ def evaluate_dataset(
         `dynamic_binarize`).
       labels: [N] int32, or None for unconditional models (bind then gets y=None).
       bind: y -> (encode, decode) (the losses contract; eval mode, parameters bound), or, when
-        `variables` is given, (variables, y) -> (encode, decode).
-      variables: optional pytree passed to `bind` as a jit argument.
+        `variables` is given, (variables, y) -> (encode, decode); None with `model_fn`.
+      variables: optional pytree passed to the model as a jit argument.
       k_list: the k of the reported IWAE bounds 'iwae_k{k}'.
       nll_k: importance samples for 'nll' (Burda et al.: 5000); 0 skips it.
       chunk_size: importance samples per scan step (memory ~ batch_size * chunk_size).
       batch_size: examples per jitted call.
       dynamic_binarize: replace each image by a Bernoulli(image) draw from example n's key.
       progress: optional callback(num_done, num_total) after each batch.
-      model_fn: (variables, x, y) -> `losses.LatentModel` (e.g. `steps.make_model_fn`): evaluate
-        through the log-weights of any model (several stochastic layers, learned priors); then
-        `bind` is unused and active units are also counted per layer ('active_units/<latent>').
+      model_fn: (variables, x, y) -> `losses.LatentModel` (e.g. `steps.make_model_fn`): any
+        model (several stochastic layers, learned priors, flows); without the one-layer
+        capability active units are counted per layer ('active_units/<latent>').
       return_per_example: also return 'per_example': dict of numpy arrays over the N examples
         ('elbo', 'recon', 'kl', 'iwae_k{k}', 'log_px' [N]; 'kl_per_dim', 'posterior_mean'
         [N, D]; those that apply), e.g. for a latent scatter plot or per-example NLLs.
@@ -463,6 +425,10 @@ def evaluate_dataset(
     Raises:
       ValueError: on an empty data set, mismatched label count or non-positive sizes.
     """
+    if (bind is None) == (model_fn is None):
+        raise ValueError('evaluate_dataset needs exactly one of bind and model_fn')
+    if model_fn is None:
+        model_fn = one_layer_model_fn(bind, variables is not None)
     images = np.asarray(images)
     n = images.shape[0]
     if n == 0:
@@ -476,13 +442,12 @@ def evaluate_dataset(
         )
     batch_fn = functools.partial(
         _jitted_evaluate_batch(),
-        bind=bind,
+        model_fn=model_fn,
         k_list=tuple(int(k) for k in k_list),
         nll_k=int(nll_k),
         chunk_size=int(chunk_size),
         dynamic_binarize=bool(dynamic_binarize),
         has_labels=labels is not None,
-        model_fn=model_fn,
     )
     batch_size = min(batch_size, n)
     collected: list[dict[str, np.ndarray]] = []
@@ -515,13 +480,12 @@ def _jitted_evaluate_batch() -> Callable[..., Any]:
     return jax.jit(
         _evaluate_batch,
         static_argnames=(
-            'bind',
+            'model_fn',
             'k_list',
             'nll_k',
             'chunk_size',
             'dynamic_binarize',
             'has_labels',
-            'model_fn',
         ),
         compiler_options=steps.compiler_options(),
     )
@@ -576,100 +540,3 @@ def _summarise(
             summary[f'active_units/{name}'] = count
             summary[f'posterior_mean_variance/{name}'] = variances.tolist()
     return summary
-
-
-DISCRETE_LIKELIHOODS = ('bernoulli',)
-CONTINUOUS_LIKELIHOODS = ('gaussian', 'continuous_bernoulli')
-
-
-def bits_per_dim(
-    nll: float | None,
-    *,
-    likelihood: str,
-    num_levels: int | None,
-    num_dims: int,
-    num_padding_dims: int = 0,
-) -> dict[str, Any]:
-    """The NLL in bits per dimension, only where it is a code length for the data's values.
-
-    Defined in two cases (D = num_dims, the real pixels; padding never counts):
-    - a discrete likelihood on binary data: bpd = nll / (D ln 2), exactly -log2 p(x) / D. With
-      zero padding the NLL also pays for the padding pixels, -log p(x, pad) >= -log p(x), so
-      the value is an upper bound on the code length of the real pixels.
-    - a continuous likelihood on 8-bit data x = n / 255: the 256 cells [i / 256, (i + 1) / 256)
-      partition [0, 1], and the probability of the 8-bit image n is the density's mass on its
-      cell, P(n) = integral of p over the cell ~= p(x) (1/256)^D (the density at a point of the
-      cell times the cell's volume). So -log2 P(n) / D = (nll + D ln 256) / (D ln 2), i.e.
-      nll / (D ln 2) + 8. This is the usual dequantised number, but the models here are
-      trained and evaluated on the grid points themselves (no uniform dequantisation noise), so
-      it is a point approximation of P(n), not a bound: a density that peaks sharply at the grid
-      points makes it too good (a negative value proves it: then it is undefined). The note
-      says so.
-    Undefined (absent, with the reason in the note): no NLL; real-valued data (toy sets: their
-    NLL is a density in nats, not a code length); a continuous likelihood on binary data or on
-    grids other than 8 bits; a continuous likelihood on zero-padded inputs (the padding's
-    density is not a probability and would enter the NLL unbounded); unknown likelihoods.
-
-    Args:
-      nll: the mean -log p(x) in nats over the N examples, or None.
-      likelihood: the likelihood's name, e.g. config.model.likelihood.
-      num_levels: values a pixel takes (2 binary, 256 8-bit), None for real-valued data.
-      num_dims: D, values per example excluding padding.
-      num_padding_dims: zeros added per example by padding (their cost is in the NLL).
-
-    Returns:
-      {'bits_per_dim': float, 'bits_per_dim_note': str} where defined, else
-      {'bits_per_dim_note': str} saying why not.
-    """
-    ln2 = math.log(2.0)
-    if num_levels is None:  # First: with or without an NLL, real-valued data have no bits/dim.
-        return {
-            'bits_per_dim_note': 'undefined: the data are real-valued, so the NLL is a density '
-            '(nats), not a code length'
-        }
-    if nll is None:
-        return {'bits_per_dim_note': 'undefined: no NLL was estimated (nll_k = 0)'}
-    if likelihood in DISCRETE_LIKELIHOODS and num_levels == 2:
-        if nll < 0:  # An estimate of log p(x) > 0, impossible for probabilities <= 1.
-            return {
-                'bits_per_dim_note': f'undefined: the NLL estimate {nll:.4f} is negative, which '
-                'no discrete likelihood can give; the estimate is wrong'
-            }
-        note = f'-log2 p(x) / D with D = {num_dims} pixels'
-        if num_padding_dims:
-            note += (
-                f'; the NLL includes the {num_padding_dims} zero-padding pixels, so this is an '
-                'upper bound on the code length of the real pixels'
-            )
-        return {'bits_per_dim': nll / (num_dims * ln2), 'bits_per_dim_note': note}
-    if likelihood in CONTINUOUS_LIKELIHOODS and num_levels == 256 and not num_padding_dims:
-        # P(8-bit image n) = mass of the density on n's cell ~= p(n / 255) * (1/256)^D, so
-        # -log2 P = (nll + D ln 256) / ln 2 bits, divided by D.
-        value = (nll + num_dims * math.log(256.0)) / (num_dims * ln2)
-        if value < 0:  # P(n) > 1: the density spikes on the grid points.
-            return {
-                'bits_per_dim_note': f'undefined: (nll + D ln 256) / (D ln 2) = {value:.4f} < 0 '
-                'for this model: its density at the 8-bit values exceeds 256^D, so the density '
-                'times the cell volume is no approximation of the probability of the 8-bit image'
-            }
-        return {
-            'bits_per_dim': value,
-            'bits_per_dim_note': f'(nll + D ln 256) / (D ln 2) with D = {num_dims}: the density '
-            'at the 8-bit value times the volume (1/256)^D of its cell; an approximation of the '
-            'probability of the 8-bit image (no dequantisation noise in training), not a bound',
-        }
-    if likelihood in CONTINUOUS_LIKELIHOODS and num_levels == 256:
-        reason = (
-            f'a continuous likelihood on zero-padded inputs ({num_padding_dims} padding values '
-            'whose density is not a probability)'
-        )
-    elif likelihood in CONTINUOUS_LIKELIHOODS:
-        reason = (
-            f'a continuous likelihood ({likelihood}) on data with {num_levels} levels (defined '
-            'here for 8-bit data only)'
-        )
-    elif likelihood in DISCRETE_LIKELIHOODS:
-        reason = f'a discrete likelihood ({likelihood}) on data with {num_levels} levels'
-    else:
-        reason = f'likelihood {likelihood!r} is not known to be discrete or continuous'
-    return {'bits_per_dim_note': f'undefined: {reason}'}

@@ -5,7 +5,8 @@ trains, evaluates and sweeps with vae_jax: name it in the config
 (`model.module='my_pkg.my_models:MyVAE'`, keyword arguments from `model.module_kwargs`) or pass
 it from Python (`trainer.train_and_evaluate(config, workdir, model=MyVAE(...))`). `VAE` below
 is one implementation of the protocol (built from layer-spec strings, with the priors of
-`priors.py`); `two_layer.TwoLayerVAE` is another.
+`priors.py`), with the optional one-layer capability (its q, p(x|z) and p(z) as distributions)
+and `decode_mean`; `two_layer.TwoLayerVAE` and `flows.IAFVAE` are others.
 
 One module, `VAE`, covers the three models: `model.use_labels` makes it a conditional VAE, and
 objective 'autoencoder' gives it a deterministic code (posterior 'delta', P = latent_dim).
@@ -401,16 +402,32 @@ class VAE(nn.Module):
             return {'posterior_params': self.encoder(self.pseudo_inputs(), None, train=train)}
         return {}
 
-    # The model protocol (`LatentVariableModel`), for one example x [*data_shape].
+    # The model protocol (`LatentVariableModel`), for one example x [*data_shape], with the
+    # one-layer capability (`protocol.DISTRIBUTION_METHODS`) and `decode_mean`.
 
     @property
     def latent_shapes(self) -> dict[str, tuple[int, ...]]:
         return {'z': (self.latent_dim,)}
 
+    @property
+    def standard_normal_prior(self) -> bool:
+        """True when p(z) = N(0, I) (free bits and per-dimension KL are defined against it)."""
+        return self.prior == 'standard_normal'
+
     def posterior_distribution(self, x: Array, y: Array | None = None, *, train: bool = False):
         """q(z|x) as a distrax distribution, event [D]."""
         return distributions.make_posterior(
             self.posterior, self.encode(x, y, train=train), scale_transform=self.scale_transform
+        )
+
+    def likelihood_distribution(self, z: Array, y: Array | None = None, *, train: bool = False):
+        """p(x|z) for z [K, D]: a distrax distribution with batch [K] and event [*data_shape]."""
+        return distributions.make_likelihood(
+            self.likelihood,
+            self.decode(z, y, train=train),
+            event_ndims=len(self.data_shape),
+            gaussian_sigma=self.gaussian_sigma,
+            sigma=self.sigma,
         )
 
     def prior_distribution(self, *, train: bool = False):
@@ -436,19 +453,17 @@ class VAE(nn.Module):
 
     def log_likelihood(self, x: Array, z: Any, y: Array | None = None, train: bool = False):
         """[K] log p(x|z), one decoder pass over the K samples."""
-        px = distributions.make_likelihood(
-            self.likelihood,
-            self.decode(z['z'], y, train=train),
-            event_ndims=len(self.data_shape),
-            gaussian_sigma=self.gaussian_sigma,
-            sigma=self.sigma,
-        )
+        px = self.likelihood_distribution(z['z'], y, train=train)
         k = z['z'].shape[0]
         return px.log_prob(jnp.broadcast_to(x, (k, *x.shape)))
 
     def log_prior(self, z: Any, y: Array | None = None, train: bool = False):
         """[K] log p(z)."""
         return jax.vmap(self.prior_distribution(train=train).log_prob)(z['z'])
+
+    def decode_mean(self, z: Any, y: Array | None = None, train: bool = False) -> Array:
+        """The mean of p(x|z) for z {'z': [K, D]}: [K, *data_shape]."""
+        return self.likelihood_distribution(z['z'], y, train=train).mean()
 
 
 def init_variables(

@@ -2,11 +2,14 @@
 
 `LatentVariableModel` is the protocol, written down once; `models.py` re-exports it and holds
 the built-in implementation (the layer-spec `VAE`) and `create_model`, which builds either that
-or the module named by `model.module` (`build_module`).
+or the module named by `model.module` (`build_module`). Every model, built-in or not, is seen by
+the train step, the evaluation, the pictures and `vae_jax.load` through this protocol alone; what
+only some models can do is an optional capability, looked up here (`capabilities`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any, Protocol, runtime_checkable
 
@@ -19,8 +22,12 @@ Array = jax.Array
 PROTOCOL_METHODS = ('sample_posterior', 'log_posterior', 'log_likelihood', 'log_prior')
 # Optional members: what `vae_jax.load(...).sample` and `.reconstruct` need of a protocol model.
 SAMPLING_METHODS = ('sample_prior', 'decode_mean')
+# The one-layer capability: q(z|x), p(x|z) and p(z) as distrax distributions of one latent
+# vector (see `LatentVariableModel`). It enables the analytic KL, free bits, the autoencoder's
+# point-mass code, per-dimension KL, exact posterior means and `encode`/`decode`.
+DISTRIBUTION_METHODS = ('posterior_distribution', 'likelihood_distribution', 'prior_distribution')
 # Members a model may have; the library uses them when present (see `LatentVariableModel`).
-OPTIONAL_METHODS = ('sample_and_log_posterior', *SAMPLING_METHODS)
+OPTIONAL_METHODS = ('sample_and_log_posterior', *SAMPLING_METHODS, *DISTRIBUTION_METHODS)
 
 
 @runtime_checkable
@@ -84,10 +91,22 @@ class LatentVariableModel(Protocol):
     noise (the posterior mean of a one-layer Gaussian q; in a hierarchy, each layer's mean given
     the layers it is conditioned on at theirs; for a flow, the flow's image of its base mean).
 
+    The one-layer capability (`DISTRIBUTION_METHODS`; `models.VAE` has it): a model of ONE latent
+    vector {name: (D,)} may describe itself as distrax distributions,
+      posterior_distribution(x, y=None, train=False) -> q(z | x), event [D], batch [];
+      likelihood_distribution(z, y=None, train=False) -> p(x | z) for z [K, D], batch [K], event
+        x's shape;
+      prior_distribution(train=False) -> p(z), event [D], batch [];
+    and, optionally, the property `standard_normal_prior` (True when p(z) is N(0, I)). With all
+    three the library binds the model through them (one encoder pass; the same samples as the
+    four methods draw) and offers what needs the distributions: the analytic KL in the ELBO,
+    free bits and per-dimension KL (with `standard_normal_prior`), the autoencoder objective (a
+    point-mass q), exact posterior means, `vae_jax.load(...).encode` / `.decode`. Their values
+    must agree with the four methods'.
+
     Every objective (`losses.model_elbo`, `losses.model_iwae` with reparam, STL and DReG
-    gradients) is a function of log w = log p(x | z) + log p(z) - log q(z | x). Objectives that
-    need a one-layer encode/decode form (the autoencoder, free bits, analytic KL) are available
-    for `VAE` only and raise a ValueError otherwise.
+    gradients) is a function of log w = log p(x | z) + log p(z) - log q(z | x). An objective or
+    feature that needs a capability the model lacks says so (a ValueError naming it).
 
     Example (a one-layer Gaussian VAE with a Bernoulli likelihood on flat x [M]):
 
@@ -141,6 +160,40 @@ class LatentVariableModel(Protocol):
 def missing_members(model: Any, names: tuple[str, ...] = SAMPLING_METHODS) -> list[str]:
     """The names in `names` that `model` does not have as callable members, in order."""
     return [name for name in names if not callable(getattr(model, name, None))]
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a model offers beyond the four protocol methods (`capabilities`): hashable.
+
+    Attributes:
+      one_pass_posterior: `sample_and_log_posterior`.
+      distributions: the one-layer capability (`DISTRIBUTION_METHODS`).
+      standard_normal_prior: with `distributions`, p(z) is N(0, I) (free bits, per-dimension KL).
+      sample_prior, decode_mean: the sampling members.
+    """
+
+    one_pass_posterior: bool = False
+    distributions: bool = False
+    standard_normal_prior: bool = False
+    sample_prior: bool = False
+    decode_mean: bool = False
+
+
+def capabilities(model: Any) -> Capabilities:
+    """The optional capabilities of `model`: the one place the library looks them up."""
+    distributions = not missing_members(model, DISTRIBUTION_METHODS)
+    if distributions:
+        shapes = model.latent_shapes
+        distributions = len(shapes) == 1 and len(next(iter(shapes.values()))) == 1
+    standard = distributions and bool(getattr(model, 'standard_normal_prior', False))
+    return Capabilities(
+        one_pass_posterior=has_one_pass_posterior(model),
+        distributions=distributions,
+        standard_normal_prior=standard,
+        sample_prior=not missing_members(model, ('sample_prior',)),
+        decode_mean=not missing_members(model, ('decode_mean',)),
+    )
 
 
 def import_module_class(path: str) -> type:

@@ -2,7 +2,7 @@
 the stacking of N models' states on a leading axis for the vectorised sweep.
 
 The training loop that uses them is `trainer.train_models`; the model alone, without data, is
-`trained.ModelParts`.
+`build.ModelParts`.
 """
 
 from __future__ import annotations
@@ -21,17 +21,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import (
-    config_validation,
-    data,
-    evaluation,
-    optim,
-    run_files,
-    steps,
-    trained,
-)
+from vae_jax import build, config_validation, data, optim, run_eval, run_files, steps
 
-root_keys = trained.root_keys
+root_keys = build.root_keys
 
 # Config keys in which the models of one vectorised sweep (vae_jax/sweep.py) may differ.
 PER_MODEL_KEYS = ('seed', 'beta', 'sweep')
@@ -40,8 +32,8 @@ PER_MODEL_KEYS = ('seed', 'beta', 'sweep')
 class Run:
     """What training one config needs: data, model, keys, optimizer, mesh, jitted functions.
 
-    The model alone (no data) is `trained.ModelParts` (`self.parts`); pictures and evaluation take
-    plain values (bind function, variables, data, key), not this object.
+    The model alone (no data) is `build.ModelParts` (`self.parts`); evaluation and pictures take
+    the model and plain values (variables, data, key), not this object.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, model: Any = None):
@@ -60,13 +52,8 @@ class Run:
                 f'allowed: <= {num_train}'
             )
         self.steps_per_epoch = num_train // config.input.batch_size
-        self.parts = trained.build(config, self.data_shape, model, dataset_size=num_train)
-        self.static, self.model, self.bind_fn = (
-            self.parts.static,
-            self.parts.model,
-            self.parts.bind_fn,
-        )
-        self.model_fn = self.parts.model_fn
+        self.parts = build.build(config, self.data_shape, model, dataset_size=num_train)
+        self.static, self.model = self.parts.static, self.parts.model
         self.init_key, self.loop_key, self.data_key, self.eval_key = root_keys(config.seed)
         self.tx = optim.create_optimizer(
             config.optim,
@@ -88,7 +75,7 @@ class Run:
 
     def create_train_state(self) -> steps.TrainState:
         """Initialises parameters (and BatchNorm statistics) from `init_key`, replicated."""
-        state = trained.create_train_state(self.parts, self.init_key, self.tx)
+        state = build.create_train_state(self.parts, self.init_key, self.tx)
         # Through the host: with several processes, a single-device array cannot be put on
         # other hosts' devices, but every process holds the same host values.
         return jax.device_put(jax.device_get(state), self.replicated)
@@ -129,31 +116,19 @@ class Run:
         return variables
 
     def evaluate(
-        self, state: steps.TrainState, *, nll_k: int = 0, return_per_example: bool = False
-    ) -> dict[str, Any]:
-        """Test-split metrics with the fixed eval key (comparable across steps and runs)."""
+        self, state: steps.TrainState, *, nll_k: int = 0
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Test-split metrics with the fixed eval key (comparable across steps and runs), and
+        the per-example arrays (`run_eval.evaluate_run`)."""
         images, labels = self.eval_split()
-        metrics = evaluation.evaluate_dataset(
-            self.eval_key,
+        return run_eval.evaluate_run(
+            self.parts,
+            self.variables(state),
             images,
             labels,
-            self.bind_fn,
-            self.variables(state),
-            k_list=tuple(self.config.eval_k_samples),
+            key=self.eval_key,
             nll_k=nll_k,
             batch_size=self.config.input.eval_batch_size,
-            dynamic_binarize=self.static.dynamic_binarize,
-            return_per_example=return_per_example,
-            model_fn=self.parts.model_fn,
-        )
-        return {**metrics, **self.objective_terms(state, images, labels)}
-
-    def objective_terms(
-        self, state: steps.TrainState, images: np.ndarray, labels: np.ndarray
-    ) -> dict[str, float]:
-        """`trained.objective_terms` of this run's state (ESS, beta-TCVAE terms, ...)."""
-        return trained.objective_terms(
-            self.parts, self.variables(state), self.eval_key, images, labels
         )
 
     def eval_split(self) -> tuple[np.ndarray, np.ndarray]:
@@ -164,9 +139,9 @@ class Run:
     def for_config(self, config: ml_collections.ConfigDict) -> Run:
         """This run with another `seed` / `beta` (the models of a vectorised sweep).
 
-        Shares the loaded data, model, optimizer, mesh and `bind_fn` (so evaluation compiles once
-        for all models); takes the keys of `config.seed` and drops compiled functions that close
-        over the old keys.
+        Shares the loaded data, model, optimizer, mesh and model function (so evaluation
+        compiles once for all models); takes the keys of `config.seed` and drops compiled
+        functions that close over the old keys.
 
         Raises:
           ValueError: `config` differs from this run's config in more than `PER_MODEL_KEYS`.

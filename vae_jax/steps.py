@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax.training import train_state
 
-from vae_jax import backends, distributions, layers, losses, models, priors
+from vae_jax import backends, layers, losses, models, protocol
 
 Array = jax.Array
 
@@ -64,13 +64,15 @@ class StepConfig:
     tcvae_gamma: float = 1.0
     tcvae_estimator: str = 'mws'
     dataset_size: int = 0
-    # None: the built-in layer-spec `models.VAE`, bound as encode/decode closures (one encoder
-    # pass per example; analytic KL and free bits). Otherwise the latents of a protocol model,
-    # ((name, shape), ...), bound through its four methods.
-    latent_shapes: tuple[tuple[str, tuple[int, ...]], ...] | None = None
-    # A protocol model with the optional `sample_and_log_posterior`: the binder gives the
-    # objectives its one-pass (z, log q) (`losses.LatentModel.sample_and_log_q`).
+    # The model's latents, ((name, shape), ...) (`LatentVariableModel.latent_shapes`).
+    latent_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # The model's optional capabilities (`protocol.capabilities`). `one_pass_posterior`: the
+    # binder gives the objectives its one-pass (z, log q) (`losses.LatentModel.sample_and_log_q`).
+    # `distributions`: the one-layer capability; the binder builds the model from its q, p(x|z)
+    # and p(z) (`losses.one_layer_model`: analytic KL, free bits, the autoencoder).
     one_pass_posterior: bool = False
+    distributions: bool = False
+    standard_normal_prior: bool = False
 
     @classmethod
     def from_config(
@@ -91,13 +93,12 @@ class StepConfig:
                 f'config.model.module={m.module!r}: pass the built model '
                 '(StepConfig.from_config(config, data_shape, model)).'
             )
-        latent_shapes = None
-        one_pass_posterior = False
-        if model is not None and not isinstance(model, models.VAE):
-            latent_shapes = tuple(
-                (name, tuple(int(d) for d in shape)) for name, shape in model.latent_shapes.items()
-            )
-            one_pass_posterior = models.has_one_pass_posterior(model)
+        if model is None:
+            model = models.create_model(m, data_shape, config.objective)
+        latent_shapes = tuple(
+            (name, tuple(int(d) for d in shape)) for name, shape in model.latent_shapes.items()
+        )
+        capabilities = protocol.capabilities(model)
         return cls(
             objective=config.objective,
             k_samples=int(config.k_samples),
@@ -118,7 +119,9 @@ class StepConfig:
             prior=m.prior.name,
             latent_dim=int(m.latent_dim),
             latent_shapes=latent_shapes,
-            one_pass_posterior=one_pass_posterior,
+            one_pass_posterior=capabilities.one_pass_posterior,
+            distributions=capabilities.distributions,
+            standard_normal_prior=capabilities.standard_normal_prior,
             miwae_m=int(config.miwae_m),
             ciwae_beta=float(config.ciwae_beta),
             piwae_m=int(config.piwae_m),
@@ -147,93 +150,6 @@ class StepConfig:
             'dataset_size': self.dataset_size,
         }
         return objective, {name: options[name] for name in objective.options}
-
-
-def make_bind(
-    apply_fn: Callable[..., Any],
-    params: Any,
-    batch_stats: Any,
-    static: StepConfig,
-    *,
-    train: bool,
-    updates: dict[str, Any] | None = None,
-) -> Callable[[Array | None], tuple[Callable, Callable]]:
-    """Returns `bind(y) -> (encode, decode)`: the model as the closures the losses take.
-
-    Args:
-      apply_fn: the Flax module's `apply`.
-      params: the parameter pytree.
-      batch_stats: BatchNorm running statistics (`{}` without BatchNorm).
-      static: the step configuration.
-      train: BatchNorm uses batch statistics (pooled over the vmapped axis named 'batch') and
-        updates its running statistics when True; uses the running statistics when False.
-      updates: with `train=True` and BatchNorm, the new running statistics of the encoder and the
-        decoder are written into this dict under 'encoder' / 'decoder' (the losses call each of
-        `encode` and `decode` once per example).
-
-    Returns:
-      bind: y [] int label or None -> (encode: x [*event] -> q(z|x) with event [D],
-        decode: z [..., D] -> p(x|z) with batch shape [...] and event [*event]).
-    """
-    variables = {'params': params}
-    if batch_stats:
-        variables['batch_stats'] = batch_stats
-    mutable = ['batch_stats'] if (train and batch_stats) else False
-
-    def call(method: str, inputs: Array, y: Array | None) -> Array:
-        if static.use_labels:
-            y = jnp.broadcast_to(y, inputs.shape[: inputs.ndim - _input_ndims(method, static)])
-        else:
-            y = None
-        out = apply_fn(variables, inputs, y, train=train, method=method, mutable=mutable)
-        if mutable:
-            out, new_vars = out
-            if updates is not None:
-                name = 'encoder' if method == 'encode' else 'decoder'
-                updates[name] = new_vars['batch_stats'][name]
-        return out
-
-    def bind(y: Array | None) -> tuple[Callable, Callable]:
-        def encode(x: Array) -> Any:
-            return distributions.make_posterior(
-                static.posterior, call('encode', x, y), scale_transform=static.scale_transform
-            )
-
-        def decode(z: Array) -> Any:
-            return distributions.make_likelihood(
-                static.likelihood,
-                call('decode', z, y),
-                event_ndims=static.event_ndims,
-                gaussian_sigma=static.gaussian_sigma,
-                sigma=static.sigma,
-            )
-
-        return encode, decode
-
-    return bind
-
-
-def make_bind_fn(apply_fn: Callable[..., Any], static: StepConfig) -> Callable[..., Any]:
-    """Returns `bind_fn(variables, y) -> (encode, decode)` in evaluation mode.
-
-    The variables are an argument, not a closure, so jitted evaluation code takes them as inputs
-    and compiles once per run.
-
-    Args:
-      apply_fn: the Flax module's `apply`.
-      static: the step configuration.
-
-    Returns:
-      bind_fn: (variables {'params', optional 'batch_stats'}, y [] int or None) -> (encode, decode).
-    """
-
-    def bind_fn(variables: dict[str, Any], y: Array | None) -> tuple[Callable, Callable]:
-        bind = make_bind(
-            apply_fn, variables['params'], variables.get('batch_stats', {}), static, train=False
-        )
-        return bind(y)
-
-    return bind_fn
 
 
 def standard_normal_noise(key: Array, k: int, latent_shapes) -> dict[str, Array]:
@@ -265,44 +181,31 @@ def make_model_binder(
 ) -> Callable[[Array, Array | None], losses.LatentModel]:
     """Returns `bind(x, y) -> losses.LatentModel`: one example of the model, parameters bound.
 
-    The built-in `models.VAE` is bound as its encode/decode closures plus its prior
-    (`losses.one_layer_model`: one encoder pass, analytic KL where it exists). Any other
-    module is bound through the protocol's four methods (`models.LatentVariableModel`):
-    `sample` draws `standard_normal_noise` and calls `sample_posterior`; `log_q(z, True)`
-    calls `log_posterior` with stop-gradient copies of ALL parameters (so every layer's
-    variational parameters are stopped, z stays live); the likelihood and prior are live.
-    With `static.one_pass_posterior` (the module has `sample_and_log_posterior`),
-    `sample_and_log_q` draws the same noise and calls it with live parameters, which the
-    objectives use for reparameterised samples (one encoder pass instead of two).
+    The one way the step and the evaluation see a model (`models.LatentVariableModel`). A model
+    with the one-layer capability (`static.distributions`, e.g. the built-in `models.VAE`) is
+    bound through its distributions (`losses.one_layer_model`: one encoder pass, analytic KL,
+    free bits, the autoencoder's point mass); its samples are those the four methods draw for
+    the same key. Any other model is bound through the four methods: `sample` draws
+    `standard_normal_noise` and calls `sample_posterior`; `log_q(z, True)` calls
+    `log_posterior` with stop-gradient copies of ALL parameters (so every layer's variational
+    parameters are stopped, z stays live); the likelihood and prior are live. With
+    `static.one_pass_posterior` (the module has `sample_and_log_posterior`), `sample_and_log_q`
+    draws the same noise and calls it with live parameters, which the objectives use for
+    reparameterised samples (one encoder pass instead of two).
 
     Args:
-      apply_fn, params, batch_stats, static, train, updates: as `make_bind`.
+      apply_fn: the Flax module's `apply`.
+      params: the parameter pytree.
+      batch_stats: BatchNorm running statistics (`{}` without BatchNorm).
+      static: the step configuration.
+      train: BatchNorm uses batch statistics (pooled over the vmapped axis named 'batch') and
+        updates its running statistics when True; uses the running statistics when False.
+      updates: with `train=True` and BatchNorm, the new running statistics are written into
+        this dict.
 
     Returns:
       bind: (x [*event], y [] int label or None) -> LatentModel.
     """
-    if static.latent_shapes is None:
-        bind_closures = make_bind(
-            apply_fn, params, batch_stats, static, train=train, updates=updates
-        )
-        variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
-
-        def bind_builtin(x: Array, y: Array | None) -> losses.LatentModel:
-            encode, decode = bind_closures(y)
-            prior = None
-            if static.prior != 'standard_normal':
-                prior_params = apply_fn(variables, train=train, method='prior_params')
-                prior = priors.make_prior(
-                    static.prior,
-                    prior_params,
-                    latent_dim=static.latent_dim,
-                    posterior=static.posterior,
-                    scale_transform=static.scale_transform,
-                )
-            return losses.one_layer_model(x, encode, decode, prior)
-
-        return bind_builtin
-
     live = {'params': params}
     stopped = {'params': jax.lax.stop_gradient(params)}
     if batch_stats:
@@ -317,8 +220,22 @@ def make_model_binder(
                 updates.update(new_vars['batch_stats'])
         return out
 
+    def bind_distributions(x: Array, y: Array | None) -> losses.LatentModel:
+        prior = None  # N(0, I): `one_layer_model`'s default, which enables free bits.
+        if not static.standard_normal_prior:
+            # Not mutable: a VampPrior's encoder pass over its pseudo-inputs is not data.
+            prior = apply_fn(live, train=train, method='prior_distribution')
+        return losses.one_layer_model(
+            x,
+            lambda x: call(live, 'posterior_distribution', x, y=y),
+            lambda z: call(live, 'likelihood_distribution', z, y=y),
+            prior,
+        )
+
     def bind(x: Array, y: Array | None) -> losses.LatentModel:
         y = y if static.use_labels else None
+        if static.distributions:
+            return bind_distributions(x, y)
 
         def sample(key, k):
             noise = standard_normal_noise(key, k, static.latent_shapes)
@@ -353,11 +270,6 @@ def make_model_fn(apply_fn: Callable[..., Any], static: StepConfig) -> Callable[
         return bind(x, y)
 
     return model_fn
-
-
-def _input_ndims(method: str, static: StepConfig) -> int:
-    """Number of trailing non-batch axes of the input of `encode` ([*event]) or `decode` ([D])."""
-    return static.event_ndims if method == 'encode' else 1
 
 
 def binarize(key: Array, x: Array) -> Array:
@@ -693,33 +605,3 @@ def epoch_permutation(data_key: Array, epoch: Array | int, num_examples: int) ->
     """The data order of `epoch`: [N] int32, a permutation drawn from fold_in(data_key, epoch)."""
     key = jax.random.fold_in(data_key, epoch)
     return jax.random.permutation(key, num_examples).astype(jnp.int32)
-
-
-def posterior_means(bind_fn: Callable, variables: Any, images: Array, labels: Array) -> Array:
-    """Posterior means E_q[z | x] for a batch: images [B, *event], labels [B] -> [B, D]."""
-
-    def one(x, y):
-        encode, _ = bind_fn(variables, y)
-        return encode(x).mean()
-
-    return jax.vmap(one)(images, labels)
-
-
-def reconstruct(bind_fn: Callable, variables: Any, images: Array, labels: Array) -> Array:
-    """The likelihood's mean at the posterior mean: images [B, *event] -> [B, *event]."""
-
-    def one(x, y):
-        encode, decode = bind_fn(variables, y)
-        return decode(encode(x).mean()).mean()
-
-    return jax.vmap(one)(images, labels)
-
-
-def decode_mean(bind_fn: Callable, variables: Any, z: Array, labels: Array) -> Array:
-    """The likelihood's mean at given latents: z [B, D], labels [B] -> [B, *event]."""
-
-    def one(z_b, y):
-        _, decode = bind_fn(variables, y)
-        return decode(z_b).mean()
-
-    return jax.vmap(one)(z, labels)

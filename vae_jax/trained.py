@@ -13,156 +13,38 @@ data set is read) and restores the newest checkpoint, verified against the check
 it was saved. Full training checkpoints and parameters-only checkpoints (written by
 `checkpoints.export_params` for published runs) both load.
 
-A run of a model of its own (`model.module`, the model protocol) has `log_likelihood`, and
-uses the protocol's optional members where the module has them (`two_layer.TwoLayerVAE` and
-`flows.IAFVAE` have both): `sample_prior` needs its `sample_prior`, `reconstruct` its
-`decode_mean`, `sample` both; otherwise they raise a ValueError naming what is missing. `encode`
-and `decode` return distributions of the built-in VAE only.
+Every model is seen through the model protocol (`models.LatentVariableModel`) and its optional
+members: `log_likelihood` works for any model; `reconstruct` needs `decode_mean`; `sample_prior`
+needs `sample_prior` or the one-layer capability's `prior_distribution` (the built-in VAE's
+learned priors are drawn from their distributions); `sample` needs both; `encode` and `decode`
+return distributions and need the one-layer capability (`posterior_distribution`,
+`likelihood_distribution`). A model lacking a member gets a ValueError naming it.
 
-This module also holds what the trainer and `load` share: the model built from a config
-(`build`), the run's keys (`root_keys`) and the initial train state (`create_train_state`).
+Building the model from a config (`build`, `root_keys`, `create_train_state`, `read_config`) is
+`vae_jax/build.py`; the names are re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import distrax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 
-from configs import default as default_config
-from vae_jax import (
-    checkpoints,
-    config_validation,
-    data,
-    evaluation,
-    models,
-    optim,
-    protocol,
-    run_files,
-    steps,
+from vae_jax import checkpoints, evaluation, optim, protocol, run_files, steps
+from vae_jax.build import (  # noqa: F401 -- re-exported: trained.build etc. as before
+    ModelParts,
+    build,
+    create_train_state,
+    read_config,
+    root_keys,
 )
-
-
-def root_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """A run's keys from its seed: (init_key, loop_key, data_key, eval_key), typed [] keys."""
-    init_key, loop_key, data_key, eval_key = jax.random.split(jax.random.key(seed), 4)
-    return init_key, loop_key, data_key, eval_key
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelParts:
-    """A config's model, without data: the Flax module and its evaluation-mode closures.
-
-    Attributes:
-      config: the experiment config.
-      data_shape: one example's shape, e.g. (28, 28, 1) or (2,).
-      static: the jitted step's settings (`steps.StepConfig`).
-      model: the Flax module.
-      bind_fn: (variables, y [] int or None) -> (encode, decode), evaluation mode; None for a
-        model that is not the built-in layer-spec VAE (pictures need these closures).
-      model_fn: the model as log-weights for evaluation (`steps.make_model_fn`); None for the
-        built-in VAE with the N(0, I) prior, which keeps its analytic-KL evaluation path.
-    """
-
-    config: ml_collections.ConfigDict
-    data_shape: tuple[int, ...]
-    static: steps.StepConfig
-    model: nn.Module
-    bind_fn: Callable[..., Any] | None
-    model_fn: Callable[..., Any] | None = None
-
-
-def build(
-    config: ml_collections.ConfigDict,
-    data_shape: tuple[int, ...] | None = None,
-    model: nn.Module | None = None,
-    dataset_size: int = 0,
-) -> ModelParts:
-    """The model of `config` (or `model`, a module with the built-in VAE's interface).
-
-    Args:
-      config: the experiment config (validated here).
-      data_shape: one example's shape; default: computed from `config.input` without any data.
-      model: a Flax module to use instead of the one `config.model` describes.
-      dataset_size: training examples (beta-TCVAE's minibatch weights); 0 where no step runs.
-
-    Raises:
-      ValueError: a bad config value (naming the key, the value and what is allowed).
-    """
-    config_validation.validate(config)
-    if data_shape is None:
-        data_shape = data.data_shape(config.input)
-    data_shape = tuple(data_shape)
-    if model is None:
-        model = models.create_model(config.model, data_shape, config.objective)
-    else:
-        model = models.check_model(model, data_shape, bool(config.model.use_labels), where='model=')
-    static = steps.StepConfig.from_config(config, data_shape, model, dataset_size=dataset_size)
-    builtin = static.latent_shapes is None
-    bind_fn = steps.make_bind_fn(model.apply, static) if builtin else None
-    model_fn = None
-    if not builtin or static.prior != 'standard_normal':
-        model_fn = steps.make_model_fn(model.apply, static)
-    return ModelParts(config, data_shape, static, model, bind_fn, model_fn)
-
-
-def create_train_state(
-    parts: ModelParts, key: jax.Array, tx: optax.GradientTransformation
-) -> steps.TrainState:
-    """Parameters (and BatchNorm statistics) initialised from `key`, with an int32 step 0."""
-    variables = models.init_variables(
-        parts.model, key, parts.data_shape, bool(parts.config.model.use_labels)
-    )
-    state = steps.TrainState.create(
-        apply_fn=parts.model.apply,
-        params=variables['params'],
-        tx=tx,
-        batch_stats=variables.get('batch_stats', {}),
-    )
-    # An int32 array step keeps the scan carry's type fixed across calls.
-    return state.replace(step=jnp.zeros((), jnp.int32))
-
-
-def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The run's config from `<workdir>/config.json` (written by the trainer).
-
-    Raises:
-      FileNotFoundError: no config.json (not a run directory).
-    """
-    path = Path(workdir) / run_files.CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f'{path} not found: the workdir must be a run directory written by vae_jax.train'
-        )
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
-    config.eval_k_samples = tuple(config.eval_k_samples)
-    # A run written before a top-level key existed (e.g. the zoo's options) takes its default.
-    _fill_missing(config, default_config.get_config())
-    return config
-
-
-def _fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
-    """Adds (recursively) the keys of `defaults` that `config` lacks, with their defaults."""
-    for key in defaults.keys():
-        if key not in config:
-            value = defaults[key]
-            config[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
-        elif isinstance(defaults[key], ml_collections.ConfigDict) and isinstance(
-            config[key], ml_collections.ConfigDict
-        ):
-            _fill_missing(config[key], defaults[key])
 
 
 def restore_variables(workdir: str | Path, parts: ModelParts) -> tuple[dict[str, Any], int]:
@@ -196,6 +78,7 @@ class TrainedModel:
       variables: {'params', optional 'batch_stats'}.
       eval_key: the run's evaluation key (what the trainer and `vae_jax.evaluate` use).
       parts: the model (`ModelParts`).
+      capabilities: the model's optional members (`protocol.capabilities`).
     """
 
     def __init__(self, parts: ModelParts, variables: dict[str, Any], step: int):
@@ -204,47 +87,50 @@ class TrainedModel:
         self.variables = variables
         self.step = step
         self.eval_key = root_keys(self.config.seed)[3]
-        self._reconstruct = jax.jit(steps.reconstruct, static_argnums=0)
-        self._decode_mean = jax.jit(steps.decode_mean, static_argnums=0)
+        self.capabilities = protocol.capabilities(parts.model)
         apply_fn, latent_shapes = parts.model.apply, parts.static.latent_shapes
-        if latent_shapes is None:
+        where = type(parts.model).__name__
+        if self.capabilities.distributions:
             self._prior_draws = jax.jit(
-                functools.partial(_builtin_prior_draws, apply_fn), static_argnums=2
+                functools.partial(_distribution_prior_draws, apply_fn), static_argnums=2
             )
         else:
-            where = type(parts.model).__name__
             self._prior_draws = jax.jit(
                 functools.partial(_protocol_prior_draws, apply_fn, latent_shapes, where),
                 static_argnums=2,
             )
-            self._protocol_decode_mean = jax.jit(
-                functools.partial(_protocol_decode_mean, apply_fn, parts.data_shape, where)
+        self._decode_mean = jax.jit(
+            functools.partial(_protocol_decode_mean, apply_fn, parts.data_shape, where)
+        )
+        self._reconstruct = jax.jit(
+            functools.partial(
+                _protocol_reconstruct, apply_fn, latent_shapes, parts.data_shape, where
             )
-            self._protocol_reconstruct = jax.jit(
-                functools.partial(
-                    _protocol_reconstruct, apply_fn, latent_shapes, parts.data_shape, where
-                )
-            )
+        )
 
     @property
     def latent_dim(self) -> int:
+        """D of a model with one latent vector (the built-in VAE's `model.latent_dim`)."""
+        shapes = self.parts.static.latent_shapes
+        if len(shapes) == 1 and len(shapes[0][1]) == 1:
+            return int(shapes[0][1][0])
         return int(self.config.model.latent_dim)
 
     @property
     def builtin(self) -> bool:
         """True for the built-in layer-spec VAE, False for a model of its own (`model.module`)."""
-        return self.parts.static.latent_shapes is None
+        return self.config.model.module is None
 
-    def _labels(self, labels: Any, n: int, method: str) -> jax.Array:
+    def _labels(self, labels: Any, n: int, method: str) -> jax.Array | None:
+        """[n] int labels for a conditional run (required there), else None (as in training)."""
         if not self.parts.static.use_labels:
-            return jnp.zeros((n,), jnp.int32)
+            return None
         if labels is None:
             raise ValueError(
                 f'{method}: this run is conditional (model.use_labels=True): pass labels, [B] '
                 f'ints in 0 .. {self.config.model.num_classes - 1}'
             )
-        labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (n,))
-        return labels
+        return jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (n,))
 
     def _batch(self, x: Any, method: str) -> jax.Array:
         x = jnp.asarray(x, jnp.float32)
@@ -255,106 +141,101 @@ class TrainedModel:
             )
         return x
 
-    def _bind_fn(self, method: str) -> Callable[..., Any]:
-        """The encode/decode closures; they exist for the built-in layer-spec VAE only."""
-        if self.parts.bind_fn is None:
-            raise ValueError(
-                f'{method}: this run trained a model of its own ({type(self.parts.model).__name__}'
-                '), which offers the log-weights protocol, not encode/decode distributions; use '
-                'log_likelihood, sample and reconstruct (these two need the optional members '
-                "sample_prior and decode_mean), or call the module's methods with "
-                '`self.variables`.'
-            )
-        return self.parts.bind_fn
-
     def _require(self, method: str, members: tuple[str, ...]) -> None:
         """Raises a ValueError naming the optional protocol members the model lacks."""
         missing = protocol.missing_members(self.parts.model, members)
         if missing:
             raise ValueError(
-                f'{method}: this run trained a model of its own ({type(self.parts.model).__name__}'
-                f'), which has no {" and no ".join(_SIGNATURES[name] for name in missing)}: '
-                f'optional members of the model protocol (vae_jax.models.LatentVariableModel) '
-                f'that {method} needs.'
+                f'{method}: the model of this run ({type(self.parts.model).__name__}) has no '
+                f'{" and no ".join(_SIGNATURES.get(name, name) for name in missing)}: optional '
+                f'members of the model protocol (vae_jax.models.LatentVariableModel) that '
+                f'{method} needs.'
             )
 
-    def _protocol_labels(self, labels: Any, n: int, method: str) -> jax.Array | None:
-        """A protocol model's labels: [n] ints for a conditional run, else None (as in training)."""
-        return self._labels(labels, n, method) if self.parts.static.use_labels else None
+    def _apply(self, method: str, *args: Any) -> Any:
+        return self.parts.model.apply(self.variables, *args, train=False, method=method)
 
     def encode(self, x: Any, labels: Any = None) -> distrax.Distribution:
-        """q(z|x): x [B, *data_shape] (labels [B] for a conditional run) -> batch [B], event [D]."""
-        bind_fn = self._bind_fn('encode')
+        """q(z|x): x [B, *data_shape] (labels [B] for a conditional run) -> batch [B], event [D].
+
+        Needs the one-layer capability (`posterior_distribution`; the built-in VAE has it).
+        """
+        self._require('encode', ('posterior_distribution',))
         x = self._batch(x, 'encode')
-        y = self._labels(labels, x.shape[0], 'encode') if self.parts.static.use_labels else None
-        encode, _ = bind_fn(self.variables, y)
-        return encode(x)
+        return self._apply('posterior_distribution', x, self._labels(labels, x.shape[0], 'encode'))
 
     def decode(self, z: Any, labels: Any = None) -> distrax.Distribution:
-        """p(x|z): z [B, D] -> a distribution with batch [B] and event [*data_shape]."""
-        bind_fn = self._bind_fn('decode')
+        """p(x|z): z [B, D] -> a distribution with batch [B] and event [*data_shape].
+
+        Needs the one-layer capability (`likelihood_distribution`; the built-in VAE has it).
+        """
+        self._require('decode', ('likelihood_distribution',))
         z = jnp.asarray(z, jnp.float32)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f'decode: z must be [B, {self.latent_dim}], got {z.shape}')
-        y = self._labels(labels, z.shape[0], 'decode') if self.parts.static.use_labels else None
-        _, decode = bind_fn(self.variables, y)
-        return decode(z)
+        return self._apply('likelihood_distribution', z, self._labels(labels, z.shape[0], 'decode'))
 
     def reconstruct(self, x: Any, labels: Any = None) -> np.ndarray:
         """The likelihood's mean at the posterior mean: x [B, *data_shape] -> [B, *data_shape].
 
-        A model of its own needs `decode_mean`; it decodes `sample_posterior` at zero noise (the
-        posterior mean of a one-layer Gaussian q; in a hierarchy, each layer's mean given the
-        layers it is conditioned on at theirs; for an IAF posterior, the flow's image of its
-        base mean).
+        Decodes (`decode_mean`) `sample_posterior` at zero noise: the posterior mean of a
+        one-layer Gaussian q; in a hierarchy, each layer's mean given the layers it is
+        conditioned on at theirs; for an IAF posterior, the flow's image of its base mean.
         """
         x = self._batch(x, 'reconstruct')
-        if not self.builtin:
-            self._require('reconstruct', ('decode_mean',))
-            y = self._protocol_labels(labels, x.shape[0], 'reconstruct')
-            return np.asarray(self._protocol_reconstruct(self.variables, x, y))
+        self._require('reconstruct', ('decode_mean',))
         y = self._labels(labels, x.shape[0], 'reconstruct')
-        bind_fn = self._bind_fn('reconstruct')
-        return np.asarray(self._reconstruct(bind_fn, self.variables, x, y))
+        return np.asarray(self._reconstruct(self.variables, x, y))
 
     def sample_prior(self, key: jax.Array, n: int, labels: Any = None) -> Any:
         """n draws z ~ p(z) from the run's prior, learned or not.
 
-        The built-in VAE draws from its prior distribution (`VAE.prior_distribution`, distrax):
-        N(0, I) (z = normal(key, [n, D])); the learned mixture of Gaussians ('mog': a component
-        by its learned weights, then z from that Gaussian); the VampPrior ('vamp': a pseudo-input
-        u_k uniformly, then z ~ q(z | u_k)). A model of its own draws N(0, I) noise for each of
-        its latents (`steps.standard_normal_noise`) and calls its `sample_prior` once per draw,
-        with that draw's label.
+        A model with the one-layer capability draws from its `prior_distribution` (the built-in
+        VAE: N(0, I), z = normal(key, [n, D]); the learned mixture of Gaussians ('mog': a
+        component by its learned weights, then z from that Gaussian); the VampPrior ('vamp': a
+        pseudo-input u_k uniformly, then z ~ q(z | u_k))). Any other model draws N(0, I) noise
+        for each of its latents (`steps.standard_normal_noise`) and calls its `sample_prior`
+        once per draw, with that draw's label.
 
         Args:
           key: the draw's key.
           n: how many.
-          labels: [n] (or one int) class labels; required for a conditional model of its own
-            (the built-in VAE's prior does not depend on the label: unused there).
+          labels: [n] (or one int) class labels; required for a conditional model without the
+            one-layer capability (the built-in VAE's prior does not depend on the label).
 
         Returns:
-          The built-in VAE: [n, D]. A model of its own: what its `sample_prior` returns, e.g.
-          {'z1': [n, D1], 'z2': [n, D2]}.
+          With the one-layer capability: [n, D]. Otherwise what the model's `sample_prior`
+          returns, e.g. {'z1': [n, D1], 'z2': [n, D2]}.
 
         Raises:
-          ValueError: a model of its own without `sample_prior`; a conditional model of its own
-            without labels.
+          ValueError: a model with neither; a conditional model without labels.
         """
         return jax.tree.map(np.asarray, self._draw_prior(key, n, labels, 'sample_prior'))
 
     def _draw_prior(self, key: jax.Array, n: int, labels: Any, method: str) -> Any:
-        if self.builtin:
+        if self.capabilities.distributions:
             return self._prior_draws(self.variables, key, int(n))
         self._require(method, ('sample_prior',))
-        y = self._protocol_labels(labels, n, method)
-        return self._prior_draws(self.variables, key, int(n), y)
+        return self._prior_draws(self.variables, key, int(n), self._labels(labels, n, method))
+
+    def _as_latents(self, z: Any) -> Any:
+        """A one-layer prior draw [n, D] as the protocol's latents {name: [n, D]}."""
+        if self.capabilities.distributions:
+            return {self.parts.static.latent_shapes[0][0]: z}
+        return z
+
+    def decode_mean(self, z: Any, labels: Any = None) -> np.ndarray:
+        """The likelihood's mean at given latents: z (leaves [n, *shape], or [n, D] for a
+        one-layer model) -> [n, *data_shape]. Needs `decode_mean`."""
+        self._require('decode_mean', ('decode_mean',))
+        z = self._as_latents(jax.tree.map(jnp.asarray, z))
+        n = jax.tree.leaves(z)[0].shape[0]
+        return np.asarray(
+            self._decode_mean(self.variables, z, self._labels(labels, n, 'decode_mean'))
+        )
 
     def sample(self, key: jax.Array, n: int, labels: Any = None) -> np.ndarray:
         """The likelihood's mean at n draws z ~ p(z) (`sample_prior` with the same key).
-
-        A model of its own needs the optional protocol members `sample_prior` and
-        `decode_mean`.
 
         Args:
           key: the draw's key.
@@ -365,18 +246,13 @@ class TrainedModel:
           [n, *data_shape].
 
         Raises:
-          ValueError: a model of its own without `sample_prior` or `decode_mean` (naming them);
-            a conditional run without labels.
+          ValueError: a model without what `sample_prior` needs or without `decode_mean`
+            (naming them); a conditional run without labels.
         """
-        if not self.builtin:
-            self._require('sample', protocol.SAMPLING_METHODS)
-            y = self._protocol_labels(labels, n, 'sample')
-            z = self._draw_prior(key, n, labels, 'sample')
-            return np.asarray(self._protocol_decode_mean(self.variables, z, y))
-        bind_fn = self._bind_fn('sample')
+        self._require('sample', ('decode_mean',))
         y = self._labels(labels, n, 'sample')
-        z = self._draw_prior(key, n, labels, 'sample')
-        return np.asarray(self._decode_mean(bind_fn, self.variables, z, y))
+        z = self._as_latents(self._draw_prior(key, n, labels, 'sample'))
+        return np.asarray(self._decode_mean(self.variables, z, y))
 
     def log_likelihood(
         self,
@@ -405,15 +281,14 @@ class TrainedModel:
         out = evaluation.evaluate_dataset(
             key,
             np.asarray(x),
-            np.asarray(y),
-            self.parts.bind_fn,
-            self.variables,
+            None if y is None else np.asarray(y),
+            variables=self.variables,
+            model_fn=self.parts.model_fn,
             k_list=(),
             nll_k=int(k_samples),
             batch_size=batch_size,
             dynamic_binarize=self.parts.static.dynamic_binarize,
             return_per_example=True,
-            model_fn=self.parts.model_fn,
         )
         return out['per_example']['log_px']
 
@@ -424,10 +299,10 @@ _SIGNATURES = {
 }
 
 
-def _builtin_prior_draws(
+def _distribution_prior_draws(
     apply_fn: Callable[..., Any], variables: Any, key: jax.Array, n: int
 ) -> jax.Array:
-    """n draws from the built-in VAE's prior distribution: [n, D].
+    """n draws from a one-layer model's `prior_distribution`: [n, D].
 
     distrax's `MixtureSameFamily.sample` draws each component index from the mixture's weights,
     then z from that component (for 'vamp': uniform weights, components q(z | u_k)).
@@ -545,71 +420,3 @@ def load(workdir: str | Path) -> TrainedModel:
     parts = build(read_config(workdir))
     variables, step = restore_variables(workdir, parts)
     return TrainedModel(parts, variables, step)
-
-
-# fold_in salt of the held-out objective terms (`objective_terms`): their own noise.
-OBJECTIVE_SALT = 0x4F424A
-
-
-def objective_terms(
-    parts: ModelParts,
-    variables: dict[str, Any],
-    eval_key: jax.Array,
-    images: np.ndarray,
-    labels: np.ndarray,
-) -> dict[str, float]:
-    """The training objective's terms on held-out data, in evaluation mode.
-
-    Whatever the objective reports (the ESS of the IWAE family, beta-TCVAE's MI, TC and
-    dimension-wise KL, ...), averaged over the examples, in batches of the training batch size
-    (beta-TCVAE's estimator depends on it); a last partial batch is left out. The key is
-    fold_in(eval_key, OBJECTIVE_SALT), then fold_in(., batch index).
-
-    Args:
-      parts: the model (`build`).
-      variables: {'params', optional 'batch_stats'}.
-      eval_key: the run's evaluation key.
-      images: [N, *data_shape]; labels: [N].
-
-    Returns:
-      {'objective/<term>': mean}; empty when the data is smaller than one batch.
-    """
-    batch = int(parts.config.input.batch_size)
-    num_batches = images.shape[0] // batch
-    if num_batches == 0:
-        return {}
-    fn = _objective_terms_fn(parts)
-    key = jax.random.fold_in(eval_key, OBJECTIVE_SALT)
-    sums: dict[str, float] = {}
-    for i in range(num_batches):
-        rows = slice(i * batch, (i + 1) * batch)
-        terms = jax.device_get(
-            fn(
-                variables['params'],
-                variables.get('batch_stats', {}),
-                jax.random.fold_in(key, i),
-                jnp.asarray(images[rows], jnp.float32),
-                jnp.asarray(labels[rows], jnp.int32),
-                jnp.asarray(parts.config.beta, jnp.float32),
-            )
-        )
-        for name, values in terms.items():
-            sums[name] = sums.get(name, 0.0) + float(np.sum(values, dtype=np.float64))
-    count = num_batches * batch
-    return {f'objective/{name}': total / count for name, total in sums.items()}
-
-
-def _objective_terms_fn(parts: ModelParts) -> Callable[..., Any]:
-    return jax.jit(
-        lambda params, stats, key, images, labels, beta: steps.batch_terms(
-            params,
-            stats,
-            key,
-            images,
-            labels,
-            beta,
-            apply_fn=parts.model.apply,
-            static=parts.static,
-            train=False,
-        )[0]
-    )

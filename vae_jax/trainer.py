@@ -36,9 +36,11 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from vae_jax import (
+    build,
     checkpoints,
     data,
     evaluation,
+    run_eval,
     run_files,
     steps,
     trained,
@@ -46,7 +48,7 @@ from vae_jax import (
 from vae_jax import pictures as vae_pictures
 from vae_jax import run as run_lib
 
-root_keys = trained.root_keys
+root_keys = build.root_keys
 Run, PER_MODEL_KEYS = run_lib.Run, run_lib.PER_MODEL_KEYS
 stack_states, unstack_state = run_lib.stack_states, run_lib.unstack_state
 make_vmapped_chunk_fn = run_lib.make_vmapped_chunk_fn
@@ -388,7 +390,7 @@ def train_models(
                 progress.update(step, num_steps, shown, throughput.steps_per_sec or 0.0)
                 if step % config.eval_every_steps == 0 and step < config.num_train_steps:
                     for i, name in live():
-                        metrics = runs[name].evaluate(state_of(state, i))
+                        metrics, _ = runs[name].evaluate(state_of(state, i))
                         logs[name].write(step, scalar_metrics(metrics, 'eval'))
                 signum = agreed_signal(stop)
                 stopping = signum is not None or (
@@ -492,17 +494,21 @@ def finished_result(
     return None
 
 
-def picture_inputs(run: Run, state: steps.TrainState) -> dict[str, Any]:
-    """The plain values `pictures.write_pictures` takes, for this run's eval split and state."""
+def write_pictures(
+    run: Run, state: steps.TrainState, step: int, workdir: Path, per_example: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """The run's pictures into `<workdir>/images` (`pictures.write_pictures`), for any model."""
     images, labels = run.eval_split()
-    return {
-        'bind_fn': run.bind_fn,
-        'variables': run.variables(state),
-        'key': run.eval_key,
-        'images': images,
-        'labels': labels,
+    return vae_pictures.write_pictures(
+        workdir / 'images',
+        trained.TrainedModel(run.parts, run.variables(state), step),
+        run.eval_key,
+        images,
+        labels,
         **vae_pictures.config_options(run.config),
-    }
+        posterior_means=vae_pictures.posterior_means(per_example),
+        metrics_path=workdir / run_files.METRICS_FILE,
+    )
 
 
 def finish_run(
@@ -530,37 +536,35 @@ def finish_run(
       extra: more entries for eval.json (e.g. the vectorised sweep's description).
 
     Returns:
-      The contents of eval.json.
+      The contents of eval.json (`run_eval.record`, plus the training's speed and wall time).
     """
     config = run.config
-    result = run.evaluate(state, return_per_example=True)
-    per_example = result.pop('per_example')
-    log.write(step, scalar_metrics(result, 'eval'))
+    eval_start = time.time()
+    metrics, per_example = run.evaluate(state)
+    eval_time = time.time() - eval_start
+    log.write(step, scalar_metrics(metrics, 'eval'))
     primary = jax.process_index() == 0  # With several processes, process 0 writes the files.
     pictures = {}
-    if primary and run.bind_fn is not None:  # pictures need the layer-spec model's decoder
+    if primary:
         try:
-            pictures = vae_pictures.write_pictures(
-                workdir / 'images',
-                **picture_inputs(run, state),
-                posterior_means=per_example['posterior_mean'],
-                metrics_path=workdir / run_files.METRICS_FILE,
-            )
+            pictures = write_pictures(run, state, step, workdir, per_example)
         except Exception as e:  # noqa: BLE001 (pictures must not cost the trained run)
             logging.warning('%s: pictures not drawn: %s: %s', workdir, type(e).__name__, e)
     for name, image in pictures.items():
         log.image(f'images/{name}', image, step)
     log.close()
     result = {
-        'step': step,
-        'split': 'test',
-        'num_examples': int(run.eval_split()[0].shape[0]),
-        'binarize': config.input.binarize,
-        'seed': config.seed,
-        'eval_k_samples': list(config.eval_k_samples),
-        **result,
-        **evaluation.bits_per_dim(
-            result['nll'], likelihood=config.model.likelihood, **data.value_grid(config.input)
+        **run_eval.record(
+            config,
+            step,
+            metrics,
+            split='test',
+            nll_k=0,
+            chunk_size=evaluation.CHUNK_SIZE,
+            batch_size=config.input.eval_batch_size,
+            seed=None,
+            evaluated_by='vae_jax.train',
+            eval_time_sec=eval_time,
         ),
         'train_steps_per_sec': train_steps_per_sec,
         'wall_time_sec': time.time() - start_time,
