@@ -41,7 +41,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from configs import default as default_config
 from vae_jax import (
     checkpoints,
     config_validation,
@@ -53,6 +52,7 @@ from vae_jax import (
     run_files,
     steps,
 )
+from vae_jax import config as default_config
 
 
 def root_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
