@@ -112,5 +112,6 @@ def describe() -> str:
     rows = ['| objective | what | options |', '| --- | --- | --- |']
     for name, objective in OBJECTIVES.items():
         options = ', '.join(f'`{o.key}`' for o in objective.options) or '-'
-        rows.append(f'| `{name}` | {objective.doc} | {options} |')
+        doc = objective.doc.replace('|', '\\|')  # a literal bar inside a table cell
+        rows.append(f'| `{name}` | {doc} | {options} |')
     return '\n'.join(rows)
