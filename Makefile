@@ -35,8 +35,9 @@ test: lint
 	$(BIN)/python -m pytest -n 2 --durations=15 tests
 
 # A fresh virtual environment holding only `pip install .` (no test extra, no editable install)
-# must import every module of vae_jax and configs: this catches an import of a package that is
-# not a declared dependency but happens to be installed for the tests. The script runs from
+# must import every module of vae_jax and must not install a top-level `configs` package (the
+# experiment configs stay in the repository): this catches an import of a package that is not a
+# declared dependency but happens to be installed for the tests. The script runs from
 # inside the new environment, so the checkout is not on its path. The environment is rebuilt
 # each time (pip reuses its download cache; --no-compile skips byte-compiling every installed
 # file, most of the install's CPU time); build/ goes first so that no module deleted from the

@@ -13,7 +13,7 @@ W4  the IWAE paper's protocol step (configs/iwae_mnist.py unchanged but for the 
     'W4-k50'). Its figure of merit is ms/step and hours for the paper's 3,280 passes x 3,000
     steps.
 
-The configs start from the project's own files (configs/iwae_mnist.py, configs/default.py), so the
+The configs start from the project's own files (configs/iwae_mnist.py, vae_jax/config.py), so the
 benchmark times what `python -m vae_jax.train` runs; only the data source is replaced (see
 `random_data`).
 """
@@ -27,8 +27,9 @@ from unittest import mock
 import ml_collections
 import numpy as np
 
-from configs import default, iwae_mnist
+from configs import iwae_mnist
 from vae_jax import backends, data
+from vae_jax import config as schema
 
 BATCH_SIZE = 128
 NUM_TRAIN = 60_000
@@ -101,7 +102,7 @@ def get_config(name: str, *, loop: str | None = None, steps_per_call: int | None
         c.objective = 'iwae'
         c.k_samples = workload.k_samples
     else:
-        c = default.get_config()
+        c = schema.get_config()
         c.objective = 'elbo'
         c.analytic_kl = True
         c.model.latent_dim = 16

@@ -1,126 +1,17 @@
 """Default: a dense VAE on the embedded 8x8 `digits` data set (no download needed).
 
-Every config key of the project exists here; other configs start from this one and change values,
-so the locked config rejects a misspelt key at parse time.
+Every config key of the project is defined, with its default and its meaning, in the package's
+schema (`vae_jax/config.py`); other configs start from this one and change values, so the
+locked config rejects a misspelt key at parse time.
 
 Run:      python -m vae_jax.train --config configs/default.py
 Expected: see README.md (test ELBO, steps/s and wall time of `make demo`).
 """
 
 import ml_collections
-from ml_collections import config_dict
+
+from vae_jax import config as schema
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    # 'elbo' | 'iwae' | 'autoencoder' | 'miwae' | 'ciwae' | 'piwae' | 'beta_tcvae'
-    # (the last four: vae_jax/zoo_objectives.py, options below).
-    c.objective = 'elbo'
-    c.beta = 1.0  # KL weight (beta-VAE); traced, so sweeping it does not recompile.
-    c.beta_warmup_steps = 0  # linear 0 -> beta over this many steps; 0 = constant beta.
-    c.k_samples = 1  # samples per example: IWAE k, or the Monte-Carlo ELBO's k. Static.
-    c.gradient_estimator = 'reparam'  # iwae only: 'reparam' | 'stl' | 'dreg'
-    # Options of the zoo's objectives (Rainforth et al. 2018; Chen et al. 2018). k_samples is
-    # the total number of samples per example; beta stays the weight on log p(z) - log q(z|x)
-    # inside the log-weights, and for beta_tcvae it is the total-correlation weight.
-    c.miwae_m = 1  # miwae: M groups of k_samples / M samples (M divides k_samples). Static.
-    c.ciwae_beta = 0.5  # ciwae: weight of the ELBO in beta * ELBO + (1 - beta) * IWAE, in [0, 1]
-    c.piwae_m = 1  # piwae: the encoder's IWAE group size M (divides k_samples). Static.
-    c.tcvae_alpha = 1.0  # beta_tcvae: weight on the index-code mutual information
-    c.tcvae_gamma = 1.0  # beta_tcvae: weight on the dimension-wise KL
-    c.tcvae_estimator = 'mws'  # beta_tcvae: 'mws' (minibatch weighted) | 'mss' (stratified)
-    c.analytic_kl = True  # elbo only: closed-form KL where it exists, else Monte Carlo.
-    c.kl_samples = 1  # Monte-Carlo KL samples when analytic_kl is False.
-    c.free_bits = 0.0  # elbo only: minimum KL (nats) per latent dimension in the loss.
-
-    c.num_train_steps = 6_000
-    c.log_every_steps = 100
-    c.eval_every_steps = 2_000
-    c.checkpoint_every_steps = 2_000
-    c.keep_checkpoints = 3
-    c.steps_per_call = 100  # optimizer steps per jitted call (docs/how_it_works.md).
-    c.loop = 'scan'  # 'scan' | 'unroll': how the steps of one call are compiled.
-    c.eval_k_samples = (1, 10)  # IWAE bounds reported at each eval as eval/iwae_k{K}.
-    c.num_eval_examples = config_dict.placeholder(int)  # None = the whole test split.
-    c.skip_nonfinite_updates = False  # True: drop a step whose loss/grad is NaN/inf.
-
-    c.input = ml_collections.ConfigDict()
-    # mnist | fashion_mnist | binarized_mnist | digits | eight_gaussians | two_moons | pinwheel
-    # | checkerboard | npz (your own arrays, input.path) | tfds:<name> (any TFDS image set).
-    c.input.dataset = 'digits'
-    # npz only: file with train_images, test_images [N, H, W(, C)] (uint8 0..255, bool, or
-    # float in [0, 1]) and optional train_labels, test_labels [N]. A relative path counts from
-    # the directory the command runs in.
-    c.input.path = config_dict.placeholder(str)
-    # TFDS data dir. Unset (recommended, so a run names its data but not a machine's folder):
-    # $TFDS_DATA_DIR, else ~/tensorflow_datasets.
-    c.input.data_dir = config_dict.placeholder(str)
-    c.input.download = False  # TFDS sets: True lets TFDS download and prepare (needs internet).
-    c.input.batch_size = 64
-    c.input.eval_batch_size = 500
-    c.input.binarize = 'none'  # 'none' | 'static' | 'dynamic' (fresh draw at every use)
-    c.input.pad_to_32 = False
-    c.input.num_train_examples = config_dict.placeholder(int)  # truncate (tests, quick looks)
-    c.input.num_test_examples = config_dict.placeholder(int)
-    c.input.toy_num_examples = 20_000  # toy 2-D sets: points per split
-    c.input.toy_noise = 0.2
-    # Recorded by the trainer at the start of an npz / tfds:<name> run (leave unset): one
-    # example's shape after preprocessing, and the number of label classes (0: no labels), so
-    # the run's config.json rebuilds the model without the data.
-    c.input.data_shape = config_dict.placeholder(tuple)
-    c.input.num_classes = config_dict.placeholder(int)
-
-    c.model = ml_collections.ConfigDict()
-    c.model.latent_dim = 8
-    # Layer specs (vae_jax/models.py): tokens joined by '-'. The encoder body is followed by a
-    # Dense head for the posterior; `out` in the decoder's last layer is the likelihood's width.
-    c.model.encoder = 'dense(256)-relu-dense(128)-relu'
-    c.model.decoder = 'dense(128)-relu-dense(256)-relu-dense(out)'
-    c.model.posterior = 'diagonal'  # 'diagonal' | 'full'
-    c.model.scale_transform = 'softplus'  # 'softplus' | 'exp'
-    c.model.likelihood = 'continuous_bernoulli'  # 'bernoulli' | 'continuous_bernoulli' | 'gaussian'
-    c.model.gaussian_sigma = 'fixed'  # 'fixed' | 'learned' | 'per_pixel'
-    c.model.sigma = 1.0  # gaussian 'fixed' sigma (initial value for 'learned')
-    c.model.use_labels = False  # conditional VAE: one-hot label into encoder and decoder
-    c.model.num_classes = 10
-    c.model.batch_norm_momentum = 0.99
-    # Prior p(z) of the layer-spec model (vae_jax/priors.py): 'standard_normal' | 'mog' (learned
-    # mixture of Gaussians) | 'vamp' (VampPrior: the posterior at learned pseudo-inputs).
-    c.model.prior = ml_collections.ConfigDict()
-    c.model.prior.name = 'standard_normal'
-    c.model.prior.num_components = 10  # mixture components / pseudo-inputs ('mog', 'vamp')
-    # Your own model: a Flax Linen module that follows the model protocol
-    # (vae_jax.models.LatentVariableModel), as 'package.module:ClassName', built with
-    # `module_kwargs`. None = the layer-spec model above. A module defines its own posterior,
-    # likelihood and prior, so the layer-spec keys above (encoder, decoder, latent_dim,
-    # posterior, likelihood, prior, ...) do not apply to it. Set module_kwargs in a config file
-    # (`c.model.module_kwargs = ml_collections.ConfigDict(dict(latent_dim=8))`); the command
-    # line can then change their values.
-    c.model.module = config_dict.placeholder(str)
-    c.model.module_kwargs = ml_collections.ConfigDict()
-
-    c.optim = ml_collections.ConfigDict()
-    c.optim.name = 'adam'  # 'adam' | 'adamw' | 'rmsprop' | 'sgd'
-    c.optim.learning_rate = 1e-3
-    c.optim.schedule = 'constant'  # 'constant' | 'cosine' | 'stages'
-    c.optim.warmup_steps = 0
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.0
-    c.optim.momentum = 0.0  # rmsprop / sgd
-    c.optim.grad_clip_norm = config_dict.placeholder(float)
-    # 'stages' (IWAE paper): stage i lasts stage_base**i epochs at learning_rate * stage_decay**i.
-    c.optim.num_stages = 8
-    c.optim.stage_base = 3
-    c.optim.stage_decay = 10 ** (-1 / 7)
-
-    # Vectorised sweep (vae_jax/sweep.py): when either is set, train.py trains the cross product
-    # of these values as N models in one program (stacked parameters, one vmapped jitted chunk),
-    # each written to <workdir>/beta=<b>,seed=<s> exactly as a separate run with that beta and
-    # seed would be. Comma-separated; unset = the single value of `beta` / `seed` above.
-    c.sweep = ml_collections.ConfigDict()
-    c.sweep.beta = config_dict.placeholder(str)  # e.g. '0.5,1,2,4'
-    c.sweep.seed = config_dict.placeholder(str)  # e.g. '0,1,2'
-    return c
+    return schema.get_config()

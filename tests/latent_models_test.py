@@ -19,7 +19,7 @@ from absl.testing import absltest, parameterized
 from scipy import stats
 
 from configs import default
-from vae_jax import evaluation, losses, models, steps, zoo_objectives
+from vae_jax import evaluation, losses, models, objectives, steps, zoo_objectives
 
 _D1, _D2, _M, _S1, _S = 3, 2, 4, 0.7, 0.5
 _RNG = np.random.default_rng(0)
@@ -461,7 +461,7 @@ class ErrorsTest(absltest.TestCase):
 
     def test_unknown_objective_names_the_allowed_ones(self):
         with self.assertRaisesRegex(ValueError, "objective='vae' is not one of"):
-            losses.get_model_objective('vae')
+            objectives.get('vae')
 
 
 if __name__ == '__main__':

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from vae_jax import distributions, losses, tcvae, zoo_objectives
+from vae_jax import distributions, losses, objectives, tcvae, zoo_objectives
 
 _D, _X_DIM, _K = 2, 3, 6
 _R = np.random.default_rng(0)
@@ -159,9 +159,11 @@ class BetaTcvaeTest(absltest.TestCase):
 class RegistryTest(absltest.TestCase):
     def test_config_names_resolve(self):
         for name in ('miwae', 'ciwae', 'piwae', 'beta_tcvae', 'elbo', 'iwae'):
-            self.assertIsInstance(losses.get_model_objective(name), losses.Objective)
+            self.assertIsInstance(objectives.get(name), objectives.Objective)
+        self.assertIs(objectives.get('miwae').fn, zoo_objectives.model_miwae)
+        self.assertIs(objectives.get('beta_tcvae').fn, zoo_objectives.model_beta_tcvae)
         with self.assertRaisesRegex(ValueError, "objective='tcvae' .*beta_tcvae"):
-            losses.get_model_objective('tcvae')
+            objectives.get('tcvae')
 
 
 if __name__ == '__main__':

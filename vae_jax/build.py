@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from configs import default as default_config
+from vae_jax import config as default_config
 from vae_jax import config_validation, data, models, run_files, steps
 
 

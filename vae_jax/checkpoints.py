@@ -320,9 +320,7 @@ def export_params(workdir: str | Path) -> Path:
     tx = optim.create_optimizer(
         config.optim, steps_per_epoch=1, num_train_steps=config.num_train_steps
     )
-    target = jax.device_get(
-        build.create_train_state(parts, build.root_keys(config.seed)[0], tx)
-    )
+    target = jax.device_get(build.create_train_state(parts, build.root_keys(config.seed)[0], tx))
     restored, step = load(workdir, target, allow_params_only=True)
     if step is None:
         raise FileNotFoundError(f'no checkpoint in {workdir / run_files.CHECKPOINT_DIR}')

@@ -12,11 +12,8 @@ from typing import Any
 
 import ml_collections
 
-from vae_jax import data
+from vae_jax import data, objectives
 
-OBJECTIVES = ('elbo', 'iwae', 'autoencoder', 'miwae', 'ciwae', 'piwae', 'beta_tcvae')
-TCVAE_ESTIMATORS = ('mws', 'mss')
-GRADIENT_ESTIMATORS = ('reparam', 'stl', 'dreg')
 LOOPS = ('scan', 'unroll')
 BINARIZE = ('none', 'static', 'dynamic')
 POSTERIORS = ('diagonal', 'full')
@@ -83,27 +80,6 @@ def _requires(config, key: str, applies: bool, condition: str, allowed: str) -> 
         )
 
 
-def _zoo_options(config: ml_collections.ConfigDict) -> None:
-    """The options of the zoo's objectives (MIWAE, CIWAE, PIWAE, beta-TCVAE)."""
-    for key in ('miwae_m', 'piwae_m'):
-        _int_at_least(config, key, 1)
-        objective = key.split('_')[0]
-        if config.objective == objective and config.k_samples % config[key]:
-            raise ValueError(
-                f'config.{key}={config[key]} must divide config.k_samples={config.k_samples} '
-                f'(objective {objective!r}); allowed: a divisor of {config.k_samples}'
-            )
-    _number(config, 'ciwae_beta', lambda v: 0 <= v <= 1, 'a number in [0, 1]')
-    for key in ('tcvae_alpha', 'tcvae_gamma'):
-        _number(config, key, lambda v: v >= 0, 'a finite number >= 0')
-    _one_of(config, 'tcvae_estimator', TCVAE_ESTIMATORS)
-    if config.objective == 'beta_tcvae' and config.input.batch_size < 2:
-        raise ValueError(
-            f'config.input.batch_size={config.input.batch_size}: beta_tcvae estimates the '
-            'aggregate posterior from the other examples of the batch; allowed: >= 2'
-        )
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises `ValueError` naming the first bad key, its value and the allowed values.
 
@@ -115,31 +91,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     the model are built (`trainer.Run`).
     """
     _check(config, 'seed', lambda v: isinstance(v, int) and not isinstance(v, bool), 'an integer')
-    _one_of(config, 'objective', OBJECTIVES)
+    # The objective and its options, each checked from its declaration (vae_jax.objectives).
+    objectives.validate(config)
     _number(config, 'beta', lambda v: v >= 0, 'a finite number >= 0')
     _int_at_least(config, 'beta_warmup_steps', 0)
-    _int_at_least(config, 'k_samples', 1)
-    _one_of(config, 'gradient_estimator', GRADIENT_ESTIMATORS)
-    if config.gradient_estimator != 'reparam' and config.objective != 'iwae':
-        raise ValueError(
-            f'config.gradient_estimator={config.gradient_estimator!r} applies to '
-            f"objective 'iwae' only (config.objective={config.objective!r}); allowed with this "
-            "objective: 'reparam'"
-        )
-    _zoo_options(config)
-    _bool(config, 'analytic_kl')
-    _int_at_least(config, 'kl_samples', 1)
-    _number(config, 'free_bits', lambda v: v >= 0, 'a finite number >= 0 (nats per latent dim)')
-    if config.free_bits > 0:
-        _requires(
-            config,
-            'free_bits',
-            config.objective == 'elbo' and config.analytic_kl,
-            "objective='elbo' with analytic_kl=True (free bits act on the analytic KL per "
-            f'dimension; here objective={config.objective!r}, '
-            f'analytic_kl={config.analytic_kl!r})',
-            '0.0',
-        )
 
     _int_at_least(config, 'num_train_steps', 0)
     for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps'):

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_jax import two_layer  # the MLP of the IWAE-paper models
 from vae_jax.layers import ACTIVATIONS
 
 Array = jax.Array
@@ -237,8 +238,6 @@ class IAFVAE(nn.Module):
     activation: str = 'tanh'
 
     def setup(self):
-        from vae_jax import two_layer  # the MLP of the IWAE-paper models
-
         self.encoder = two_layer.MLP(tuple(self.encoder_dims), self.activation)
         self.decoder = two_layer.MLP(tuple(self.decoder_dims), self.activation)
         self.flow = IAF(self.flow_steps, tuple(self.flow_hidden_dims), self.forget_bias, 'elu')

@@ -13,25 +13,25 @@ tile at least `MIN_TILE_PIXELS` on its long side and the grid at least `MIN_GRID
 the picture has them) and a strip of `AXIS_LABEL_PIXELS` below it for an axis label (manifold).
 
 Charts use matplotlib's object API with the Agg canvas (no pyplot, no global backend state), so
-they are safe in a headless trainer. Their size is `figsize * DPI` pixels. Where colour means a
-value there is a colour bar, and panels that are compared share one colour scale.
+they are safe in a headless trainer (`vae_jax.canvas`). Their size is `figsize * DPI` pixels.
+Where colour means a value there is a colour bar, and panels that are compared share one colour
+scale. The training curves are `vae_jax.curves` (re-exported here).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib import colors
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
 from scipy import stats
 
-DPI = 100
+from vae_jax import canvas, curves
+
+DPI = canvas.DPI
 PAD = 1  # pixels between tiles
 PAD_VALUE = 0.5  # grey, distinct from black and white pixels
 MIN_GRID_PIXELS = 256
@@ -41,8 +41,6 @@ LABEL_PIXELS = 110  # strip left of a grid for row labels or the vertical axis l
 AXIS_LABEL_PIXELS = 28  # strip below a grid for the horizontal axis label
 FONT_SIZE = 10  # points; 14 pixels at DPI 100
 CHART_INCHES = 5.0  # one scatter / density panel is CHART_INCHES x CHART_INCHES
-CURVE_INCHES = (4.5, 3.5)  # one training-curve panel (width, height)
-LOG_STEPS_RATIO = 100  # training curves use a log step axis when max / min step exceeds this
 MANIFOLD_QUANTILES = (0.05, 0.95)
 DENSITY_SCALE_PERCENTILE = 99.5  # of the model's density, for the top of the colour scale
 
@@ -127,26 +125,13 @@ def _finish_grid(
              va='center')  # fmt: skip
     if y_label:
         text(left / 2, top + grid.shape[0] / 2, y_label, ha='center', va='center', rotation=90)
-    canvas = _draw(fig)
+    drawn = canvas.draw(fig)
     # The canvas may differ from (height, width) by a pixel of float rounding: crop or pad.
     rgb = np.full((height, width, 3), 255, np.uint8)
-    h, w = min(height, canvas.shape[0]), min(width, canvas.shape[1])
-    rgb[:h, :w] = canvas[:h, :w]
+    h, w = min(height, drawn.shape[0]), min(width, drawn.shape[1])
+    rgb[:h, :w] = drawn[:h, :w]
     rgb[top : top + grid.shape[0], left : left + grid.shape[1]] = grid
-    return _write(rgb, path)
-
-
-def _draw(fig: Figure) -> np.ndarray:
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.array(canvas.buffer_rgba())[..., :3]
-
-
-def _write(rgb: np.ndarray, path: str | Path) -> np.ndarray:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb, mode='RGB').save(path)
-    return rgb
+    return canvas.write(rgb, path)
 
 
 def reconstructions(
@@ -351,10 +336,6 @@ def pca(z: np.ndarray, num_components: int = 2) -> tuple[np.ndarray, np.ndarray,
     return mean, basis, ratio
 
 
-def _render(fig: Figure, path: str | Path) -> np.ndarray:
-    return _write(_draw(fig), path)
-
-
 def latent_scatter(z: np.ndarray, labels: np.ndarray | None, path: str | Path) -> np.ndarray:
     """Latent codes (e.g. posterior means) in 2-D, coloured by label.
 
@@ -405,7 +386,7 @@ def latent_scatter(z: np.ndarray, labels: np.ndarray | None, path: str | Path) -
         points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap='viridis', s=4, alpha=0.7)
         fig.colorbar(points, ax=ax, label='label')
     fig.tight_layout()
-    return _render(fig, path)
+    return canvas.render(fig, path)
 
 
 def _density_image(ax, density, extent, title, norm):
@@ -510,92 +491,10 @@ def toy_density(
         shrink=0.85,
         extend='max' if above else 'neither',  # an arrow: some model values are above the scale
     )
-    return _render(fig, path)
+    return canvas.render(fig, path)
 
 
-def _is_bound(name: str) -> bool:
-    """ELBO and IWAE_k: lower bounds on log p(x), drawn negated as upper bounds on the NLL."""
-    return name == 'elbo' or name.startswith('iwae_k')
-
-
-# (title, y label, which metric names): -ELBO, -IWAE_k and the NLL share a panel, all of them
-# estimates of or upper bounds on -log p(x) in nats, the same kind of number on one axis.
-_CURVE_PANELS = (
-    ('loss', 'loss', lambda name: name == 'loss'),
-    (
-        'NLL and its upper bounds -ELBO, -IWAE_k',
-        'nats',
-        lambda name: name == 'nll' or _is_bound(name),
-    ),
-    ('recon and KL', 'nats', lambda name: name in ('recon', 'kl')),
-)
-
-
-def training_curves(metrics_jsonl_path: str | Path, path: str | Path) -> np.ndarray:
-    """Loss, the NLL with its bounds, and recon/KL over steps, from a run's metrics.jsonl.
-
-    Each line is a JSON object with 'step' and keys like 'train/loss', 'eval/elbo',
-    'eval/iwae_k10'. Panels (those with data): loss; the NLL with -ELBO and -IWAE_k (the bounds
-    negated, so every curve is an upper bound on, or an estimate of, -log p(x) in nats); recon
-    and KL. Train curves are solid, eval curves dashed with markers. The step axis is
-    logarithmic when the steps span more than `LOG_STEPS_RATIO` (long runs), linear otherwise.
-
-    Args:
-      metrics_jsonl_path: the metrics.jsonl file.
-      path: the PNG file to write.
-
-    Returns:
-      The RGB image written, uint8 [CURVE_INCHES[1] * DPI, P * CURVE_INCHES[0] * DPI, 3] for P
-      panels.
-
-    Raises:
-      ValueError: the file has no plottable metrics.
-    """
-    series: dict[str, tuple[list[int], list[float]]] = {}
-    for line in Path(metrics_jsonl_path).read_text().splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        for key, value in row.items():
-            if '/' not in key or not isinstance(value, int | float):
-                continue
-            steps, values = series.setdefault(key, ([], []))
-            steps.append(row['step'])
-            values.append(float(value))
-    panels = []
-    for title, y_label, wanted in _CURVE_PANELS:
-        keys = sorted(k for k in series if wanted(k.split('/', 1)[1]))
-        if keys:
-            panels.append((title, y_label, keys))
-    if not panels:
-        raise ValueError(
-            f'{metrics_jsonl_path} has no loss/elbo/iwae/recon/kl metrics to plot '
-            f'(keys found: {sorted(series)})'
-        )
-    all_steps = [step for key, _, keys in panels for k in keys for step in series[k][0]]
-    positive = [step for step in all_steps if step > 0]
-    log_x = bool(positive) and max(positive) > LOG_STEPS_RATIO * min(positive)
-    width, height = CURVE_INCHES
-    fig = Figure(figsize=(len(panels) * width, height), dpi=DPI, layout='constrained')
-    axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    for ax, (title, y_label, keys) in zip(axes, panels, strict=True):
-        # One colour per metric, so train/elbo and eval/elbo match; eval is dashed with markers.
-        names = sorted({k.split('/', 1)[1] for k in keys})
-        for key in keys:
-            steps, values = series[key]
-            name = key.split('/', 1)[1]
-            sign, label = (-1.0, f'-{key}') if _is_bound(name) else (1.0, key)
-            style = {'color': f'C{names.index(name) % 10}'}
-            if key.startswith('eval/'):
-                style.update(linestyle='--', marker='o', markersize=3)
-            elif len(steps) == 1:  # A line through one point draws nothing.
-                style.update(marker='o', markersize=3)
-            ax.plot(steps, sign * np.asarray(values), label=label, **style)
-        ax.set_title(title, fontsize='medium')
-        ax.set_xlabel('step (log scale)' if log_x else 'step')
-        ax.set_ylabel(y_label)
-        if log_x:
-            ax.set_xscale('log')
-        ax.legend(fontsize='small')
-        ax.grid(alpha=0.3)
-    return _render(fig, path)
+# Training curves (vae_jax/curves.py) under their names here.
+CURVE_INCHES = curves.CURVE_INCHES
+LOG_STEPS_RATIO = curves.LOG_STEPS_RATIO
+training_curves = curves.training_curves

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax.training import train_state
 
-from vae_jax import backends, layers, losses, models, protocol
+from vae_jax import backends, layers, losses, models, objectives, protocol
 
 Array = jax.Array
 
@@ -38,31 +38,15 @@ class StepConfig:
     """Everything the jitted step needs from the config: hashable Python constants only."""
 
     objective: str
-    k_samples: int
-    gradient_estimator: str
-    analytic_kl: bool
-    kl_samples: int
-    free_bits: float
     beta_warmup_steps: int
-    posterior: str
-    scale_transform: str
-    likelihood: str
-    gaussian_sigma: str
-    sigma: float
     use_labels: bool
     dynamic_binarize: bool
     skip_nonfinite_updates: bool
-    event_ndims: int
-    prior: str = 'standard_normal'
-    latent_dim: int = 0
-    # Options of the zoo's objectives (configs/default.py); dataset_size is the number of
-    # training examples (beta-TCVAE's aggregate-posterior weights), set by the trainer.
-    miwae_m: int = 1
-    ciwae_beta: float = 0.5
-    piwae_m: int = 1
-    tcvae_alpha: float = 1.0
-    tcvae_gamma: float = 1.0
-    tcvae_estimator: str = 'mws'
+    # The chosen objective's options, ((keyword, value), ...), read from the config as the
+    # registry declares them (`objectives.read_options`).
+    objective_options: tuple[tuple[str, Any], ...] = ()
+    # The number of training examples (beta-TCVAE's aggregate-posterior weights), set by the
+    # trainer from the loaded data.
     dataset_size: int = 0
     # The model's latents, ((name, shape), ...) (`LatentVariableModel.latent_shapes`).
     latent_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
@@ -101,55 +85,34 @@ class StepConfig:
         capabilities = protocol.capabilities(model)
         return cls(
             objective=config.objective,
-            k_samples=int(config.k_samples),
-            gradient_estimator=config.gradient_estimator,
-            analytic_kl=bool(config.analytic_kl),
-            kl_samples=int(config.kl_samples),
-            free_bits=float(config.free_bits),
+            objective_options=objectives.read_options(config.objective, config),
             beta_warmup_steps=int(config.beta_warmup_steps),
-            posterior='delta' if config.objective == 'autoencoder' else m.posterior,
-            scale_transform=m.scale_transform,
-            likelihood=m.likelihood,
-            gaussian_sigma=m.gaussian_sigma,
-            sigma=float(m.sigma),
             use_labels=bool(m.use_labels),
             dynamic_binarize=config.input.binarize == 'dynamic',
             skip_nonfinite_updates=bool(config.skip_nonfinite_updates),
-            event_ndims=len(data_shape),
-            prior=m.prior.name,
-            latent_dim=int(m.latent_dim),
             latent_shapes=latent_shapes,
             one_pass_posterior=capabilities.one_pass_posterior,
             distributions=capabilities.distributions,
             standard_normal_prior=capabilities.standard_normal_prior,
-            miwae_m=int(config.miwae_m),
-            ciwae_beta=float(config.ciwae_beta),
-            piwae_m=int(config.piwae_m),
-            tcvae_alpha=float(config.tcvae_alpha),
-            tcvae_gamma=float(config.tcvae_gamma),
-            tcvae_estimator=config.tcvae_estimator,
             dataset_size=int(dataset_size),
         )
 
-    def objective_fn(self, beta: Array | float) -> tuple[losses.Objective, dict[str, Any]]:
-        """The objective (`losses.MODEL_OBJECTIVES`) and the step options it takes."""
-        objective = losses.get_model_objective(self.objective)
-        options = {
-            'beta': beta,
-            'k_samples': self.k_samples,
-            'estimator': self.gradient_estimator,
-            'analytic_kl': self.analytic_kl,
-            'kl_samples': self.kl_samples,
-            'free_bits': self.free_bits,
-            'miwae_m': self.miwae_m,
-            'ciwae_beta': self.ciwae_beta,
-            'piwae_m': self.piwae_m,
-            'tcvae_alpha': self.tcvae_alpha,
-            'tcvae_gamma': self.tcvae_gamma,
-            'tcvae_estimator': self.tcvae_estimator,
-            'dataset_size': self.dataset_size,
+    def objective_fn(self, beta: Array | float) -> tuple[objectives.Objective, dict[str, Any]]:
+        """The objective (`objectives.get`) and its keyword arguments: options and step inputs.
+
+        Args:
+          beta: the KL weight at this step (may be traced), for objectives that take it.
+
+        Returns:
+          (objective, {keyword: value}): the chosen objective's options plus the inputs it
+          declares ('beta', 'dataset_size').
+        """
+        objective = objectives.get(self.objective)
+        inputs = {'beta': beta, 'dataset_size': self.dataset_size}
+        return objective, {
+            **{name: inputs[name] for name in objective.inputs},
+            **dict(self.objective_options),
         }
-        return objective, {name: options[name] for name in objective.options}
 
 
 def standard_normal_noise(key: Array, k: int, latent_shapes) -> dict[str, Array]:

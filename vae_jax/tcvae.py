@@ -27,14 +27,22 @@ MI_i + TC_i + DWKL_i = log q(z_i | x_i) - log p(z_i), the one-sample Monte-Carlo
 exactly, whatever the estimator. The loss is recon + alpha MI + beta TC + gamma DWKL (batch
 means); alpha = beta = gamma = 1 is the one-sample ELBO (negated).
 
+`model_beta_tcvae` is the objective over a model (a batch-level `registry.Objective`), declared
+with its options in `OBJECTIVES` for the registry (`vae_jax.objectives`) as 'beta_tcvae'.
+
 References: Chen et al., 2018 ("Isolating sources of disentanglement in VAEs").
 """
 
 import math
+from collections.abc import Callable
+from typing import Any
 
+import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vae_jax import log_weights, registry
 
 ESTIMATORS = ('mws', 'mss')
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -193,3 +201,116 @@ def objective_terms(
         'kl': kl,
         'elbo': -(recon + kl),
     }
+
+
+def model_beta_tcvae(
+    keys: jax.Array,
+    bind: Callable[[jax.Array, jax.Array | None], log_weights.LatentModel],
+    images: jax.Array,
+    labels: jax.Array | None,
+    *,
+    beta: float | jax.Array = 1.0,
+    tcvae_alpha: float | jax.Array = 1.0,
+    tcvae_gamma: float | jax.Array = 1.0,
+    tcvae_estimator: str = 'mws',
+    dataset_size: int = 0,
+) -> dict[str, jax.Array]:
+    """beta-TCVAE terms of a batch (one sample per example), per example.
+
+    The aggregate-posterior estimates use every example of the batch (`decompose`);
+    'loss'_i = recon_i + alpha MI_i + beta TC_i + gamma DWKL_i, whose batch mean is the
+    objective of `tcvae.tcvae`.
+
+    Args:
+        keys: [B] one key per example.
+        bind: (x, y) -> one example's model; it must be one stochastic layer with a diagonal
+            Gaussian posterior and the N(0, I) prior.
+        images: [B, *event] the (binarised) batch.
+        labels: [B] int labels (or None).
+        beta: the total-correlation weight (may be traced).
+        tcvae_alpha: the mutual-information weight.
+        tcvae_gamma: the dimension-wise KL weight.
+        tcvae_estimator: 'mws' | 'mss'.
+        dataset_size: N, the number of training examples (static, > 0).
+
+    Returns:
+        {'loss', 'recon', 'mi', 'tc', 'dwkl', 'kl', 'elbo'}, each [B].
+
+    Raises:
+        ValueError: the model is not a one-layer diagonal Gaussian with the N(0, I) prior;
+            dataset_size unset.
+
+    References: Chen et al., 2018.
+    """
+    if dataset_size < 1:
+        raise ValueError(
+            f'beta_tcvae needs the training set size (dataset_size={dataset_size}); the trainer '
+            'sets it from the loaded data.'
+        )
+
+    def one(key, x, y):
+        model = bind(x, y)
+        q = None if model.one_layer is None else model.one_layer.q
+        diagonal = isinstance(q, distrax.MultivariateNormalDiag)
+        if not diagonal or not model.one_layer.standard_prior:
+            raise ValueError(
+                "objective='beta_tcvae' needs one stochastic layer with a diagonal Gaussian "
+                "posterior (model.posterior='diagonal') and the standard-normal prior "
+                "(model.prior.name='standard_normal')."
+            )
+        z = model.sample(key, 1)  # [1, D]
+        return z[0], q.mean(), q.stddev(), model.log_likelihood(z)[0]
+
+    labels_in = labels if labels is not None else jnp.zeros(images.shape[:1], jnp.int32)
+    z, loc, scale, log_px = jax.vmap(one, axis_name='batch')(keys, images, labels_in)
+    parts = decompose(z, loc, scale, dataset_size=dataset_size, estimator=tcvae_estimator)
+    return objective_terms(log_px, parts, alpha=tcvae_alpha, beta=beta, gamma=tcvae_gamma)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry declarations (vae_jax.objectives).
+
+TCVAE_ALPHA = registry.number(
+    'tcvae_alpha',
+    'tcvae_alpha',
+    1.0,
+    lambda v: v >= 0,
+    'a finite number >= 0',
+    'weight on the index-code mutual information',
+)
+TCVAE_GAMMA = registry.number(
+    'tcvae_gamma',
+    'tcvae_gamma',
+    1.0,
+    lambda v: v >= 0,
+    'a finite number >= 0',
+    'weight on the dimension-wise KL',
+)
+TCVAE_ESTIMATOR = registry.choice(
+    'tcvae_estimator',
+    'tcvae_estimator',
+    'mws',
+    ESTIMATORS,
+    "aggregate-posterior estimator: 'mws' (minibatch weighted) | 'mss' (stratified)",
+)
+
+
+def _check_batch_size(config: Any) -> None:
+    if config.input.batch_size < 2:
+        raise ValueError(
+            f'config.input.batch_size={config.input.batch_size}: beta_tcvae estimates the '
+            'aggregate posterior from the other examples of the batch; allowed: >= 2'
+        )
+
+
+OBJECTIVES = (
+    registry.Objective(
+        'beta_tcvae',
+        model_beta_tcvae,
+        (TCVAE_ALPHA, TCVAE_GAMMA, TCVAE_ESTIMATOR),
+        per_example=False,
+        inputs=('beta', 'dataset_size'),
+        check=_check_batch_size,
+        doc='negative beta-TCVAE: recon + alpha MI + beta TC + gamma dimension-wise KL',
+    ),
+)

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +45,12 @@ from vae_jax import (
 )
 from vae_jax import pictures as vae_pictures
 from vae_jax import run as run_lib
+from vae_jax.metric_windows import (  # noqa: F401 -- re-exported: trainer.window_row etc.
+    add_sums,
+    check_finite,
+    scalar_metrics,
+    window_row,
+)
 
 root_keys = build.root_keys
 Run, PER_MODEL_KEYS = run_lib.Run, run_lib.PER_MODEL_KEYS
@@ -54,20 +58,6 @@ stack_states, unstack_state = run_lib.stack_states, run_lib.unstack_state
 make_vmapped_chunk_fn = run_lib.make_vmapped_chunk_fn
 # A plain progress line (when stderr is not a terminal) at most this often.
 PROGRESS_SECONDS = 30.0
-
-
-def scalar_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
-    """The scalar entries as '{prefix}/{name}'; a dict of scalars (e.g. active units per
-    stochastic layer) as '{prefix}/{name}/{key}'; lists and None are left out."""
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, dict):
-            for name, inner in v.items():
-                if inner is not None and not isinstance(inner, dict) and np.ndim(inner) == 0:
-                    out[f'{prefix}/{k}/{name}'] = float(inner)
-        elif v is not None and np.ndim(v) == 0:
-            out[f'{prefix}/{k}'] = float(v)
-    return out
 
 
 class StoppedBySignal(KeyboardInterrupt):
@@ -102,12 +92,6 @@ class Throughput:
     def steps_per_sec(self) -> float | None:
         """None while every call has compiled."""
         return self._steps / self._seconds if self._seconds > 0 else None
-
-
-def add_sums(sums: dict[str, Any], chunk_sums: dict[str, Any], convert: Callable) -> None:
-    """Adds one call's metric sums (host arrays) into `sums`, in place, through `convert`."""
-    for k, v in chunk_sums.items():
-        sums[k] = sums.get(k, 0.0) + convert(v)
 
 
 class StopSignal:
@@ -586,45 +570,9 @@ def format_metric(value: float | None) -> str:
     return 'n/a' if value is None else f'{value:.4f}'
 
 
-def window_row(sums: dict[str, float], num_steps: int) -> dict[str, float]:
-    """A log row from a window's metric sums: means over the updates that were applied.
-
-    Args:
-      sums: metric name -> sum over the window's steps (`steps.train_step` zeroes the metrics
-        of a skipped step, see `skip_nonfinite_updates`; `steps.train_chunk` counts each
-        call's sampled 'grad_norm' once per step of the call, so its mean is over calls).
-      num_steps: steps in the window.
-
-    Returns:
-      {'train/<name>': mean over the applied updates (NaN if all were skipped), ...,
-       'train/skipped': how many updates were skipped (a count, not a mean)}.
-    """
-    skipped = sums.get('skipped', 0.0)
-    applied = num_steps - skipped
-    row = {
-        f'train/{k}': v / applied if applied > 0 else math.nan
-        for k, v in sums.items()
-        if k != 'skipped'
-    }
-    row['train/skipped'] = skipped
-    return row
-
-
 def agreed_signal(stop: StopSignal) -> int | None:
     """The stop signal any process has received, or None: all processes stop at one step."""
     if jax.process_count() == 1:
         return stop.received
     received = multihost_utils.process_allgather(np.int32(stop.received or 0))
     return int(np.max(received)) or None
-
-
-def check_finite(row: dict[str, float], start: int, end: int, manager) -> None:
-    """Raises RuntimeError (and writes nonfinite.json) if a log row holds NaN or inf."""
-    bad = [k for k, v in row.items() if not math.isfinite(v)]
-    if bad:
-        what = f'non-finite {", ".join(bad)} between steps {start} and {end}'
-        if row.get('train/skipped', 0) >= end - start:
-            what += f' (all {end - start} updates were non-finite and skipped)'
-        raise checkpoints.nonfinite_error(
-            manager, what, {'steps': [start, end], 'nonfinite': bad, 'metrics': row}
-        )
