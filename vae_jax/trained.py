@@ -146,10 +146,22 @@ class TrainedModel:
         missing = protocol.missing_members(self.parts.model, members)
         if missing:
             raise ValueError(
-                f'{method}: the model of this run ({type(self.parts.model).__name__}) has no '
-                f'{" and no ".join(_SIGNATURES.get(name, name) for name in missing)}: optional '
-                f'members of the model protocol (vae_jax.models.LatentVariableModel) that '
-                f'{method} needs.'
+                f'{method}: this run trained a model ({type(self.parts.model).__name__}), which '
+                f'has no {" and no ".join(_SIGNATURES.get(name, name) for name in missing)}: '
+                'optional members of the model protocol (vae_jax.models.LatentVariableModel) '
+                f'that {method} needs.'
+            )
+
+    def _require_distributions(self, method: str) -> None:
+        """Raises a ValueError unless the model has the one-layer capability."""
+        if not self.capabilities.distributions:
+            raise ValueError(
+                f'{method}: this run trained a model ({type(self.parts.model).__name__}) without '
+                'the one-layer capability (posterior_distribution, likelihood_distribution and '
+                'prior_distribution of one latent vector), so it has no encode/decode '
+                'distributions; use log_likelihood, sample and reconstruct (these two need the '
+                "optional members sample_prior and decode_mean), or call the module's methods "
+                'with `self.variables`.'
             )
 
     def _apply(self, method: str, *args: Any) -> Any:
@@ -160,7 +172,7 @@ class TrainedModel:
 
         Needs the one-layer capability (`posterior_distribution`; the built-in VAE has it).
         """
-        self._require('encode', ('posterior_distribution',))
+        self._require_distributions('encode')
         x = self._batch(x, 'encode')
         return self._apply('posterior_distribution', x, self._labels(labels, x.shape[0], 'encode'))
 
@@ -169,7 +181,7 @@ class TrainedModel:
 
         Needs the one-layer capability (`likelihood_distribution`; the built-in VAE has it).
         """
-        self._require('decode', ('likelihood_distribution',))
+        self._require_distributions('decode')
         z = jnp.asarray(z, jnp.float32)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f'decode: z must be [B, {self.latent_dim}], got {z.shape}')
@@ -249,7 +261,8 @@ class TrainedModel:
           ValueError: a model without what `sample_prior` needs or without `decode_mean`
             (naming them); a conditional run without labels.
         """
-        self._require('sample', ('decode_mean',))
+        needs = ('decode_mean',) if self.capabilities.distributions else protocol.SAMPLING_METHODS
+        self._require('sample', needs)
         y = self._labels(labels, n, 'sample')
         z = self._as_latents(self._draw_prior(key, n, labels, 'sample'))
         return np.asarray(self._decode_mean(self.variables, z, y))
