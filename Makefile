@@ -43,9 +43,10 @@ test: lint
 # The site from docs/ and the docstrings of the public modules (mkdocs.yml), into site/.
 # --strict: any warning (a broken link or anchor, an unknown cross-reference in a docstring, a
 # docstring that does not parse) fails the build. NO_MKDOCS_2_WARNING quiets mkdocs-material's
-# banner about its successor.
+# banner about its successor. Not --quiet: it drops warnings before --strict counts them (a broken
+# docstring reference then builds).
 docs: $(DOCS_STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # A fresh virtual environment holding only `pip install .` (no test extra, no editable install)
 # must import every module of vae_jax and configs: this catches an import of a package that is
