@@ -7,7 +7,8 @@
   file an earlier one wrote. The runnable blocks take about 30 s of CPU in all.
 - Every repository path they mention exists (paths under `runs/`, with `<...>`, `*`, `{...}`
   or `/path/to/` are placeholders), and none is a path of the authors' machine.
-- Every `vae_jax.<module>[.<name>]` and `<module>:<Class>` they mention imports and resolves.
+- Every `vae_jax.<module>[.<name>]`, `<module>.<name>` (a module of the package named without
+  its prefix, e.g. `losses.elbo`) and `<module>:<Class>` they mention imports and resolves.
 - The layout page names every module of the package.
 """
 
@@ -40,6 +41,15 @@ PATH = re.compile(
     r'|\.gitignore|\.ci/run)(?!\w))'
 )
 DOTTED = re.compile(r'(?<![\w.])vae_jax\.([a-z_]+)(?:\.([A-Za-z_]\w*))?')
+MODULES = sorted(p.stem for p in (REPO / 'vae_jax').glob('*.py') if not p.stem.startswith('_'))
+# `losses.elbo`, `steps.make_model_binder`: a module of the package without its prefix. Not
+# `config.*` and `run.*`, which are more often a config's keys or a file (`run.lock`).
+BARE = re.compile(
+    r'(?<![\w./])('
+    + '|'.join(m for m in MODULES if m not in ('config', 'run'))
+    + r')\.([A-Za-z_]\w*)'
+)
+FILE_SUFFIXES = {'py', 'json', 'jsonl', 'md', 'sh', 'png', 'lock', 'log', 'ipynb'}
 IMPORT_PATH = re.compile(r'(?<![\w.])((?:vae_jax|examples)\.[a-z_]+):([A-Z]\w*)')
 # Paths of one machine, or folders outside the repository shown as if every reader had them.
 MACHINE_PATH = re.compile(r'(?:^|[\s`(=])(/work/|/home/|/root/|/Users/|\.\./shared/)')
@@ -176,6 +186,12 @@ class PathsTest(parameterized.TestCase):
                 imported = importlib.import_module(f'vae_jax.{module}')
                 if name:
                     self.assertTrue(hasattr(imported, name), f'vae_jax.{module} has no {name}')
+        for module, name in BARE.findall(text):
+            if name in FILE_SUFFIXES:
+                continue
+            with self.subTest(name=f'{module}.{name}'):
+                imported = importlib.import_module(f'vae_jax.{module}')
+                self.assertTrue(hasattr(imported, name), f'vae_jax.{module} has no {name}')
         for module, name in IMPORT_PATH.findall(text):
             with self.subTest(name=f'{module}:{name}'):
                 self.assertTrue(hasattr(importlib.import_module(module), name))
