@@ -1,12 +1,14 @@
 # Quick start: `make demo` trains the default config; `make test` runs lint and the test suite;
-# `make check-install` checks that a plain `pip install .` can import every module.
+# `make check-install` checks that a plain `pip install .` can import every module; `make docs`
+# builds the documentation site strictly (a broken link or docstring reference fails it).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: demo test lint format check-install bench clean
+.PHONY: demo test lint format docs check-install bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +20,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(STAMP)
+
+$(DOCS_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
 	touch $@ $(STAMP)
 
 demo: $(STAMP)
@@ -33,6 +39,14 @@ format: $(TEST_STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -n 2 --durations=15 tests
+
+# The site from docs/ and the docstrings of the public modules (mkdocs.yml), into site/.
+# --strict: any warning (a broken link or anchor, an unknown cross-reference in a docstring, a
+# docstring that does not parse) fails the build. NO_MKDOCS_2_WARNING quiets mkdocs-material's
+# banner about its successor. Not --quiet: it drops warnings before --strict counts them (a broken
+# docstring reference then builds).
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # A fresh virtual environment holding only `pip install .` (no test extra, no editable install)
 # must import every module of vae_jax and must not install a top-level `configs` package (the
@@ -58,4 +72,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) $(CHECK_VENV) build runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECK_VENV) build runs site .pytest_cache .ruff_cache

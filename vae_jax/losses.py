@@ -103,7 +103,7 @@ def elbo(
 
     Returns:
         {'loss': recon + beta * KL (free bits applied), 'recon': -mean_k log p(x|z_k),
-         'kl': KL(q||p) (analytic or estimated), 'elbo': -(recon + kl)}, all [] float32.
+            'kl': KL(q||p) (analytic or estimated), 'elbo': -(recon + kl)}, all [] float32.
 
     Raises:
         ValueError: shape mismatches between x, q, the prior and p(x|z); free bits without an
@@ -170,8 +170,8 @@ def iwae(
 
     Returns:
         {'loss': -bound_beta, 'bound': log mean_k w_k at beta = 1, 'recon': -mean_k log p(x|z_k),
-         'kl': mean_k [log q(z_k) - log p(z_k)], 'elbo': mean_k log w_k at beta = 1,
-         'ess': (sum_k w_k)^2 / sum_k w_k^2 at beta = 1 (bounds.ess)},
+            'kl': mean_k [log q(z_k) - log p(z_k)], 'elbo': mean_k log w_k at beta = 1,
+            'ess': (sum_k w_k)^2 / sum_k w_k^2 at beta = 1 (bounds.ess)},
         all [] float32.
 
     Raises:

@@ -57,7 +57,10 @@ run_one() {
   echo "$model: evaluating (k=$NLL_K)"
   "${evaluate[@]}" >> "$workdir/train.log" 2>&1
   t2=$(date +%s.%N)
-  "$PYTHON" - "$workdir/timing.json" "$t0" "$t1" "$t2" "${train[*]}" "${evaluate[*]}" <<'PY'
+  # The recorded command names the data dir as $TFDS_DATA_DIR, not as this machine's folder.
+  local train_line="${train[*]}"
+  train_line=${train_line//"$DATA_DIR"/'$TFDS_DATA_DIR'}
+  "$PYTHON" - "$workdir/timing.json" "$t0" "$t1" "$t2" "$train_line" "${evaluate[*]}" <<'PY'
 import json, sys
 path, t0, t1, t2, train, evaluate = sys.argv[1:]
 t0, t1, t2 = float(t0), float(t1), float(t2)
