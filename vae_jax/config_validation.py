@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-from vae_jax import data
+from vae_jax import data, writers
 
 OBJECTIVES = ('elbo', 'iwae', 'autoencoder', 'miwae', 'ciwae', 'piwae', 'beta_tcvae')
 TCVAE_ESTIMATORS = ('mws', 'mss')
@@ -127,6 +127,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "objective: 'reparam'"
         )
     _zoo_options(config)
+    writers.validate(config)  # logging.*: imports a tracker asked for (ImportError if missing)
     _bool(config, 'analytic_kl')
     _int_at_least(config, 'kl_samples', 1)
     _number(config, 'free_bits', lambda v: v >= 0, 'a finite number >= 0 (nats per latent dim)')

@@ -29,6 +29,7 @@ from vae_jax import (
     run_files,
     steps,
     trained,
+    writers,
 )
 
 root_keys = trained.root_keys
@@ -46,6 +47,7 @@ class Run:
 
     def __init__(self, config: ml_collections.ConfigDict, model: Any = None):
         config_validation.validate(config)
+        writers.require_trackers(config)  # An ImportError naming the extra, before any file.
         self.config = config
         # With binarize='none', checks the likelihood's support, naming the file or data set.
         self.train_data, self.test_data = data.get_datasets(
