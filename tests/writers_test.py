@@ -23,7 +23,7 @@ from absl.testing import absltest, parameterized
 from wandb.proto import wandb_internal_pb2
 
 from configs import test as test_config
-from vae_jax import checkpoints, run_files, trainer, writers
+from vae_jax import checkpoints, run_files, sweep, trainer, writers
 
 # No test may reach a network: W&B offline, and every route to a closed local port.
 OFFLINE_ENV = {
@@ -205,6 +205,53 @@ class TrackersTest(parameterized.TestCase):
         self.assertEqual(runs[1][3]['test/elbo'], self.eval['elbo'])
         picture = runs[1][3]['images/reconstructions/path']  # Logged at the end, in files/.
         self.assertTrue((dirs[1] / 'files' / picture).is_file(), picture)
+
+    def test_mlflow_resumed_after_a_kill_does_not_resend_steps(self):
+        # A run killed after logging step 9 resumes from its checkpoint at 6 and logs 9 again.
+        config = test_config.get_config()
+        config.logging.writers = 'jsonl,mlflow'
+        config.logging.mlflow.tracking_uri = self.ids['mlflow']['tracking_uri']
+        config.logging.mlflow.experiment = 'killed'
+        workdir = Path(self.create_tempdir().full_path)
+        for resume_step, steps in ((0, (3, 6, 9)), (6, (9, 12))):
+            (writer,) = writers.open_writers(config, workdir, resume_step)
+            for step in steps:
+                writer.write_scalars(step, {'train/loss': float(step)})
+            writer.close('finished' if resume_step else 'failed')
+        client = mlflow.MlflowClient(config.logging.mlflow.tracking_uri)
+        experiment = client.get_experiment_by_name('killed')
+        (run,) = client.search_runs([experiment.experiment_id])
+        history = client.get_metric_history(run.info.run_id, 'train/loss')
+        self.assertEqual(sorted(m.step for m in history), [3, 6, 9, 12])
+
+
+class SweepTrackersTest(parameterized.TestCase):
+    def test_sweep_logs_one_tracker_run_per_model(self):
+        self.enter_context(_offline_env())
+        config = test_config.get_config()
+        config.num_train_steps = 6
+        config.sweep.seed = '0,1'
+        config.logging.writers = 'jsonl,mlflow,wandb'
+        workdir = Path(self.create_tempdir().full_path)
+        sweep.train_and_evaluate(config, workdir)
+        models = ['beta=1,seed=0', 'beta=1,seed=1']
+        # MLflow: the models share the sweep directory's store, one run each.
+        client = mlflow.MlflowClient(f'sqlite:///{workdir}/mlflow.db')
+        experiment = client.get_experiment_by_name('vae_jax')
+        runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+        self.assertCountEqual(runs, models)
+        for name in models:
+            ids = json.loads((workdir / name / run_files.TRACKERS_FILE).read_text())
+            self.assertEqual(runs[name].info.run_id, ids['mlflow']['run_id'])
+            self.assertEqual(runs[name].data.params['seed'], name[-1])
+            history = client.get_metric_history(ids['mlflow']['run_id'], 'train/loss')
+            expected = _series(_rows(workdir / name))['train/loss']
+            self.assertEqual(sorted((m.step, m.value) for m in history), expected)
+            # W&B: one offline run per model under the sweep directory.
+            (offline,) = (workdir / 'wandb').glob(f'offline-run-*-{ids["wandb"]["id"]}')
+            _, run_config, wandb_history, _ = wandb_run(offline)
+            self.assertEqual(run_config['seed'], int(name[-1]))
+            self.assertEqual(wandb_history['train/loss'], expected)
 
 
 class WriterFailureTest(parameterized.TestCase):
