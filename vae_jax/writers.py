@@ -292,7 +292,13 @@ class MlflowWriter:
         del resume_step  # The tracker's own history says which steps it holds.
         mlflow = import_tracker('mlflow')
         settings = config.logging.mlflow
-        uri = settings.tracking_uri or os.environ.get('MLFLOW_TRACKING_URI')
+        saved = _read_ids(workdir).get('mlflow')
+        # Unset: a resumed run keeps its store (a sweep's model resumed on its own included).
+        uri = (
+            settings.tracking_uri
+            or os.environ.get('MLFLOW_TRACKING_URI')
+            or (saved or {}).get('tracking_uri')
+        )
         artifacts = None
         if not uri:
             root.mkdir(parents=True, exist_ok=True)
@@ -300,7 +306,6 @@ class MlflowWriter:
             artifacts = (root.resolve() / 'mlartifacts').as_uri()
         self.client = client = mlflow.MlflowClient(tracking_uri=uri)
         self.entities = mlflow.entities
-        saved = _read_ids(workdir).get('mlflow')
         self.logged: dict[str, int] = {}  # metric -> the last step the tracker holds
         if saved and saved.get('tracking_uri') == uri:
             self.run_id = saved['run_id']
