@@ -128,4 +128,20 @@ def get_config() -> ml_collections.ConfigDict:
     c.sweep = ml_collections.ConfigDict()
     c.sweep.beta = config_dict.placeholder(str)  # e.g. '0.5,1,2,4'
     c.sweep.seed = config_dict.placeholder(str)  # e.g. '0,1,2'
+
+    # Where the log rows go (vae_jax/writers.py), comma-separated: jsonl (metrics.jsonl, the
+    # run's record: always on) | tensorboard | mlflow | wandb. Every writer gets the config, the
+    # same rows at the same steps, the pictures and eval.json's numbers; a resumed run continues
+    # its tracker runs. mlflow / wandb need `pip install 'vae_jax[mlflow]'` / `'vae_jax[wandb]'`.
+    # May change between invocations (the run resumes).
+    c.logging = ml_collections.ConfigDict()
+    c.logging.writers = 'jsonl,tensorboard'
+    c.logging.mlflow = ml_collections.ConfigDict()
+    # None: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db (a sweep: its directory).
+    c.logging.mlflow.tracking_uri = config_dict.placeholder(str)
+    c.logging.mlflow.experiment = 'vae_jax'
+    c.logging.wandb = ml_collections.ConfigDict()
+    c.logging.wandb.project = 'vae_jax'
+    c.logging.wandb.entity = config_dict.placeholder(str)  # None: your W&B default entity
+    c.logging.wandb.mode = config_dict.placeholder(str)  # None: $WANDB_MODE | online | offline
     return c

@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import build, config_validation, data, optim, run_eval, run_files, steps
+from vae_jax import build, config_validation, data, optim, run_eval, run_files, steps, writers
 
 root_keys = build.root_keys
 
@@ -38,6 +38,7 @@ class Run:
 
     def __init__(self, config: ml_collections.ConfigDict, model: Any = None):
         config_validation.validate(config)
+        writers.require_trackers(config)  # An ImportError naming the extra, before any file.
         self.config = config
         # With binarize='none', checks the likelihood's support, naming the file or data set.
         self.train_data, self.test_data = data.get_datasets(

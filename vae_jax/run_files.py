@@ -7,6 +7,7 @@
     <workdir>/nonfinite.json     what a run saw when its loss or state became non-finite
     <workdir>/images/            pictures (vae_jax/pictures.py)
     <workdir>/run.lock           who is training in this directory (see `WorkdirLock`)
+    <workdir>/trackers.json      the MLflow / W&B run ids that a resumed run continues
 
 Written by the trainer only (with several processes, by process 0); JSON files are replaced
 atomically, so a kill never leaves a partial file.
@@ -26,6 +27,7 @@ import json
 import os
 import shutil
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +47,12 @@ WINDOW_FILE = 'train_window.json'
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'damaged_checkpoints'
 LOCK_FILE = 'run.lock'
+# The tracker runs (MLflow, W&B) of this run directory, continued on resume (vae_jax/writers.py).
+TRACKERS_FILE = 'trackers.json'
 # Keys that change how long a run goes or how often it logs, evaluates and saves, or where the
-# data is read from, but not what it computes: changing them resumes the run instead of refusing.
-RESUMABLE_KEYS = ('num_train_steps', 'steps_per_call', 'input.data_dir')
+# data is read from, or where the rows are logged (`logging`), but not what it computes: changing
+# them resumes the run instead of refusing.
+RESUMABLE_KEYS = ('num_train_steps', 'steps_per_call', 'input.data_dir', 'logging')
 RESUMABLE_SUFFIX = '_every_steps'
 
 
@@ -214,7 +219,7 @@ def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwri
     if jax.process_index() == 0:
         if delete:
             names = (CHECKPOINT_DIR, DAMAGED_DIR, 'images', METRICS_FILE, EVAL_FILE)
-            for name in (*names, NONFINITE_FILE, WINDOW_FILE):
+            for name in (*names, NONFINITE_FILE, WINDOW_FILE, TRACKERS_FILE):
                 path = workdir / name
                 if path.is_dir():
                     shutil.rmtree(path)
@@ -264,12 +269,21 @@ def sync(name: str) -> None:
 
 
 class MetricsLog:
-    """metrics.jsonl (one JSON object per log step) plus TensorBoard scalars.
+    """metrics.jsonl (one JSON object per log step), and the same rows to other writers.
 
-    With several processes only process 0 writes; the others hold a log that writes nothing.
+    The other writers (TensorBoard, MLflow, W&B: vae_jax/writers.py) get each row after it is in
+    metrics.jsonl, the pictures, and the final eval.json. With several processes only process 0
+    writes; the others hold a log that writes nothing.
     """
 
-    def __init__(self, workdir: Path, resume_step: int, *, final_step: int | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        resume_step: int,
+        *,
+        final_step: int | None = None,
+        writers: Sequence[Any] = (),
+    ):
         """Opens the log, keeping the rows that the checkpoint at `resume_step` accounts for.
 
         Args:
@@ -277,12 +291,15 @@ class MetricsLog:
           resume_step: the step of the checkpoint the run resumes from (0 for a fresh run).
           final_step: config.num_train_steps; its eval/* row is written after the final
             checkpoint, so a run resumed at that step drops it and writes it again.
+          writers: opened writers (`writers.open_writers`), fed what this log is fed; closed
+            with it.
 
         Raises:
           RuntimeError: metrics.jsonl has an unreadable line other than a partial last line.
         """
         self.path = workdir / METRICS_FILE
         self.enabled = jax.process_index() == 0
+        self.writers = list(writers) if self.enabled else []
         if not self.enabled:
             return
         rows = []
@@ -306,28 +323,30 @@ class MetricsLog:
                 if step <= resume_step and not final_eval:
                     rows.append(line)
         self.path.write_text(''.join(r + '\n' for r in rows))
-        import tensorboardX  # Imported here: only the trainer writes event files.
-
-        self.tb = tensorboardX.SummaryWriter(str(workdir))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
         with self.path.open('a') as f:
             f.write(json.dumps({'step': step, **metrics}, default=json_default) + '\n')
-        for k, v in metrics.items():
-            self.tb.add_scalar(k, v, step)
-        self.tb.flush()
+        for writer in self.writers:
+            writer.write_scalars(step, metrics)
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
-        if not self.enabled:
-            return
-        self.tb.add_image(tag, image, step, dataformats='HWC')
-        self.tb.flush()
+        """A picture [H, W, 3] uint8, for the writers (metrics.jsonl holds no pictures)."""
+        for writer in self.writers:
+            writer.write_image(tag, image, step)
 
-    def close(self) -> None:
-        if self.enabled:
-            self.tb.close()
+    def summary(self, result: dict[str, Any]) -> None:
+        """The final evaluation (eval.json's contents), for the writers."""
+        for writer in self.writers:
+            writer.write_summary(result)
+
+    def close(self, status: str = 'finished') -> None:
+        """Closes the writers (status: 'finished', 'stopped' or 'failed'); again: a no-op."""
+        writers, self.writers = self.writers, []
+        for writer in writers:
+            writer.close(status)
 
 
 def restore_window(workdir: Path, step: int) -> tuple[dict[str, float], int]:

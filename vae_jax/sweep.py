@@ -157,6 +157,7 @@ def train_and_evaluate(
             stop_at_step=stop_at_step,
             skip_damaged_checkpoints=skip_damaged_checkpoints,
             start_time=start_time,
+            tracker_root=workdir,
             extra={
                 'sweep': {
                     'workdir': str(workdir),

@@ -45,6 +45,7 @@ from vae_jax import (
 )
 from vae_jax import pictures as vae_pictures
 from vae_jax import run as run_lib
+from vae_jax import writers as vae_writers
 from vae_jax.metric_windows import (  # noqa: F401 -- re-exported: trainer.window_row etc.
     add_sums,
     check_finite,
@@ -223,6 +224,7 @@ def train_models(
     skip_damaged_checkpoints: bool = False,
     start_time: float | None = None,
     extra: dict[str, Any] | None = None,
+    tracker_root: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The training loop: trains (or resumes) N models with shared data and cadences.
 
@@ -242,6 +244,8 @@ def train_models(
       overwrite, stop_at_step, skip_damaged_checkpoints: as in `train_and_evaluate`.
       start_time: `time.time()` at the program's start (for eval.json's 'wall_time_sec').
       extra: more entries for every model's eval.json.
+      tracker_root: the directory whose MLflow store and W&B group the models share (a sweep's
+        directory); None: each run directory (vae_jax/writers.py).
 
     Returns:
       {name: eval.json contents} ({'step': ...} for each model when stopped early).
@@ -277,9 +281,16 @@ def train_models(
             where = dirs[active[0]] if len(active) == 1 else f'{len(active)} models'
             print(f'{where}: resuming from checkpoint at step {step}')
         logs = {
-            n: run_files.MetricsLog(dirs[n], step, final_step=config.num_train_steps)
+            n: run_files.MetricsLog(
+                dirs[n],
+                step,
+                final_step=config.num_train_steps,
+                writers=vae_writers.open_writers(runs[n].config, dirs[n], step, root=tracker_root),
+            )
             for n in active
         }
+        # Tracker runs left open by an exception are marked failed (closing twice is a no-op).
+        stack.callback(lambda: [log.close('failed') for log in logs.values()])
         train_images = jax.device_put(base.train_data['image'], base.replicated)
         train_labels = jax.device_put(base.train_data['label'], base.replicated)
         vectorised = len(active) > 1
@@ -334,7 +345,7 @@ def train_models(
             # Among several models, drop this one and go on with the others.
             failed[name] = str(error)
             print(f'{dirs[name]}: FAILED, dropped from the sweep: {error}')
-            logs[name].close()
+            logs[name].close('failed')
 
         with StopSignal() as stop:
             while step < config.num_train_steps and live():
@@ -393,7 +404,7 @@ def train_models(
                             _save(managers[name], step, state_of(state, i))
                         if stopping:
                             run_files.save_window(dirs[name], step, window_start, model_sums)
-                            logs[name].close()
+                            logs[name].close('stopped')
                     except RuntimeError as e:
                         fail(name, e)
                 if stopping:
@@ -536,7 +547,6 @@ def finish_run(
             logging.warning('%s: pictures not drawn: %s: %s', workdir, type(e).__name__, e)
     for name, image in pictures.items():
         log.image(f'images/{name}', image, step)
-    log.close()
     result = {
         **run_eval.record(
             config,
@@ -554,6 +564,8 @@ def finish_run(
         'wall_time_sec': time.time() - start_time,
         **(extra or {}),
     }
+    log.summary(result)
+    log.close()
     if not primary:
         return result
     run_files.write_json(workdir / run_files.EVAL_FILE, result)
