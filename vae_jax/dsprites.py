@@ -178,16 +178,11 @@ def images_from_factors(factors, *, size: int = 64) -> np.ndarray:
     if size not in SIZES:
         raise ValueError(f'dsprites: size={size!r} is not supported; allowed: 64, 32.')
     sprites = _sprite_library()  # [3, 6, 40, 96, 96] uint8, centre at 16 + 32 = 48
-    rows = np.arange(64)
-    # Image pixel r shows sprite pixel r - k + 32 for a centre moved k pixels from 16.
-    offset_y = 32 - factors[:, 4]
-    offset_x = 32 - factors[:, 3]
-    images = sprites[
-        factors[:, 0, None, None],
-        factors[:, 1, None, None],
-        factors[:, 2, None, None],
-        rows[None, :, None] + offset_y[:, None, None],
-        rows[None, None, :] + offset_x[:, None, None],
+    # Every 64x64 window of every sprite, as a view [3, 6, 40, 33, 33, 64, 64]: the window at
+    # (32 - k_y, 32 - k_x) is the sprite with its centre moved k pixels from 16.
+    windows = np.lib.stride_tricks.sliding_window_view(sprites, (64, 64), axis=(3, 4))
+    images = windows[
+        factors[:, 0], factors[:, 1], factors[:, 2], 32 - factors[:, 4], 32 - factors[:, 3]
     ]
     if size == 32:
         return downsample(images[..., None])
@@ -204,7 +199,8 @@ def downsample(images: np.ndarray) -> np.ndarray:
       float32 [N, 32, 32, 1] in {0, 1}.
     """
     n = images.shape[0]
-    blocks = np.asarray(images, np.float32).reshape(n, 32, 2, 32, 2, 1).sum(axis=(2, 4))
+    images = np.asarray(images)
+    blocks = images.reshape(n, 32, 2, 32, 2, 1).sum(axis=(2, 4), dtype=np.uint8)
     return (blocks >= 2).astype(np.float32)
 
 
