@@ -18,6 +18,11 @@ Data sets (`input.dataset`):
   `train_images`, `test_images` ([N, H, W, C] or [N, H, W]; uint8 0..255 scaled by 1/255, bool,
   or float already in [0, 1]), optionally `train_labels`, `test_labels` (int [N]). The path is
   recorded as given; a relative one counts from the current directory when the data are read.
+- `dsprites`, `dsprites32`: dSprites with its five ground-truth factors (vae_jax/dsprites.py),
+  64x64 or 32x32 binary images, label = the sprite's shape, plus `'factors'` int32 [N, 5]. From
+  the TFDS `dsprites` set when prepared in the data dir, else drawn by the library's renderer.
+  Test split: 10,000 fixed combinations (`num_test_examples`); train split: the rest, or
+  `num_train_examples` of them (the whole train split is 12 GB as float32 at 64x64).
 - `digits`: scikit-learn's bundled 8x8 digits (1797 images, values 0..16 scaled to [0, 1]), split
   into train/test by a fixed stratified 80/20 split.
 - Toy 2-D sets (data shape `(2,)`, points unscaled), `input.toy_num_examples` points per split,
@@ -61,10 +66,12 @@ from vae_jax import data_sources, distributions, toy_data
 TFDS_DATASETS = ('mnist', 'fashion_mnist', 'binarized_mnist')
 EMBEDDED_DATASETS = ('digits',)
 TOY_DATASETS = toy_data.TOY_DATASETS
+# Images with ground-truth factors (vae_jax/dsprites.py: TFDS when prepared, else rendered).
+FACTOR_DATASETS = ('dsprites', 'dsprites32')
 NPZ = 'npz'
 TFDS_PREFIX = 'tfds:'  # 'tfds:<name>': any TFDS image data set.
 # Names whose facts (shape, classes) are known here; `npz` and 'tfds:<name>' read them from files.
-DATASETS = TFDS_DATASETS + EMBEDDED_DATASETS + TOY_DATASETS + (NPZ,)
+DATASETS = TFDS_DATASETS + EMBEDDED_DATASETS + TOY_DATASETS + FACTOR_DATASETS + (NPZ,)
 BINARIZE_MODES = ('none', 'static', 'dynamic')
 ALLOWED_NAMES = ', '.join(map(repr, DATASETS)) + ", or 'tfds:<name>' for any TFDS image data set"
 
@@ -78,9 +85,13 @@ _INFO = {
     'two_moons': dict(num_classes=2, is_image=False, has_labels=True, shape=(2,)),
     'pinwheel': dict(num_classes=5, is_image=False, has_labels=True, shape=(2,)),
     'checkerboard': dict(num_classes=1, is_image=False, has_labels=False, shape=(2,)),
+    # Label: the sprite's shape (square, ellipse, heart); all five factors under 'factors'.
+    'dsprites': dict(num_classes=3, is_image=True, has_labels=True, shape=(64, 64, 1)),
+    'dsprites32': dict(num_classes=3, is_image=True, has_labels=True, shape=(32, 32, 1)),
 }
 # Stored pixel value that means "white": TFDS binarized_mnist stores 0/1, the others 0..255.
 _TFDS_MAX_VALUE = {'mnist': 255, 'fashion_mnist': 255, 'binarized_mnist': 1}
+_TFDS_MAX_VALUE.update(dict.fromkeys(FACTOR_DATASETS, 1))
 _SPLITS = ('train', 'test')
 # Fixed seeds: the data never depend on config.seed (see the module docstring).
 _STATIC_BINARIZE_SEED = {'train': 0, 'test': 1}
@@ -361,6 +372,11 @@ def get_datasets(
         }
     elif name == 'digits':
         splits, max_value = data_sources.load_digits(), 16
+    elif name in FACTOR_DATASETS:
+        from vae_jax import dsprites  # Imported here: it loads JAX, which reading data need not.
+
+        splits = dsprites.load_splits(name, limits, resolve_data_dir(input_config.data_dir))
+        max_value = 1
     elif name == NPZ:
         raw = data_sources.read_npz(input_config.path)
         splits, max_value = {split: raw[split] for split in _SPLITS}, raw['max_value']
@@ -395,7 +411,10 @@ def get_datasets(
             )
         if likelihood is not None and input_config.binarize == 'none':
             _check_support(likelihood, image, input_config, split)
-        out.append({'image': image, 'label': label.astype(np.int32)})
+        example = {'image': image, 'label': label.astype(np.int32)}
+        if 'factors' in splits[split]:
+            example['factors'] = splits[split]['factors'][: len(image)]
+        out.append(example)
     return out[0], out[1]
 
 
