@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import optax
 from absl.testing import absltest
+from PIL import Image
 
 from configs import default as default_config
 from vae_jax import plots, trained, traversals
@@ -59,7 +60,7 @@ class TraversalTest(absltest.TestCase):
                 np.testing.assert_allclose(
                     rgb[top : top + 8, left : left + 8, 0], np.round(tile * 255), atol=1
                 )
-        self.assertTrue((np.asarray(plots.Image.open(path)) == rgb).all())
+        self.assertTrue((np.asarray(Image.open(path)) == rgb).all())
 
     def test_a_posterior_other_than_diagonal_is_refused(self):
         model = tiny_model()
