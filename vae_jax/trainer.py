@@ -237,6 +237,7 @@ def train_models(
     skip_damaged_checkpoints: bool = False,
     start_time: float | None = None,
     extra: dict[str, Any] | None = None,
+    make_chunk_fn: Callable[[list[Run]], Callable[..., Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The training loop: trains (or resumes) N models with shared data and cadences.
 
@@ -256,6 +257,10 @@ def train_models(
       overwrite, stop_at_step, skip_damaged_checkpoints: as in `train_and_evaluate`.
       start_time: `time.time()` at the program's start (for eval.json's 'wall_time_sec').
       extra: more entries for every model's eval.json.
+      make_chunk_fn: with several models, builds the vmapped call from the runs of the models
+        still training (in the stacked state's order) instead of `make_vmapped_chunk_fn(base)`;
+        same signature. For models that differ in more than `PER_MODEL_KEYS`
+        (`vae_jax/k_sweep.py`).
 
     Returns:
       {name: eval.json contents} ({'step': ...} for each model when stopped early).
@@ -300,7 +305,10 @@ def train_models(
         epoch = jnp.asarray(step // base.steps_per_epoch, jnp.int32)
         if vectorised:
             state = jax.device_put(stack_states(states), base.replicated)
-            chunk_fn = make_vmapped_chunk_fn(base)
+            if make_chunk_fn is None:
+                chunk_fn = make_vmapped_chunk_fn(base)
+            else:
+                chunk_fn = make_chunk_fn([runs[n] for n in active])
             # Committed to the chunk outputs' sharding, so the second call hits the first's compile.
             loop_keys, data_keys, betas, perm_epoch = jax.device_put(
                 (
