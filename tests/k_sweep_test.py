@@ -4,6 +4,7 @@ dynamically binarised MNIST with the IWAE paper's protocol (configs/iwae_mnist.p
 Reads the prepared MNIST from $TFDS_DATA_DIR, else ../shared/data/tfds; skipped where absent.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -234,6 +235,44 @@ class RowObjectiveTest(absltest.TestCase):
         config.objective = 'miwae'
         with self.assertRaisesRegex(ValueError, "objective='miwae'"):
             k_sweep.check_row(config, 'r')
+
+
+def _load_table1():
+    """The script as a module (it defines its command-line flags: load it once)."""
+    path = Path(__file__).resolve().parents[1] / 'experiments' / 'iwae_mnist' / 'table1.py'
+    spec = importlib.util.spec_from_file_location('table1', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Table1RowsTest(absltest.TestCase):
+    """experiments/iwae_mnist/table1.py: row names -> the configs of the separate runs."""
+
+    table1 = _load_table1()
+
+    def test_default_rows_are_the_paper_rows_with_vae_kl_over_k(self):
+        configs = self.table1.row_configs(iwae_mnist.get_config(), self.table1.ONE_LAYER_ROWS)
+        got = {n: (c.objective, c.k_samples, c.kl_samples) for n, c in configs.items()}
+        self.assertEqual(
+            got,
+            {
+                'elbo_k1': ('elbo', 1, 1),
+                'elbo_k5': ('elbo', 5, 5),
+                'elbo_k50': ('elbo', 50, 50),
+                'iwae_k5': ('iwae', 5, 1),
+                'iwae_k50': ('iwae', 50, 1),
+            },
+        )
+        # The full protocol: 3,280 passes of 3,000 steps.
+        self.assertEqual({c.num_train_steps for c in configs.values()}, {9_840_000})
+
+    def test_bad_rows_are_refused_naming_them(self):
+        config = iwae_mnist.get_config()
+        with self.assertRaisesRegex(ValueError, "'vae_k5' is not a row; allowed: elbo_k<K>"):
+            self.table1.row_configs(config, 'iwae_k5,vae_k5')
+        with self.assertRaisesRegex(ValueError, "repeats 'iwae_k5'"):
+            self.table1.row_configs(config, 'iwae_k5,iwae_k5')
 
 
 if __name__ == '__main__':
