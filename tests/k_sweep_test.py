@@ -18,9 +18,9 @@ import numpy as np
 from absl.testing import absltest
 
 import vae_jax
-from configs import iwae_mnist
+from configs import iwae_mnist, iwae_mnist_2layer
 from configs import test as test_config
-from vae_jax import checkpoints, k_sweep, losses, trainer
+from vae_jax import checkpoints, k_sweep, losses, models, steps, trained, trainer
 
 TFDS_DIR = Path(
     os.environ.get('TFDS_DATA_DIR') or Path(__file__).resolve().parents[2] / 'shared/data/tfds'
@@ -221,6 +221,32 @@ class RowObjectiveTest(absltest.TestCase):
                     g_got,
                     g_want,
                 )
+
+    def test_two_layer_protocol_model_draws_the_separate_runs_samples(self):
+        # TwoLayerVAE draws both layers' noise as one [K, 100 + 50] normal and has the one-pass
+        # `sample_and_log_posterior`: the first k of k_max draws must be the k-sample draws.
+        config = iwae_mnist_2layer.get_config()
+        parts = trained.build(config, (28, 28, 1))
+        variables = models.init_variables(parts.model, jax.random.key(0), (28, 28, 1), False)
+        bind = steps.make_model_binder(
+            parts.model.apply, variables['params'], {}, parts.static, train=True
+        )
+        x = (jax.random.uniform(jax.random.key(1), (28, 28, 1)) > 0.5).astype(jnp.float32)
+        key, beta = jax.random.key(2), jnp.asarray(1.0)
+        for objective, k, kl in (('iwae', 5, 5), ('elbo', 3, 3)):
+            with self.subTest(objective):
+                row_config = iwae_mnist_2layer.get_config()
+                row_config.objective, row_config.k_samples, row_config.kl_samples = objective, k, kl
+                row = jax.tree.map(lambda a: a[0], k_sweep.row_values([row_config]))
+                got = k_sweep.row_objective(key, bind(x, None), beta=beta, k_max=20, **row)
+                if objective == 'iwae':
+                    want = losses.model_iwae(key, bind(x, None), beta=beta, k_samples=k)
+                else:
+                    want = losses.model_elbo(
+                        key, bind(x, None), beta=beta, k_samples=k, analytic_kl=False, kl_samples=kl
+                    )
+                for term in want:
+                    np.testing.assert_allclose(got[term], want[term], rtol=1e-5, err_msg=term)
 
     def test_unsupported_rows_are_refused_naming_key_and_value(self):
         config = test_config.get_config()
