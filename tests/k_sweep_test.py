@@ -248,6 +248,15 @@ class RowObjectiveTest(absltest.TestCase):
                 for term in want:
                     np.testing.assert_allclose(got[term], want[term], rtol=1e-5, err_msg=term)
 
+    def test_rows_at_different_steps_are_refused_naming_them(self):
+        workdir = Path(self.create_tempdir().full_path)
+        for name, step in (('iwae_k5', 3000), ('elbo_k5', 0)):
+            (workdir / name / 'checkpoints' / str(step)).mkdir(parents=True)
+        configs = {'iwae_k5': iwae_mnist.get_config(), 'elbo_k5': iwae_mnist.get_config()}
+        with self.assertRaisesRegex(ValueError, 'iwae_k5 at step 3000, elbo_k5 at step 0'):
+            k_sweep.check_same_step(configs, workdir)
+        k_sweep.check_same_step({'iwae_k5': configs['iwae_k5']}, workdir)  # one row: fine
+
     def test_unsupported_rows_are_refused_naming_key_and_value(self):
         config = test_config.get_config()
         config.objective = 'iwae'

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from vae_jax import bounds, data, losses, steps, trainer
+from vae_jax import bounds, config_validation, data, losses, steps, trainer
 from vae_jax import run as run_lib
 
 # Config keys in which the rows of one program may differ (besides run.PER_MODEL_KEYS).
@@ -216,6 +216,7 @@ def row_runs(configs: dict[str, ml_collections.ConfigDict]) -> dict[str, run_lib
     """
     names = list(configs)
     for name in names:
+        config_validation.validate(configs[name])
         check_row(configs[name], name)
     base = trainer.Run(configs[names[0]])
     runs = {names[0]: base}
@@ -232,6 +233,34 @@ def row_runs(configs: dict[str, ml_collections.ConfigDict]) -> dict[str, run_lib
         run.parts = dataclasses.replace(base.parts, config=config, static=run.static)
         runs[name] = run
     return runs
+
+
+def latest_step(run_dir: Path) -> int:
+    """The newest checkpoint step in `run_dir/checkpoints` (0 without any)."""
+    saved = [int(p.name) for p in (run_dir / 'checkpoints').glob('*') if p.name.isdigit()]
+    return max(saved, default=0)
+
+
+def check_same_step(configs: dict[str, ml_collections.ConfigDict], workdir: Path) -> None:
+    """Refuses rows that would resume from different steps.
+
+    The trainer restarts all models of one program from the newest step they have in common, so
+    a row added to a program part-way would send the others back to step 0.
+
+    Raises:
+      ValueError: naming each unfinished row's step.
+    """
+    found = {
+        name: latest_step(workdir / name)
+        for name, config in configs.items()
+        if latest_step(workdir / name) < config.num_train_steps
+    }
+    if len(set(found.values())) > 1:
+        where = ', '.join(f'{name} at step {step}' for name, step in found.items())
+        raise ValueError(
+            f'{workdir}: the unfinished rows would resume from different steps ({where}); '
+            'allowed: rows at one step (train a new row in a program of its own)'
+        )
 
 
 def train_and_evaluate(
@@ -252,7 +281,8 @@ def train_and_evaluate(
       {row name: its eval.json contents} ({'step': ...} each when stopped early).
 
     Raises:
-      ValueError: as `row_runs`, or a row directory holding a run of another config.
+      ValueError: as `row_runs` and `check_same_step`, or a row directory holding a run of
+        another config.
       trainer.StoppedBySignal: SIGINT/SIGTERM; every row saved a checkpoint.
     """
     start_time = time.time()
@@ -262,8 +292,9 @@ def train_and_evaluate(
             'its separate run would (from the same distribution)'
         )
     configs = {name: data.record_data_facts(c) for name, c in configs.items()}
-    runs = row_runs(configs)
     workdir = Path(workdir)
+    check_same_step(configs, workdir)
+    runs = row_runs(configs)
     k_max = max(num_draws(c) for c in configs.values())
     return trainer.train_models(
         runs,
