@@ -1,13 +1,20 @@
-"""vae_jax.backends: the per-backend performance defaults are complete and valid."""
+"""vae_jax.backends: the per-backend performance defaults are complete and valid, and a run
+starts on every backend (one without measured defaults gets XLA's, logged once)."""
+
+import json
+from pathlib import Path
+from unittest import mock
 
 import jax
+import numpy as np
 from absl.testing import absltest, parameterized
 
-from vae_jax import backends, layers, models
+from configs import test as test_config
+from vae_jax import backends, layers, models, trainer
 
 
 class BackendDefaultsTest(parameterized.TestCase):
-    @parameterized.named_parameters(('cpu', 'cpu'), ('gpu', 'gpu'))
+    @parameterized.named_parameters(('cpu', 'cpu'), ('gpu', 'gpu'), ('tpu', 'tpu'))
     def test_entries_are_valid_choices(self, backend):
         d = backends.defaults(backend)
         self.assertIn(d.convt_implementation, layers.CONV_TRANSPOSE_IMPLEMENTATIONS)
@@ -32,9 +39,29 @@ class BackendDefaultsTest(parameterized.TestCase):
     def test_default_is_the_running_backend(self):
         self.assertIs(backends.defaults(), backends.defaults(jax.default_backend()))
 
-    def test_unknown_backend_raises_naming_it(self):
-        with self.assertRaisesRegex(ValueError, "'tpu'.*known: \\['cpu', 'gpu'\\]"):
-            backends.defaults('tpu')
+    def test_tpu_takes_xla_defaults_without_a_warning(self):
+        with (
+            mock.patch.object(backends, '_warned', set()),
+            mock.patch.object(backends.logging, 'warning') as warning,
+        ):
+            d = backends.defaults('tpu')
+        self.assertIs(d, backends.XLA_DEFAULTS)
+        self.assertEqual(d.convt_implementation, 'lax')
+        self.assertEqual(d.loop, {'dense': 'scan', 'conv': 'scan'})
+        self.assertEqual(d.compiler_options, {'dense': None, 'conv': None})
+        warning.assert_not_called()
+
+    def test_unknown_backend_gets_xla_defaults_logged_once_naming_it(self):
+        with (
+            mock.patch.object(backends, '_warned', set()),
+            mock.patch.object(backends.logging, 'warning') as warning,
+        ):
+            for _ in range(3):
+                self.assertIs(backends.defaults('METAL'), backends.XLA_DEFAULTS)
+        warning.assert_called_once()
+        message = warning.call_args.args[0] % warning.call_args.args[1:]
+        self.assertIn("'METAL'", message)
+        self.assertIn("XLA's defaults", message)
 
     def test_create_model_uses_the_backend_conv_transpose(self):
         from configs import default
@@ -42,6 +69,36 @@ class BackendDefaultsTest(parameterized.TestCase):
         config = default.get_config()
         model = models.create_model(config.model, (28, 28, 1), config.objective)
         self.assertEqual(model.convt_implementation, backends.defaults().convt_implementation)
+
+
+class StartsOnEveryBackendTest(parameterized.TestCase):
+    """A run trains on CPU while `jax.default_backend()` (read by backends.py and steps.py)
+    reports another platform: the defaults it picks must work and never refuse to start."""
+
+    @parameterized.parameters('tpu', 'METAL')
+    def test_conv_run_trains_with_xla_defaults(self, name):
+        config = test_config.get_config()
+        config.num_train_steps = 6
+        config.checkpoint_every_steps = 6
+        config.eval_every_steps = 6
+        # A conv-transpose decoder, so the backend's conv-transpose implementation is used.
+        config.model.encoder = 'reshape(8,8,1)-conv(4,3x3,s2)-relu-flatten'
+        config.model.decoder = 'dense(64)-relu-reshape(4,4,4)-convt(4,3x3,s2)-relu-conv(out,3x3)'
+        workdir = self.create_tempdir().full_path
+        with (
+            mock.patch.object(jax, 'default_backend', return_value=name),
+            mock.patch.object(backends, '_warned', set()),
+            mock.patch.object(backends.logging, 'warning') as warning,
+        ):
+            run = trainer.Run(config)
+            self.assertEqual(run.model.convt_implementation, 'lax')
+            result = trainer.train_and_evaluate(config, workdir)
+        self.assertEqual(result['step'], 6)
+        self.assertTrue(np.isfinite(result['elbo']))
+        rows = [json.loads(line) for line in (Path(workdir) / 'metrics.jsonl').open()]
+        self.assertTrue(all(np.isfinite(r['train/loss']) for r in rows if 'train/loss' in r))
+        # Logged once for the unknown platform (Run was built twice), never for 'tpu'.
+        self.assertEqual(warning.call_count, 1 if name == 'METAL' else 0)
 
 
 if __name__ == '__main__':

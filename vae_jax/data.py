@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from vae_jax import data_sources, distributions, toy_data
+from vae_jax import data_sources, distributions, dsprites, toy_data
 
 TFDS_DATASETS = ('mnist', 'fashion_mnist', 'binarized_mnist')
 EMBEDDED_DATASETS = ('digits',)
@@ -373,8 +373,6 @@ def get_datasets(
     elif name == 'digits':
         splits, max_value = data_sources.load_digits(), 16
     elif name in FACTOR_DATASETS:
-        from vae_jax import dsprites  # Imported here: it loads JAX, which reading data need not.
-
         splits = dsprites.load_splits(name, limits, resolve_data_dir(input_config.data_dir))
         max_value = 1
     elif name == NPZ:

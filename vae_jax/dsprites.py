@@ -54,6 +54,8 @@ import functools
 import jax
 import numpy as np
 
+from vae_jax import data_sources
+
 FACTOR_NAMES = ('shape', 'scale', 'orientation', 'position_x', 'position_y')
 FACTOR_SIZES = (3, 6, 40, 32, 32)
 NUM_IMAGES = int(np.prod(FACTOR_SIZES))  # 737,280
@@ -260,8 +262,6 @@ def read_tfds(data_dir: str, *, size: int = 64) -> np.ndarray:
     """
     import tensorflow_datasets as tfds  # Imported here: the renderer does not need it.
 
-    from vae_jax import data_sources
-
     builder = data_sources.tfds_builder('dsprites', data_dir)
     if not builder.is_prepared():
         raise FileNotFoundError(data_sources.not_prepared_message('dsprites', builder, data_dir))
@@ -272,8 +272,6 @@ def read_tfds(data_dir: str, *, size: int = 64) -> np.ndarray:
 def is_prepared(data_dir: str) -> bool:
     """Whether the TFDS `dsprites` set is prepared in `data_dir` (False if TFDS is absent)."""
     try:
-        from vae_jax import data_sources
-
         return data_sources.tfds_builder('dsprites', data_dir).is_prepared()
     except (ImportError, ValueError):
         return False

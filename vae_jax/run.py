@@ -177,14 +177,20 @@ def _state_axes(state: steps.TrainState) -> steps.TrainState:
     return jax.tree.map(lambda _: 0, state).replace(step=None)
 
 
-def make_vmapped_chunk_fn(run: Run) -> Callable[..., Any]:
+def make_vmapped_chunk_fn(
+    run: Run, chunk_body: Callable[..., Any] | None = None
+) -> Callable[..., Any]:
     """`run.chunk_body` (the function `run.chunk_fn` jits) vmapped over the model axis, jitted.
 
     Takes (state [stacked], perm [N, num_examples], perm_epoch [], train_images, train_labels,
     loop_keys [N], data_keys [N], betas [N], *, num_steps) and returns (state, perm, perm_epoch,
     metric sums: dict of [N]). Same XLA options as the single call; one compile per num_steps.
+
+    `chunk_body` replaces `run.chunk_body` (same signature; its `beta` may be any pytree whose
+    leaves have the leading model axis): models that differ in more than beta and seed
+    (`vae_jax/k_sweep.py`).
     """
-    chunk = run.chunk_body
+    chunk = run.chunk_body if chunk_body is None else chunk_body
 
     def vmapped(state, perm, perm_epoch, images, labels, loop_keys, data_keys, betas, *, num_steps):
         axes = _state_axes(state)

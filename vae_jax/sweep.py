@@ -30,7 +30,8 @@ data and compiling once (4 models: 1.75x at 600 steps each, 1.13x at 3,000;
 benchmarks/sweep_vs_serial.py, experiments/beta_k_sweep/README.md). On an accelerator, which one
 small model leaves mostly idle, the vmapped models fill the device.
 Only values that keep shapes can be vectorised: `k_samples` changes shapes, so sweep it with
-scripts/sweep_k.sh.
+scripts/sweep_k.sh, or, for ELBO and IWAE models, as one program with vae_jax/k_sweep.py (every
+model draws the largest k and masks the rest).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,7 @@ def train_models(
     start_time: float | None = None,
     extra: dict[str, Any] | None = None,
     tracker_root: Path | None = None,
+    make_chunk_fn: Callable[[list[Run]], Callable[..., Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The training loop: trains (or resumes) N models with shared data and cadences.
 
@@ -246,6 +248,10 @@ def train_models(
       extra: more entries for every model's eval.json.
       tracker_root: the directory whose MLflow store and W&B group the models share (a sweep's
         directory); None: each run directory (vae_jax/writers.py).
+      make_chunk_fn: with several models, builds the vmapped call from the runs of the models
+        still training (in the stacked state's order) instead of `make_vmapped_chunk_fn(base)`;
+        same signature. For models that differ in more than `PER_MODEL_KEYS`
+        (`vae_jax/k_sweep.py`).
 
     Returns:
       {name: eval.json contents} ({'step': ...} for each model when stopped early).
@@ -297,7 +303,10 @@ def train_models(
         epoch = jnp.asarray(step // base.steps_per_epoch, jnp.int32)
         if vectorised:
             state = jax.device_put(stack_states(states), base.replicated)
-            chunk_fn = make_vmapped_chunk_fn(base)
+            if make_chunk_fn is None:
+                chunk_fn = make_vmapped_chunk_fn(base)
+            else:
+                chunk_fn = make_chunk_fn([runs[n] for n in active])
             # Committed to the chunk outputs' sharding, so the second call hits the first's compile.
             loop_keys, data_keys, betas, perm_epoch = jax.device_put(
                 (
