@@ -61,7 +61,8 @@ check-install:
 	rm -rf build $(CHECK_VENV)
 	$(PYTHON) -m venv $(CHECK_VENV)
 	$(CHECK_VENV)/bin/python -m pip install --quiet --no-compile .
-	cd $(CHECK_VENV) && bin/python $(CURDIR)/scripts/check_install.py
+	cd $(CHECK_VENV) && bin/python $(CURDIR)/scripts/check_install.py \
+		$(CURDIR)/experiments/iwae_mnist/workdirs/iwae_k5
 
 # torch is a benchmark-only dependency (the PyTorch reference), not in pyproject. The +cpu pin
 # can only resolve to the CPU build (never CUDA): here from the local wheel; elsewhere run

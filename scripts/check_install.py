@@ -5,7 +5,10 @@
 dependency or the checkout happens to be there fails here. The wheel holds the package only:
 the experiment configs (configs/*.py) stay in the repository, so `configs` must not import.
 
-Run: python scripts/check_install.py   (from any directory; exits non-zero on a failure)
+Given a published run directory, it also loads that run with `vae_jax.load` (config.json and
+the parameters-only checkpoint, no data set) and checks that the model decodes and scores.
+
+Run: python scripts/check_install.py [RUN_DIR]   (from any directory; non-zero on a failure)
 """
 
 import importlib
@@ -41,6 +44,25 @@ def main() -> int:
         print('must hold vae_jax only (pyproject.toml [tool.setuptools.packages.find]).')
         return 1
     print('no top-level `configs` package: OK')
+    if len(sys.argv) > 1:
+        return load_published(pathlib.Path(sys.argv[1]))
+    return 0
+
+
+def load_published(workdir: pathlib.Path) -> int:
+    """`vae_jax.load` on a published run: its model decodes and scores finite log-likelihoods."""
+    import jax
+    import numpy as np
+
+    import vae_jax
+
+    model = vae_jax.load(workdir)
+    x = model.sample(jax.random.key(0), 2)
+    log_px = model.log_likelihood(jax.random.key(1), (x > 0.5).astype(np.float32), 10)
+    if x.shape[1:] != model.parts.data_shape or not np.all(np.isfinite(log_px)):
+        print(f'FAILED: vae_jax.load({workdir}): samples {x.shape}, log p(x) {log_px}')
+        return 1
+    print(f'vae_jax.load({workdir}) at step {model.step}: samples {x.shape}, log p(x) {log_px}: OK')
     return 0
 
 
