@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vae_jax import log_weights
+from vae_jax import log_weights, registry
 from vae_jax.divergences import kl_divergence, kl_per_dimension
 from vae_jax.log_weights import (
     ESTIMATORS,
@@ -283,3 +283,8 @@ def make_beta_fn(beta: float, warmup_steps: int) -> Callable[[jax.Array], jax.Ar
         return lambda step: jnp.full(jnp.shape(step), beta, jnp.float32)
     schedule = optax.linear_schedule(0.0, beta, warmup_steps)
     return lambda step: jnp.asarray(schedule(step), jnp.float32)
+
+
+# The objective type, kept under the name earlier releases documented; the registry of the
+# objectives a config can name is `vae_jax.objectives`.
+Objective = registry.Objective
