@@ -148,7 +148,9 @@ _MODULE_FIELDS = ('parent', 'name')
 
 
 def model_fields(model: nn.Module) -> dict[str, Any]:
-    """A Linen module's hyperparameters: its dataclass fields set at construction."""
+    """A Linen module's hyperparameters: its dataclass fields set at construction ({} if none)."""
+    if not dataclasses.is_dataclass(model):
+        return {}
     return {
         f.name: getattr(model, f.name)
         for f in dataclasses.fields(model)
@@ -197,6 +199,8 @@ def import_path(cls: type) -> str | None:
 
 def _rebuild_path(model: nn.Module) -> tuple[str, dict[str, Any]] | str:
     """(path, JSON fields) that rebuild a module equal to `model`, else why not, in words."""
+    if not dataclasses.is_dataclass(model):
+        return 'it is not a dataclass (a Flax Linen module)'
     path = import_path(type(model))
     if path is None:
         return (
@@ -210,10 +214,10 @@ def _rebuild_path(model: nn.Module) -> tuple[str, dict[str, Any]] | str:
     # As an entry point rebuilds it: config.json -> ConfigDict -> `models.create_model`.
     kwargs = ml_collections.ConfigDict(stored).to_dict()
     try:
-        rebuilt = protocol.build_module(path, kwargs)
-    except ValueError as e:
-        return f'{path} does not rebuild from its fields ({e})'
-    if rebuilt != model:
+        equal = protocol.build_module(path, kwargs) == model
+    except Exception as e:  # noqa: BLE001 (any failure means: record it by name)
+        return f'{path} does not rebuild from its fields ({type(e).__name__}: {e})'
+    if not equal:
         return f'{path} rebuilt from its fields as JSON gives a different module'
     return path, stored
 
