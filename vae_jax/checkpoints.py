@@ -33,6 +33,10 @@ from vae_jax import build, optim, run_files, steps
 PARAMS_ONLY = 'params'
 
 
+class CheckpointMismatch(RuntimeError):
+    """A checkpoint written by another model or train-state structure: readable, not damaged."""
+
+
 class CheckpointSaveError(OSError):
     """A checkpoint could not be written; the message says where, why and what to do."""
 
@@ -160,6 +164,14 @@ def restore_latest(
                     'Use another --workdir to train again'
                 )
             target = params_item(state)
+        mismatch = structure_mismatch(path, target)
+        if mismatch is not None:  # Not damage: never moved aside, whatever `skip_damaged` says.
+            raise CheckpointMismatch(
+                f'checkpoint {path} was written by another model or train-state structure: '
+                f'{mismatch}. It is not damaged, and nothing was moved. Restore it with the model '
+                'and config that wrote it (a model passed from Python: pass that model again, '
+                'model=...); to train another model, use another --workdir'
+            )
         try:
             if custom is None:
                 raise ValueError('its metadata cannot be read')
@@ -176,7 +188,7 @@ def restore_latest(
             if not skip_damaged:
                 raise RuntimeError(
                     f'checkpoint {path} could not be restored ({reason}). It is damaged or '
-                    'incomplete (or was written by code with another train state structure). '
+                    'incomplete (its array structure matches this model). '
                     f'To resume from the previous checkpoint ({previous}), rerun with '
                     f'--skip_damaged_checkpoints (moves it to {moved}), or move or delete that '
                     'directory yourself'
@@ -192,6 +204,66 @@ def restore_latest(
         run_files.sync('skip_damaged_checkpoint')
         manager.reload()
     return state, None
+
+
+def structure_mismatch(path: Path, target: Any, limit: int = 4) -> str | None:
+    """How checkpoint `path`'s saved arrays differ from `target`'s (names or shapes), or None.
+
+    Reads only the array metadata Orbax saved with the step. None also when that metadata
+    cannot be read: the restore then fails and reports the damage.
+    """
+    try:
+        saved = ocp.StandardCheckpointHandler().metadata(path / _ITEM)
+    except Exception:  # noqa: BLE001 (unreadable: the restore reports it)
+        return None
+    ours = {_path_name(p): tuple(np.shape(leaf)) for p, leaf in _leaves(target)}
+    theirs = {_path_name(p): _shape(leaf) for p, leaf in _leaves(saved)}
+    problems = [f'{k} is not in the checkpoint' for k in _sorted(set(ours) - set(theirs))]
+    problems += [f'{k} is only in the checkpoint' for k in _sorted(set(theirs) - set(ours))]
+    problems += [
+        f'{k} is {list(theirs[k])} in the checkpoint, {list(ours[k])} in this model'
+        for k in _sorted(set(ours) & set(theirs))
+        if theirs[k] is not None and theirs[k] != ours[k]
+    ]
+    if not problems:
+        return None
+    more = f' (and {len(problems) - limit} more)' if len(problems) > limit else ''
+    return '; '.join(problems[:limit]) + more
+
+
+# The item directory of a step saved by `CheckpointManager` with one unnamed item.
+_ITEM = 'default'
+
+
+def _leaves(tree: Any) -> list[tuple[Any, Any]]:
+    return jax.tree_util.tree_leaves_with_path(tree)
+
+
+def _path_name(path: Any) -> str:
+    """'params/encoder/kernel': keys by name whether dict keys, attributes or indices.
+
+    Orbax's metadata tree holds dicts where the train state has attributes (a dataclass,
+    optax's named tuples), so the two are compared by names alone.
+    """
+    names = []
+    for key in path:
+        for attr in ('key', 'name', 'idx'):
+            if hasattr(key, attr):
+                names.append(str(getattr(key, attr)))
+                break
+        else:
+            names.append(str(key))
+    return '/'.join(names)
+
+
+def _sorted(names: set[str]) -> list[str]:
+    """Parameters first (what differs in the model), then the optimizer state and the rest."""
+    return sorted(names, key=lambda k: (not k.startswith('params/'), k))
+
+
+def _shape(leaf: Any) -> tuple[int, ...] | None:
+    shape = getattr(leaf, 'shape', None)
+    return None if shape is None else tuple(shape)
 
 
 def _restore_failure(error: BaseException) -> str:
@@ -295,7 +367,7 @@ def save_error(manager: ocp.CheckpointManager, step: int, error: BaseException) 
     )
 
 
-def export_params(workdir: str | Path) -> Path:
+def export_params(workdir: str | Path, model: Any = None) -> Path:
     """Rewrites a finished run's checkpoints as one parameters-only checkpoint, for publishing.
 
     The newest checkpoint is verified, then written again as `{'params', 'batch_stats', 'step'}`
@@ -305,18 +377,22 @@ def export_params(workdir: str | Path) -> Path:
 
     Args:
       workdir: a finished run directory (newest checkpoint at config.num_train_steps or later).
+      model: the module the run trained, for a run trained with a model passed from Python that
+        its config.json cannot rebuild.
 
     Returns:
       The path of the exported step.
 
     Raises:
       FileNotFoundError: no config.json or no checkpoint.
-      ValueError: the run is not finished.
+      build.ModelNotRebuildable: the run's model must be passed from Python (`model=`).
+      ValueError: the run is not finished, or `model` is not the run's.
       RuntimeError: the newest checkpoint is damaged.
     """
     workdir = Path(workdir)
     config = build.read_config(workdir)
-    parts = build.build(config)
+    build.require_model(config, model, workdir)  # Before anything is touched.
+    parts = build.build(config, model=model)
     tx = optim.create_optimizer(
         config.optim, steps_per_epoch=1, num_train_steps=config.num_train_steps
     )

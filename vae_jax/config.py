@@ -104,6 +104,13 @@ def get_config() -> ml_collections.ConfigDict:
     # line can then change their values.
     c.model.module = config_dict.placeholder(str)
     c.model.module_kwargs = ml_collections.ConfigDict()
+    # Recorded by the trainer (leave unset): a model passed from Python
+    # (`trainer.train_and_evaluate(config, workdir, model=...)`), as
+    # 'package.module:Class(field=value, ...)'. With model.module set too (its class imports and
+    # its fields rebuild it) every entry point rebuilds it; otherwise they refuse the run unless
+    # the model is passed again (`vae_jax.load(workdir, model=...)`). A resume or a load with
+    # `model=` checks that it is this one. None: the model came from this config.
+    c.model.passed_from_python = config_dict.placeholder(str)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = 'adam'  # 'adam' | 'adamw' | 'rmsprop' | 'sgd'

@@ -286,6 +286,13 @@ def _validate_prior_and_module(config: ml_collections.ConfigDict) -> None:
         lambda v: isinstance(v, ml_collections.ConfigDict),
         'a ConfigDict of keyword arguments for model.module',
     )
+    if 'passed_from_python' in m:  # A key of vae_jax/config.py a hand-made config may lack.
+        _check(
+            config,
+            'model.passed_from_python',
+            lambda v: v is None or isinstance(v, str),
+            "None (set by the trainer for a model passed from Python: 'package.module:Class(...)')",
+        )
     if m.module is None:
         if m.module_kwargs.keys():
             raise ValueError(

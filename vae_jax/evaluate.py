@@ -96,6 +96,7 @@ def evaluate(
     pictures: bool = True,
     progress: bool = True,
     data_dir: str | None = None,
+    model: Any = None,
 ) -> dict[str, Any]:
     """Evaluates the latest checkpoint of a run; writes `<workdir>/<output>` and pictures.
 
@@ -103,16 +104,18 @@ def evaluate(
     data set is read from. The evaluation and its record are the trainer's own
     (`run_eval.evaluate_run`, `run_eval.record`): the same keys, and for the same key and
     settings the same values.
+    `model` is the module a run trained from Python, where config.json cannot rebuild it.
 
     Returns:
       The record written to the output file (`run_eval.record`).
     """
     workdir = Path(workdir)
     config = load_config(workdir)
+    build.require_model(config, model, workdir)  # Before anything is read or written.
     with_data_dir(config, data_dir)
     train_data, test_data = data.get_datasets(config.input)
     # The training set size only matters to beta-TCVAE's held-out terms.
-    parts = build.build(config, dataset_size=train_data['image'].shape[0])
+    parts = build.build(config, model=model, dataset_size=train_data['image'].shape[0])
     variables, step = trained.restore_variables(workdir, parts)
     split_data = test_data if split == 'test' else train_data
     images, labels = split_data['image'], split_data['label']

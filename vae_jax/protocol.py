@@ -215,9 +215,14 @@ def import_module_class(path: str) -> type:
             f'model.module={path!r}: cannot import {module_name!r} ({e}); it must be importable '
             'from the working directory or PYTHONPATH.'
         ) from e
-    if not hasattr(module, class_name):
-        raise ValueError(f'model.module={path!r}: module {module_name!r} has no {class_name!r}.')
-    return getattr(module, class_name)
+    found: Any = module
+    for part in class_name.split('.'):  # A nested class: 'package.module:Outer.Inner'.
+        if not hasattr(found, part):
+            raise ValueError(
+                f'model.module={path!r}: module {module_name!r} has no {class_name!r}.'
+            )
+        found = getattr(found, part)
+    return found
 
 
 def check_protocol(model: Any, where: str = 'model') -> None:
@@ -281,6 +286,15 @@ def build_module(path: str, kwargs: dict[str, Any]) -> nn.Module:
     """
     cls = import_module_class(path)
     try:
-        return cls(**kwargs)
+        # JSON has no tuples: a tuple field (e.g. layer widths) comes back from config.json as a
+        # list; a tuple keeps the module hashable and equal to the one that trained.
+        return cls(**{k: _as_tuples(v) for k, v in kwargs.items()})
     except TypeError as e:
         raise ValueError(f'model.module={path!r} with model.module_kwargs={kwargs!r}: {e}') from e
+
+
+def _as_tuples(value: Any) -> Any:
+    """Lists (nested too) as tuples; other values unchanged."""
+    if isinstance(value, list | tuple):
+        return tuple(_as_tuples(v) for v in value)
+    return value

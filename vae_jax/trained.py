@@ -43,6 +43,7 @@ from vae_jax.build import (  # noqa: F401 -- re-exported: trained.build etc. as 
     build,
     create_train_state,
     read_config,
+    require_model,
     root_keys,
 )
 
@@ -417,19 +418,25 @@ def _protocol_reconstruct(
     return jax.vmap(one)(x, y)
 
 
-def load(workdir: str | Path) -> TrainedModel:
+def load(workdir: str | Path, model: Any = None) -> TrainedModel:
     """Loads a trained run: its config and newest verified checkpoint, without any data.
 
     Args:
       workdir: a run directory written by `vae_jax.train` (config.json, checkpoints/).
+      model: the module the run trained, for a run trained with a model passed from Python
+        that its config.json cannot rebuild (checked against the recorded class and fields).
 
     Returns:
       The model with its parameters bound (`TrainedModel`).
 
     Raises:
       FileNotFoundError: not a run directory, or no checkpoint yet.
-      RuntimeError: the newest checkpoint is damaged.
+      build.ModelNotRebuildable: the run's model must be passed from Python (`model=`).
+      ValueError: `model` is not the model the run recorded.
+      RuntimeError: the newest checkpoint is damaged, or was written by another model.
     """
-    parts = build(read_config(workdir))
+    config = read_config(workdir)
+    require_model(config, model, workdir)
+    parts = build(config, model=model)
     variables, step = restore_variables(workdir, parts)
     return TrainedModel(parts, variables, step)

@@ -186,24 +186,30 @@ def train_and_evaluate(
       skip_damaged_checkpoints: if the newest checkpoint cannot be read, move it to
         `<workdir>/damaged_checkpoints/` and resume from the newest one that can.
       model: a Flax module following the model protocol (`models.LatentVariableModel`) to
-        train instead of the config's model (the config's model keys are then unused; the run
-        directory does not record the module, so resuming needs the same `model=`).
+        train instead of the config's model (the config's model keys are then unused).
+        config.json records it (`build.record_model`): by import path and fields where these
+        rebuild it, so every entry point rebuilds it; else by name, and then `vae_jax.load`,
+        `vae_jax.evaluate` and a resume need it passed again. A resume checks it is the same.
 
     Returns:
       The final evaluation (the contents of eval.json), or {'step': ...} when stopped early.
 
     Raises:
       ValueError: a bad config or data (naming the key, the value and what is allowed), or a
-        workdir holding a run of a different config.
+        workdir holding a run of a different config, or a resume with another `model`.
       PermissionError: the workdir cannot be written.
       run_files.WorkdirLocked: another process trains in `workdir` (nothing was changed).
       checkpoints.CheckpointSaveError: a checkpoint could not be written (disk full, ...).
+      build.ModelNotRebuildable: a resume without `model` of a run that trained a model passed
+        from Python which its directory cannot rebuild (nothing was changed).
       RuntimeError: a damaged checkpoint, or a non-finite loss or state (the last good
         checkpoint is kept, and what was seen is written to `<workdir>/nonfinite.json`).
       StoppedBySignal: SIGINT/SIGTERM; a checkpoint was saved at the step reached.
     """
     start_time = time.time()
     workdir = Path(workdir)
+    # A model from Python into config.json, or the run's recorded one; checked before any file.
+    config = build.run_model_config(config, model, workdir)
     config = data.record_data_facts(config)  # npz / tfds: shapes into config.json (a copy).
     results = train_models(
         {'': Run(config, model)},
