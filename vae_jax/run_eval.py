@@ -9,7 +9,9 @@ the same values.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae_jax import data, evaluation, steps
+from vae_jax import data, evaluation, run_files, steps
 from vae_jax.build import ModelParts, root_keys
 
 
@@ -179,3 +181,24 @@ def _objective_terms_fn(parts: ModelParts) -> Callable[..., Any]:
             train=False,
         )[0]
     )
+
+
+def finished_result(
+    workdir: Path, config: ml_collections.ConfigDict, step: int
+) -> dict[str, Any] | None:
+    """The eval.json of a run that is finished at `step` (and says so), else None."""
+    eval_path = workdir / run_files.EVAL_FILE
+    if step >= config.num_train_steps and eval_path.exists():
+        result = json.loads(eval_path.read_text())
+        if result.get('step') == step:
+            print(
+                f'{workdir}: run already finished at step {step}; '
+                f'test ELBO {format_metric(result.get("elbo"))} (see {eval_path})'
+            )
+            return result
+    return None
+
+
+def format_metric(value: float | None) -> str:
+    """A metric for the summary line; None (no ELBO for the autoencoder objective) -> 'n/a'."""
+    return 'n/a' if value is None else f'{value:.4f}'

@@ -17,7 +17,6 @@ model writes its own run directory. A sweep of one is therefore exactly a single
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
 import time
@@ -53,6 +52,7 @@ from vae_jax.metric_windows import (  # noqa: F401 -- re-exported: trainer.windo
     scalar_metrics,
     window_row,
 )
+from vae_jax.run_eval import finished_result, format_metric  # noqa: F401 -- re-exported
 
 root_keys = build.root_keys
 Run, PER_MODEL_KEYS = run_lib.Run, run_lib.PER_MODEL_KEYS
@@ -488,22 +488,6 @@ def _model_sums(sums: dict[str, np.ndarray], i: int) -> dict[str, float]:
     return {k: float(v[i]) for k, v in sums.items()}
 
 
-def finished_result(
-    workdir: Path, config: ml_collections.ConfigDict, step: int
-) -> dict[str, Any] | None:
-    """The eval.json of a run that is finished at `step` (and says so), else None."""
-    eval_path = workdir / run_files.EVAL_FILE
-    if step >= config.num_train_steps and eval_path.exists():
-        result = json.loads(eval_path.read_text())
-        if result.get('step') == step:
-            print(
-                f'{workdir}: run already finished at step {step}; '
-                f'test ELBO {format_metric(result.get("elbo"))} (see {eval_path})'
-            )
-            return result
-    return None
-
-
 def write_pictures(
     run: Run, state: steps.TrainState, step: int, workdir: Path, per_example: dict[str, Any]
 ) -> dict[str, np.ndarray]:
@@ -590,11 +574,6 @@ def finish_run(
         f'wall time {result["wall_time_sec"]:.1f} s'
     )
     return result
-
-
-def format_metric(value: float | None) -> str:
-    """A metric for the summary line; None (no ELBO for the autoencoder objective) -> 'n/a'."""
-    return 'n/a' if value is None else f'{value:.4f}'
 
 
 def agreed_signal(stop: StopSignal) -> int | None:
