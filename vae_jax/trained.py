@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +40,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from configs import default as default_config
 from vae_jax import (
     checkpoints,
     config_validation,
@@ -135,42 +133,20 @@ def create_train_state(
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The run's config from `<workdir>/config.json` (written by the trainer).
-
-    Raises:
-      FileNotFoundError: no config.json (not a run directory).
-    """
-    path = Path(workdir) / run_files.CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f'{path} not found: the workdir must be a run directory written by vae_jax.train'
-        )
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
-    config.eval_k_samples = tuple(config.eval_k_samples)
-    # A run written before a top-level key existed (e.g. the zoo's options) takes its default.
-    _fill_missing(config, default_config.get_config())
-    return config
+# Reads, completes and validates `<workdir>/config.json` (errors name the file and the key).
+read_config = run_files.read_config
 
 
-def _fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
-    """Adds (recursively) the keys of `defaults` that `config` lacks, with their defaults."""
-    for key in defaults.keys():
-        if key not in config:
-            value = defaults[key]
-            config[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
-        elif isinstance(defaults[key], ml_collections.ConfigDict) and isinstance(
-            config[key], ml_collections.ConfigDict
-        ):
-            _fill_missing(config[key], defaults[key])
-
-
-def restore_variables(workdir: str | Path, parts: ModelParts) -> tuple[dict[str, Any], int]:
+def restore_variables(
+    workdir: str | Path, parts: ModelParts, *, allow_unverified_checkpoints: bool = False
+) -> tuple[dict[str, Any], int]:
     """The newest verified checkpoint's variables {'params', optional 'batch_stats'} and step.
+
+    `allow_unverified_checkpoints` restores one without a checksum, with a warning.
 
     Raises:
       FileNotFoundError: the run has no checkpoint.
-      RuntimeError: the newest checkpoint is damaged.
+      RuntimeError: the newest checkpoint is damaged, or has no checksum (unverified).
     """
     config = parts.config
     # The optimizer's state has the same structure for any steps_per_epoch: no data needed.
@@ -178,7 +154,12 @@ def restore_variables(workdir: str | Path, parts: ModelParts) -> tuple[dict[str,
         config.optim, steps_per_epoch=1, num_train_steps=config.num_train_steps
     )
     target = jax.device_get(create_train_state(parts, root_keys(config.seed)[0], tx))
-    restored, step = checkpoints.load(Path(workdir), target, allow_params_only=True)
+    restored, step = checkpoints.load(
+        Path(workdir),
+        target,
+        allow_params_only=True,
+        allow_unverified=allow_unverified_checkpoints,
+    )
     if step is None:
         raise FileNotFoundError(
             f'no checkpoint in {Path(workdir) / run_files.CHECKPOINT_DIR}: train the run first '
@@ -529,21 +510,25 @@ def _protocol_reconstruct(
     return jax.vmap(one)(x, y)
 
 
-def load(workdir: str | Path) -> TrainedModel:
+def load(workdir: str | Path, *, allow_unverified_checkpoints: bool = False) -> TrainedModel:
     """Loads a trained run: its config and newest verified checkpoint, without any data.
 
     Args:
       workdir: a run directory written by `vae_jax.train` (config.json, checkpoints/).
+      allow_unverified_checkpoints: restore a checkpoint whose checksum is missing, with a
+        warning (refused otherwise).
 
     Returns:
       The model with its parameters bound (`TrainedModel`).
 
     Raises:
       FileNotFoundError: not a run directory, or no checkpoint yet.
-      RuntimeError: the newest checkpoint is damaged.
+      RuntimeError: the newest checkpoint is damaged, or has no checksum (unverified).
     """
     parts = build(read_config(workdir))
-    variables, step = restore_variables(workdir, parts)
+    variables, step = restore_variables(
+        workdir, parts, allow_unverified_checkpoints=allow_unverified_checkpoints
+    )
     return TrainedModel(parts, variables, step)
 
 

@@ -185,6 +185,7 @@ def train_and_evaluate(
     overwrite: bool = False,
     stop_at_step: int | None = None,
     skip_damaged_checkpoints: bool = False,
+    allow_unverified_checkpoints: bool = False,
 ) -> dict[str, Any]:
     """Trains (or resumes) the run in `workdir` and evaluates it on the test split.
 
@@ -197,6 +198,8 @@ def train_and_evaluate(
         checkpoint; a later call resumes. For time-boxed sessions and resume tests.
       skip_damaged_checkpoints: if the newest checkpoint cannot be read, move it to
         `<workdir>/damaged_checkpoints/` and resume from the newest one that can.
+      allow_unverified_checkpoints: resume from a checkpoint whose checksum is missing (with a
+        warning) instead of refusing it.
       model: a Flax module following the model protocol (`models.LatentVariableModel`) to
         train instead of the config's model (the config's model keys are then unused; the run
         directory does not record the module, so resuming needs the same `model=`).
@@ -223,6 +226,7 @@ def train_and_evaluate(
         overwrite=overwrite,
         stop_at_step=stop_at_step,
         skip_damaged_checkpoints=skip_damaged_checkpoints,
+        allow_unverified_checkpoints=allow_unverified_checkpoints,
         start_time=start_time,
     )
     return results['']
@@ -235,6 +239,7 @@ def train_models(
     overwrite: bool = False,
     stop_at_step: int | None = None,
     skip_damaged_checkpoints: bool = False,
+    allow_unverified_checkpoints: bool = False,
     start_time: float | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
@@ -253,7 +258,8 @@ def train_models(
     Args:
       runs: {name: Run}; `runs` share everything but `PER_MODEL_KEYS`.
       dirs: {name: run directory}.
-      overwrite, stop_at_step, skip_damaged_checkpoints: as in `train_and_evaluate`.
+      overwrite, stop_at_step, skip_damaged_checkpoints, allow_unverified_checkpoints: as in
+        `train_and_evaluate`.
       start_time: `time.time()` at the program's start (for eval.json's 'wall_time_sec').
       extra: more entries for every model's eval.json.
 
@@ -275,7 +281,12 @@ def train_models(
             managers[name] = checkpoints.checkpoint_manager(dirs[name], config.keep_checkpoints)
             if skip_damaged_checkpoints:  # Moves damaged newest checkpoints aside.
                 fresh = runs[name].create_train_state()
-                checkpoints.restore_latest(managers[name], fresh, skip_damaged=True)
+                checkpoints.restore_latest(
+                    managers[name],
+                    fresh,
+                    skip_damaged=True,
+                    allow_unverified=allow_unverified_checkpoints,
+                )
             done = finished_result(dirs[name], runs[name].config, managers[name].latest_step() or 0)
             if done is not None:
                 results[name] = done
@@ -284,7 +295,13 @@ def train_models(
             return results
         restored_step = _common_step([managers[n] for n in active])
         states = [
-            _restore(managers[n], runs[n].create_train_state(), restored_step) for n in active
+            _restore(
+                managers[n],
+                runs[n].create_train_state(),
+                restored_step,
+                allow_unverified_checkpoints,
+            )
+            for n in active
         ]
         step = int(states[0].step)
         if restored_step is not None:
@@ -447,12 +464,17 @@ def _common_step(managers: list[ocp.CheckpointManager]) -> int | None:
     return max(common) if common else None
 
 
-def _restore(manager: ocp.CheckpointManager, state: steps.TrainState, step: int | None):
+def _restore(
+    manager: ocp.CheckpointManager,
+    state: steps.TrainState,
+    step: int | None,
+    allow_unverified: bool = False,
+):
     """The checkpoint at `step` (None: `state` itself); the newest one is checksum-verified."""
     if step is None:
         return state
     if step == manager.latest_step():
-        return checkpoints.restore_latest(manager, state)[0]
+        return checkpoints.restore_latest(manager, state, allow_unverified=allow_unverified)[0]
     return manager.restore(step, args=ocp.args.StandardRestore(state))
 
 
