@@ -226,8 +226,8 @@ def restore_latest(
                     f'checkpoint {path} could not be restored ({reason}). It is damaged or '
                     'incomplete (or was written by code with another train state structure). '
                     f'To resume from the previous checkpoint ({previous}), rerun with '
-                    f'--skip_damaged_checkpoints (moves it to {moved}; from Python, '
-                    'skip_damaged_checkpoints=True of trainer.train_and_evaluate), or move or '
+                    f'--skip_damaged_checkpoints (moves it to {moved}); from Python, '
+                    'trainer.train_and_evaluate(..., skip_damaged_checkpoints=True); or move or '
                     'delete that directory yourself'
                 ) from e
         print(
