@@ -35,6 +35,8 @@ import orbax.checkpoint as ocp
 
 from vae_jax import errors, run_files, steps
 
+# What Orbax appends to a step directory's name while it is being written.
+TMP_SUFFIX = '.orbax-checkpoint-tmp'
 # custom_metadata['contents'] of a parameters-only checkpoint (see `export_params`).
 PARAMS_ONLY = 'params'
 
@@ -94,14 +96,19 @@ def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
     """Orbax manager; a step becomes visible only once fully written (atomic rename)."""
     # A save writes `<step>.orbax-checkpoint-tmp` and renames it when complete, so a kill at any
     # moment leaves either the whole step or a tmp directory, which is never listed as a step
-    # and is removed here (cleanup_tmp_directories).
+    # and is removed here. Removed before the manager exists, not by Orbax's
+    # cleanup_tmp_directories: that runs in a background thread which only a save waits for, so
+    # a run that ends without saving (a finished run started again) could exit while it still
+    # ran ("RuntimeError: cannot schedule new futures after shutdown").
+    directory = (workdir / run_files.CHECKPOINT_DIR).resolve()
+    if jax.process_index() == 0 and directory.is_dir():
+        for leftover in directory.glob(f'*{TMP_SUFFIX}*'):
+            shutil.rmtree(leftover, ignore_errors=True)
+    run_files.sync('checkpoint_tmp_cleanup')
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
-        create=True,
-        enable_async_checkpointing=False,
-        cleanup_tmp_directories=True,
+        max_to_keep=keep, create=True, enable_async_checkpointing=False
     )
-    return ocp.CheckpointManager((workdir / run_files.CHECKPOINT_DIR).resolve(), options=options)
+    return ocp.CheckpointManager(directory, options=options)
 
 
 def state_checksum(state: Any) -> str:

@@ -83,23 +83,35 @@ class StoppedBySignal(KeyboardInterrupt):
 class Throughput:
     """Steps per second of the training calls, leaving out each chunk length's first call.
 
-    The first call of a chunk length compiles it, so its time is not training time.
+    The first call of a chunk length compiles it, so its time is not training time. A run so
+    short that every call compiled (e.g. one call) has only those: its rate then includes the
+    compilation, and `includes_compilation` says so.
     """
 
     def __init__(self):
         self._compiled: set[int] = set()
         self._steps, self._seconds = 0, 0.0
+        self._all_steps, self._all_seconds = 0, 0.0
 
     def record(self, num_steps: int, seconds: float) -> None:
         if num_steps in self._compiled:
             self._steps += num_steps
             self._seconds += seconds
         self._compiled.add(num_steps)
+        self._all_steps += num_steps
+        self._all_seconds += seconds
+
+    @property
+    def includes_compilation(self) -> bool:
+        """Whether `steps_per_sec` had to include compiling calls (every call compiled)."""
+        return self._seconds <= 0 and self._all_seconds > 0
 
     @property
     def steps_per_sec(self) -> float | None:
-        """None while every call has compiled."""
-        return self._steps / self._seconds if self._seconds > 0 else None
+        """Without compiling calls where there are others; None only when nothing ran."""
+        if self._seconds > 0:
+            return self._steps / self._seconds
+        return self._all_steps / self._all_seconds if self._all_seconds > 0 else None
 
 
 def add_sums(sums: dict[str, Any], chunk_sums: dict[str, Any], convert: Callable) -> None:
@@ -126,7 +138,10 @@ class StopSignal:
     def _handle(self, signum, frame):
         del frame
         if self.received is not None:  # A second signal: stop now.
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(
+                f'a second signal ({signal.Signals(signum).name}): stopped at once, without '
+                'saving; rerun the same command to resume from the newest checkpoint'
+            )
         self.received = signum
 
     def __exit__(self, *exc):
@@ -442,10 +457,17 @@ def train_models(
                 step,
                 logs[name],
                 dirs[name],
-                # Steps/s of the training calls, compilation excluded (None if all compiled).
+                # Steps/s of the training calls, compilation excluded unless all compiled.
                 train_steps_per_sec=throughput.steps_per_sec,
+                extra={
+                    **(extra or {}),
+                    **(
+                        {'train_steps_per_sec_note': 'includes compilation (every call compiled)'}
+                        if throughput.includes_compilation
+                        else {}
+                    ),
+                },
                 start_time=start_time,
-                extra=extra,
             )
     if failed:
         raise RuntimeError(
@@ -591,9 +613,14 @@ def finish_run(
     if not primary:
         return result
     run_files.write_json(workdir / run_files.EVAL_FILE, result)
+    rate = result['train_steps_per_sec']
+    if rate is None:
+        speed = 'no training steps in this call'
+    else:
+        compiling = ' (incl. compilation)' if 'train_steps_per_sec_note' in result else ''
+        speed = f'{rate:.1f} steps/s{compiling}'
     print(
-        f'{workdir}: step {step}, test ELBO {format_metric(result.get("elbo"))}, '
-        f'{result["train_steps_per_sec"] or 0:.1f} steps/s, '
+        f'{workdir}: step {step}, test ELBO {format_metric(result.get("elbo"))}, {speed}, '
         f'wall time {result["wall_time_sec"]:.1f} s'
     )
     return result
