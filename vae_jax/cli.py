@@ -12,9 +12,9 @@
   keeps its traceback.
 - A flag that cannot be parsed, such as a misspelt config key (`--config.betta=4`) or a config
   file that does not exist, is one such line too, naming the flag.
-- Libraries log only what matters: absl logging (Orbax logs every file it reads or writes, and
-  warns about things that are normal here) shows warnings only from the program itself unless
-  `--verbosity` is given.
+- Libraries log only errors: Orbax and TFDS log, through absl, every file they touch and
+  warnings about states that are normal here or that the program's own message explains; only
+  vae_jax's own warnings are shown unless `--verbosity` is given.
 
 An interrupt (Ctrl-C) that the program does not handle itself ends with one line and exit
 status 130, the shell's convention.
@@ -23,6 +23,7 @@ status 130, the shell's convention.
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -38,10 +39,25 @@ _TRACEBACK = flags.DEFINE_bool(
     'show the Python traceback as well as its one-line message (for bug reports).',
 )
 
-# Loggers of libraries that report, at INFO or WARNING, things that are normal for a run
-# directory (e.g. Orbax: "`StepMetadata` not found", "no `_CHECKPOINT_METADATA`" for an item it
-# restores fine). Raised to ERROR unless --verbosity is given.
-NOISY_LOGGERS = ('absl', 'orbax', 'jax._src.distributed', 'tensorflow_datasets')
+
+class _LibraryWarnings(std_logging.Filter):
+    """Drops what libraries log through absl below ERROR, and Orbax's thread errors.
+
+    Libraries report, as warnings, states that are normal here or that the program's own
+    message explains (TFDS: "Variant folder ... has no dataset_info.json" before the message
+    saying the data set is not prepared). Orbax logs the traceback of each of its writer
+    threads that fails (a full disk: three tracebacks, ~110 lines) and raises the same error in
+    the save that waits for them, which ends the run with its one line. Records logged by
+    vae_jax itself pass.
+    """
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        path = os.path.realpath(record.pathname)
+        if path.startswith(errors.OWN_DIRS):
+            return True
+        floor = std_logging.CRITICAL if f'{os.sep}orbax{os.sep}' in path else std_logging.ERROR
+        return record.levelno >= floor
+
 
 # A failure that is not the user's to fix, raised by flag parsing: exit 1 like absl's own.
 _EXIT_FAILURE = 1
@@ -113,11 +129,12 @@ def _check_config_file(flag: flags.Flag) -> None:
 
 
 def quiet_libraries() -> None:
-    """Warnings only from this program: library loggers at ERROR unless --verbosity is given."""
+    """Warnings only from this program, errors from libraries, unless --verbosity is given."""
     if flags.FLAGS['verbosity'].present:
         return
     logging.set_verbosity(logging.WARNING)
-    for name in NOISY_LOGGERS[1:]:
+    std_logging.getLogger('absl').addFilter(_LibraryWarnings())
+    for name in ('orbax', 'tensorflow_datasets', 'jax'):  # Those that use Python's logging.
         std_logging.getLogger(name).setLevel(std_logging.ERROR)
 
 

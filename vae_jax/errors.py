@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 # Directories whose `raise` statements are the library's own checks.
-_OWN_DIRS = tuple(
+OWN_DIRS = tuple(
     str(Path(__file__).resolve().parent.parent / name) + os.sep for name in ('vae_jax', 'configs')
 )
 _ANTICIPATED_TYPES = (ValueError, OSError, RuntimeError)
@@ -45,7 +45,7 @@ def raised_by_library(error: BaseException) -> bool:
     while tb.tb_next is not None:
         tb = tb.tb_next
     filename = os.path.realpath(tb.tb_frame.f_code.co_filename)
-    if not filename.startswith(_OWN_DIRS):
+    if not filename.startswith(OWN_DIRS):
         return False
     return linecache.getline(filename, tb.tb_lineno).lstrip().startswith('raise')
 
