@@ -3,6 +3,7 @@ bugs (vae_jax/cli.py, vae_jax/errors.py); where `vae_jax.evaluate` writes its re
 
 import io
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -79,6 +80,39 @@ class AnticipatedTest(absltest.TestCase):
             cli._guarded(main)(['prog'])
         self.assertEqual(exit_.exception.code, 130)
         self.assertEqual(stderr.getvalue(), 'error: a second signal: stopped at once\n')
+
+
+class LibraryLogsTest(parameterized.TestCase):
+    """What the command line lets through absl's logger without --verbosity."""
+
+    @parameterized.named_parameters(
+        ('own_warning', 'vae_jax/pictures.py', 'WARNING', True),
+        (
+            'library_warning',
+            'site-packages/tensorflow_datasets/core/file_utils.py',
+            'WARNING',
+            False,
+        ),
+        ('library_error', 'site-packages/tensorflow_datasets/core/file_utils.py', 'ERROR', True),
+        # Orbax's writer threads log the error that the waiting save raises: said once, by us.
+        (
+            'orbax_thread_error',
+            'site-packages/orbax/checkpoint/_src/futures/future.py',
+            'ERROR',
+            False,
+        ),
+        (
+            'orbax_critical',
+            'site-packages/orbax/checkpoint/_src/futures/future.py',
+            'CRITICAL',
+            True,
+        ),
+    )
+    def test_filter(self, path, level, shown):
+        own = errors.OWN_DIRS[0].rsplit('vae_jax', 1)[0]
+        pathname = own + path if path.startswith('vae_jax') else '/venv/lib/python3.11/' + path
+        record = logging.LogRecord('absl', getattr(logging, level), pathname, 1, 'text', (), None)
+        self.assertEqual(cli._LibraryWarnings().filter(record), shown)
 
 
 class TrainCommandTest(parameterized.TestCase):
