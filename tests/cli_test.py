@@ -244,15 +244,35 @@ class EvaluateCommandTest(absltest.TestCase):
         for path in (step_dir / 'default').rglob('*'):
             if path.is_file() and path.parent.name == 'd':  # Array data files.
                 path.write_bytes(np.invert(np.frombuffer(path.read_bytes(), np.uint8)).tobytes())
-        with self.assertRaisesRegex(errors.UnverifiedCheckpoint, 'has no recorded checksum'):
+        # Compressed bytes fail to read (damaged); raw ones read, and lack their checksum.
+        with self.assertRaisesRegex(
+            RuntimeError, r'checkpoints/12 (could not be restored|has no recorded checksum)'
+        ):
             trained.load(workdir)
-        # Not verified damaged, so not moved aside even when damaged checkpoints may be.
-        with self.assertRaises(errors.UnverifiedCheckpoint):
+
+    def test_damaged_checkpoint_is_one_line(self):
+        workdir = self._copy()
+        for path in (workdir / 'checkpoints' / '12' / 'default').rglob('*'):
+            if path.is_file() and path.parent.name == 'd':  # Array data files, cut in half.
+                path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        code, err = self._evaluate(workdir, '--k_samples=2', '--max_examples=8')
+        # No Orbax warnings, no "Event loop is closed" of the reads that outlive the failure.
+        TrainCommandTest._assert_one_line(
+            self, code, err, 'checkpoints/12 could not be restored', 'damaged or incomplete'
+        )
+
+    def test_unverified_checkpoint_is_not_moved_aside_as_damaged(self):
+        workdir = self._copy()
+        step_dir = workdir / 'checkpoints' / '12'
+        (step_dir / '_CHECKPOINT_METADATA').unlink()
+        with self.assertRaisesRegex(errors.UnverifiedCheckpoint, 'has no recorded checksum'):
             trainer.train_and_evaluate(
                 test_config.get_config(), workdir, skip_damaged_checkpoints=True
             )
         self.assertTrue(step_dir.is_dir())
         self.assertFalse((workdir / run_files.DAMAGED_DIR).exists())
+        model = trained.load(workdir, allow_unverified_checkpoints=True)
+        self.assertEqual(model.step, 12)
 
     def test_a_less_precise_evaluation_leaves_eval_json_and_images_unchanged(self):
         workdir = self._copy()

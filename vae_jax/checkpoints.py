@@ -176,8 +176,9 @@ def restore_latest(
     """Restores the newest complete checkpoint into `state`'s structure, if there is one.
 
     A checkpoint is damaged when Orbax cannot read it or when its contents differ from the
-    checksum recorded at save time. One whose metadata holds no checksum is unverified: refused
-    unless `allow_unverified` (never moved aside, even with `skip_damaged`).
+    checksum recorded at save time. One that reads but whose metadata holds no checksum is
+    unverified: refused unless `allow_unverified` (never moved aside, even with `skip_damaged`:
+    nothing shows that it is damaged).
 
     Args:
       manager: the run's checkpoint manager.
@@ -214,15 +215,12 @@ def restore_latest(
                 )
             target = params_item(state)
         expected = None if custom is None else custom.get('checksum')
-        if custom is not None and expected is None:
-            _unverified(path, allow_unverified)
         try:
             if custom is None:
                 raise ValueError('its metadata cannot be read')
             restored = manager.restore(step, args=ocp.args.StandardRestore(target))
             if expected is not None and state_checksum(restored) != expected:
                 raise ValueError('its contents differ from the checksum recorded when it was saved')
-            return restored, step
         except Exception as e:  # Orbax raises several types for damaged files.
             reason = _restore_failure(e)
             older = [s for s in manager.all_steps() if s < step]
@@ -232,11 +230,15 @@ def restore_latest(
                 raise RuntimeError(
                     f'checkpoint {path} could not be restored ({reason}). It is damaged or '
                     'incomplete (or was written by code with another train state structure). '
-                    f'To resume from the previous checkpoint ({previous}), rerun with '
-                    f'--skip_damaged_checkpoints (moves it to {moved}); from Python, '
-                    'trainer.train_and_evaluate(..., skip_damaged_checkpoints=True); or move or '
+                    f'To resume from the previous checkpoint ({previous}), rerun training with '
+                    f'--skip_damaged_checkpoints (moves it to {moved}; from Python, '
+                    'trainer.train_and_evaluate(..., skip_damaged_checkpoints=True)), or move or '
                     'delete that directory yourself'
                 ) from e
+        else:
+            if expected is None:  # Readable, but nothing shows that it is what was saved.
+                _unverified(path, allow_unverified)
+            return restored, step
         print(
             f'WARNING: checkpoint {path} is damaged ({reason}); moved to {moved}, trying {previous}'
         )

@@ -14,7 +14,8 @@
   file that does not exist, is one such line too, naming the flag.
 - Libraries log only errors: Orbax and TFDS log, through absl, every file they touch and
   warnings about states that are normal here or that the program's own message explains; only
-  vae_jax's own warnings are shown unless `--verbosity` is given.
+  vae_jax's own warnings are shown unless `--verbosity` is given. Likewise the unraisable
+  "Event loop is closed" of reads that outlive a failed restore (`_closed_loop_callback`).
 
 An interrupt (Ctrl-C) that the program does not handle itself ends with one line and exit
 status 130, the shell's convention.
@@ -26,6 +27,7 @@ import logging as std_logging
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -128,12 +130,35 @@ def _check_config_file(flag: flags.Flag) -> None:
         fail(f'--{flag.name}={filename}: cannot load config file {path!r} ({why})')
 
 
+def _closed_loop_callback(unraisable: Any) -> bool:
+    """An unraisable 'Event loop is closed' from a callback of a read that outlived its loop.
+
+    When a restore fails (a damaged checkpoint), Orbax raises and closes its event loop while
+    TensorStore still completes the checkpoint's other reads; each completion's callback then
+    finds the loop closed, and Python prints that as an unraisable exception: one traceback per
+    read (ten for a small run) before the one line that says the checkpoint is damaged.
+    """
+    error = unraisable.exc_value
+    return isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+
+
+def _drop_closed_loop_callbacks() -> None:
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not _closed_loop_callback(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def quiet_libraries() -> None:
     """Warnings only from this program, errors from libraries, unless --verbosity is given."""
     if flags.FLAGS['verbosity'].present:
         return
     logging.set_verbosity(logging.WARNING)
     std_logging.getLogger('absl').addFilter(_LibraryWarnings())
+    _drop_closed_loop_callbacks()
     for name in ('orbax', 'tensorflow_datasets', 'jax'):  # Those that use Python's logging.
         std_logging.getLogger(name).setLevel(std_logging.ERROR)
 
