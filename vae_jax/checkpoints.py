@@ -4,10 +4,11 @@ A save writes `<workdir>/checkpoints/<step>.orbax-checkpoint-tmp` and renames it
 so a kill at any moment leaves either the whole step or a tmp directory that is ignored and
 removed. Each step's metadata (`<step>/_CHECKPOINT_METADATA`) records a SHA-256 of the state,
 checked on restore; a damaged newest checkpoint is refused with a message naming it (or moved
-aside on request). A checkpoint whose checksum is missing (that file deleted or rewritten) cannot
-be verified: it is refused as unverified (`errors.UnverifiedCheckpoint`), and restored, with a
-warning, only when the caller passes `allow_unverified=True` (`--allow_unverified_checkpoints`).
-It is never taken for damaged and moved aside: nothing shows that it is.
+aside on request). A checkpoint whose checksum is missing (that file deleted or rewritten) and
+that reads cannot be verified: it is refused as unverified (`errors.UnverifiedCheckpoint`), and
+restored, with a warning, only when the caller passes `allow_unverified=True`
+(`--allow_unverified_checkpoints`). It is never taken for damaged and moved aside: nothing shows
+that it is. (One that does not read is damaged, as any other.)
 
 A save that fails (disk full, permission lost, I/O error) removes its partial step and raises
 `CheckpointSaveError`, one message naming the directory, the cause and what to do; the previous
