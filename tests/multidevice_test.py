@@ -94,10 +94,9 @@ Path(workdir, 'layout.json').write_text(json.dumps(out))
 _CLI = (
     _PRELUDE
     + r"""
-from absl import app
-from vae_jax import train
+from vae_jax import cli, train
 
-app.run(train.main)
+cli.run(train.main)  # As `python -m vae_jax.train`.
 """
 )
 

@@ -128,10 +128,9 @@ elif fault == 'sigterm_after_chunk':  # A real SIGTERM once the chunk ending at 
 
     trainer.Run.chunk_fn = functools.cached_property(chunk_fn)
     trainer.Run.chunk_fn.__set_name__(trainer.Run, 'chunk_fn')
-from absl import app
-from vae_jax import train
+from vae_jax import cli, train
 
-app.run(train.main)
+cli.run(train.main)  # As `python -m vae_jax.train`.
 """
 
 # 24 steps, 2 per call: chunks end at 2, 3, 5, 6, 8, ...; rows every 3, checkpoints every 6;
@@ -614,8 +613,9 @@ class FromCheckpointTest(parameterized.TestCase):
         with self.assertRaisesRegex(
             RuntimeError,
             rf'checkpoint .*run/checkpoints/6 could not be restored {reason}.*damaged or '
-            r'incomplete.*\. To resume from the previous checkpoint \(step 3\), rerun with '
-            r'--skip_damaged_checkpoints \(moves it to .*run/damaged_checkpoints/6\)',
+            r'incomplete.*\. To resume from the previous checkpoint \(step 3\), rerun training '
+            r'with --skip_damaged_checkpoints \(moves it to .*run/damaged_checkpoints/6; from '
+            r'Python, trainer\.train_and_evaluate\(\.\.\., skip_damaged_checkpoints=True\)\)',
         ):
             trainer.train_and_evaluate(self.config, workdir)
         self.assertTrue((workdir / 'checkpoints' / '6').exists())  # Nothing moved unasked.

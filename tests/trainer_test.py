@@ -14,7 +14,7 @@ from absl.testing import absltest, parameterized
 
 from configs import eight_gaussians
 from configs import test as test_config
-from vae_jax import checkpoints, run_files, steps, sweep, trainer
+from vae_jax import checkpoints, loop_control, run_files, steps, sweep, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,7 +151,7 @@ class TrainerTest(parameterized.TestCase):
 
     def test_progress_without_a_terminal_is_plain_lines(self):
         with (
-            mock.patch.object(trainer, 'PROGRESS_SECONDS', 0.0),
+            mock.patch.object(loop_control, 'PROGRESS_SECONDS', 0.0),
             mock.patch('sys.stderr', new_callable=io.StringIO) as err,
         ):
             progress = trainer.Progress(10, 0, 'train')
@@ -253,12 +253,16 @@ class TrainerTest(parameterized.TestCase):
 class ThroughputTest(absltest.TestCase):
     def test_first_call_of_each_chunk_length_is_left_out(self):
         throughput = trainer.Throughput()
+        self.assertIsNone(throughput.steps_per_sec)  # Nothing ran.
         throughput.record(100, 30.0)  # compiles 100-step calls
-        self.assertIsNone(throughput.steps_per_sec)
+        # Only compiling calls so far: their rate, said to include compilation (not 0 or None).
+        self.assertAlmostEqual(throughput.steps_per_sec, 100 / 30.0)
+        self.assertTrue(throughput.includes_compilation)
         throughput.record(100, 1.0)
         throughput.record(40, 20.0)  # compiles the shorter last call
         throughput.record(100, 1.0)
         self.assertAlmostEqual(throughput.steps_per_sec, 200 / 2.0)
+        self.assertFalse(throughput.includes_compilation)
 
     def test_add_sums_accumulates_in_place(self):
         sums = {'loss': 1.0}

@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from vae_jax import config as default_config
 from vae_jax import config_validation, data, models, protocol, run_files, steps
 
 
@@ -109,34 +108,9 @@ def create_train_state(
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The run's config from `<workdir>/config.json` (written by the trainer).
-
-    Raises:
-      FileNotFoundError: no config.json (not a run directory).
-    """
-    path = Path(workdir) / run_files.CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f'{path} not found: the workdir must be a run directory written by vae_jax.train'
-        )
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
-    config.eval_k_samples = tuple(config.eval_k_samples)
-    # A run written before a top-level key existed (e.g. the zoo's options) takes its default.
-    _fill_missing(config, default_config.get_config())
-    return config
-
-
-def _fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
-    """Adds (recursively) the keys of `defaults` that `config` lacks, with their defaults."""
-    for key in defaults.keys():
-        if key not in config:
-            value = defaults[key]
-            config[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
-        elif isinstance(defaults[key], ml_collections.ConfigDict) and isinstance(
-            config[key], ml_collections.ConfigDict
-        ):
-            _fill_missing(config[key], defaults[key])
+# Reads, completes (keys added since the run take their defaults) and validates
+# `<workdir>/config.json`; errors name the file and the key.
+read_config = run_files.read_config
 
 
 class ModelNotRebuildable(ValueError):

@@ -2,8 +2,13 @@
 
 A save writes `<workdir>/checkpoints/<step>.orbax-checkpoint-tmp` and renames it when complete,
 so a kill at any moment leaves either the whole step or a tmp directory that is ignored and
-removed. Each step's metadata records a SHA-256 of the state, checked on restore; a damaged
-newest checkpoint is refused with a message naming it (or moved aside on request).
+removed. Each step's metadata (`<step>/_CHECKPOINT_METADATA`) records a SHA-256 of the state,
+checked on restore; a damaged newest checkpoint is refused with a message naming it (or moved
+aside on request). A checkpoint whose checksum is missing (that file deleted or rewritten) and
+that reads cannot be verified: it is refused as unverified (`errors.UnverifiedCheckpoint`), and
+restored, with a warning, only when the caller passes `allow_unverified=True`
+(`--allow_unverified_checkpoints`). It is never taken for damaged and moved aside: nothing shows
+that it is. (One that does not read is damaged, as any other.)
 
 A save that fails (disk full, permission lost, I/O error) removes its partial step and raises
 `CheckpointSaveError`, one message naming the directory, the cause and what to do; the previous
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging as std_logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +34,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vae_jax import build, optim, run_files, steps
+from vae_jax import build, errors, optim, run_files, steps
 
+# What Orbax appends to a step directory's name while it is being written.
+TMP_SUFFIX = '.orbax-checkpoint-tmp'
 # custom_metadata['contents'] of a parameters-only checkpoint (see `export_params`).
 PARAMS_ONLY = 'params'
 
@@ -39,6 +48,31 @@ class CheckpointMismatch(RuntimeError):
 
 class CheckpointSaveError(OSError):
     """A checkpoint could not be written; the message says where, why and what to do."""
+
+
+class _OrbaxNoise(std_logging.Filter):
+    """Drops Orbax's warnings about states that are normal here and read like failures.
+
+    A read-only manager (evaluation, `vae_jax.load`) logs that its directory is read only and
+    that the item 'default' "could not be restored" (it restores fine, given its args); a
+    missing step metadata file is reported by `restore_latest` itself, in words.
+    """
+
+    BENIGN = (
+        'Given directory is read only',
+        'could not be restored. Please provide a `CheckpointHandlerRegistry`',
+        'Metadata file does not exist',
+    )
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if record.levelno > std_logging.WARNING or '/orbax/' not in record.pathname:
+            return True
+        text = record.getMessage()
+        return not any(benign in text for benign in self.BENIGN)
+
+
+# Orbax logs through absl's logger.
+std_logging.getLogger('absl').addFilter(_OrbaxNoise())
 
 
 def params_item(state: steps.TrainState) -> dict[str, Any]:
@@ -67,14 +101,19 @@ def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
     """Orbax manager; a step becomes visible only once fully written (atomic rename)."""
     # A save writes `<step>.orbax-checkpoint-tmp` and renames it when complete, so a kill at any
     # moment leaves either the whole step or a tmp directory, which is never listed as a step
-    # and is removed here (cleanup_tmp_directories).
+    # and is removed here. Removed before the manager exists, not by Orbax's
+    # cleanup_tmp_directories: that runs in a background thread which only a save waits for, so
+    # a run that ends without saving (a finished run started again) could exit while it still
+    # ran ("RuntimeError: cannot schedule new futures after shutdown").
+    directory = (workdir / run_files.CHECKPOINT_DIR).resolve()
+    if jax.process_index() == 0 and directory.is_dir():
+        for leftover in directory.glob(f'*{TMP_SUFFIX}*'):
+            shutil.rmtree(leftover, ignore_errors=True)
+    run_files.sync('checkpoint_tmp_cleanup')
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
-        create=True,
-        enable_async_checkpointing=False,
-        cleanup_tmp_directories=True,
+        max_to_keep=keep, create=True, enable_async_checkpointing=False
     )
-    return ocp.CheckpointManager((workdir / run_files.CHECKPOINT_DIR).resolve(), options=options)
+    return ocp.CheckpointManager(directory, options=options)
 
 
 def state_checksum(state: Any) -> str:
@@ -92,7 +131,11 @@ def state_checksum(state: Any) -> str:
 
 
 def load(
-    workdir: Path, state: steps.TrainState, *, allow_params_only: bool = False
+    workdir: Path,
+    state: steps.TrainState,
+    *,
+    allow_params_only: bool = False,
+    allow_unverified: bool = False,
 ) -> tuple[steps.TrainState | dict[str, Any], int | None]:
     """`restore_latest` for a run directory, read-only, with a manager that is closed after.
 
@@ -104,19 +147,25 @@ def load(
       workdir: the run directory (its checkpoints are in `<workdir>/checkpoints/`).
       state: a freshly initialised state: the structure to restore into.
       allow_params_only: accept a parameters-only checkpoint (then a `params_item` is returned).
+      allow_unverified: restore a checkpoint without a checksum, with a warning.
 
     Returns:
       (state, the restored step or None when the run has no checkpoint).
 
     Raises:
-      RuntimeError: the newest checkpoint is damaged (see `restore_latest`).
+      RuntimeError: the newest checkpoint is damaged, or unverified (see `restore_latest`).
     """
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
     manager = ocp.CheckpointManager(
         (Path(workdir) / run_files.CHECKPOINT_DIR).resolve(), options=options
     )
     try:
-        return restore_latest(manager, state, allow_params_only=allow_params_only)
+        return restore_latest(
+            manager,
+            state,
+            allow_params_only=allow_params_only,
+            allow_unverified=allow_unverified,
+        )
     finally:
         manager.close()
 
@@ -127,11 +176,14 @@ def restore_latest(
     *,
     skip_damaged: bool = False,
     allow_params_only: bool = False,
+    allow_unverified: bool = False,
 ) -> tuple[steps.TrainState | dict[str, Any], int | None]:
     """Restores the newest complete checkpoint into `state`'s structure, if there is one.
 
     A checkpoint is damaged when Orbax cannot read it or when its contents differ from the
-    checksum recorded at save time (checkpoints saved without one are not verified).
+    checksum recorded at save time. One that reads but whose metadata holds no checksum is
+    unverified: refused unless `allow_unverified` (never moved aside, even with `skip_damaged`:
+    nothing shows that it is damaged).
 
     Args:
       manager: the run's checkpoint manager.
@@ -140,6 +192,7 @@ def restore_latest(
         the one before it (the user asks for this; it is never done silently).
       allow_params_only: accept a parameters-only checkpoint (`export_params`) and return its
         `params_item`; otherwise such a checkpoint is refused (it cannot resume training).
+      allow_unverified: restore a checkpoint that has no checksum, with a warning on stderr.
 
     Returns:
       (state, the restored step or None when there is no checkpoint).
@@ -148,6 +201,8 @@ def restore_latest(
       RuntimeError: the newest checkpoint is damaged and `skip_damaged` is False; the message
         names the directory, the previous checkpoint and what to do. Or it holds parameters
         only and `allow_params_only` is False.
+      errors.UnverifiedCheckpoint (a RuntimeError): it has no checksum and `allow_unverified`
+        is False.
     """
     while (step := manager.latest_step()) is not None:
         path = Path(manager.directory) / str(step)
@@ -172,14 +227,13 @@ def restore_latest(
                 'and config that wrote it (a model passed from Python: pass that model again, '
                 'model=...); to train another model, use another --workdir'
             )
+        expected = None if custom is None else custom.get('checksum')
         try:
             if custom is None:
                 raise ValueError('its metadata cannot be read')
             restored = manager.restore(step, args=ocp.args.StandardRestore(target))
-            expected = custom.get('checksum')
             if expected is not None and state_checksum(restored) != expected:
                 raise ValueError('its contents differ from the checksum recorded when it was saved')
-            return restored, step
         except Exception as e:  # Orbax raises several types for damaged files.
             reason = _restore_failure(e)
             older = [s for s in manager.all_steps() if s < step]
@@ -189,10 +243,15 @@ def restore_latest(
                 raise RuntimeError(
                     f'checkpoint {path} could not be restored ({reason}). It is damaged or '
                     'incomplete (its array structure matches this model). '
-                    f'To resume from the previous checkpoint ({previous}), rerun with '
-                    f'--skip_damaged_checkpoints (moves it to {moved}), or move or delete that '
-                    'directory yourself'
+                    f'To resume from the previous checkpoint ({previous}), rerun training with '
+                    f'--skip_damaged_checkpoints (moves it to {moved}; from Python, '
+                    'trainer.train_and_evaluate(..., skip_damaged_checkpoints=True)), or move or '
+                    'delete that directory yourself'
                 ) from e
+        else:
+            if expected is None:  # Readable, but nothing shows that it is what was saved.
+                _unverified(path, allow_unverified)
+            return restored, step
         print(
             f'WARNING: checkpoint {path} is damaged ({reason}); moved to {moved}, trying {previous}'
         )
@@ -264,6 +323,21 @@ def _sorted(names: set[str]) -> list[str]:
 def _shape(leaf: Any) -> tuple[int, ...] | None:
     shape = getattr(leaf, 'shape', None)
     return None if shape is None else tuple(shape)
+
+
+def _unverified(path: Path, allow: bool) -> None:
+    """Refuses (or, if allowed, warns about) the checkpoint `path` that has no checksum."""
+    what = (
+        f'checkpoint {path} has no recorded checksum ({path}/_CHECKPOINT_METADATA is missing '
+        'or holds none), so its contents cannot be verified'
+    )
+    if not allow:
+        raise errors.UnverifiedCheckpoint(
+            f'{what}. If you trust it, pass --allow_unverified_checkpoints (from Python: '
+            'allow_unverified_checkpoints=True) to restore it as it is; else move that directory '
+            'away to use the checkpoint before it'
+        )
+    print(f'WARNING: {what}; restoring it unverified, as asked', file=sys.stderr, flush=True)
 
 
 def _restore_failure(error: BaseException) -> str:

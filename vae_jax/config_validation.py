@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-from vae_jax import data, objectives, writers
+from vae_jax import data, objectives, writer_config
 
 LOOPS = ('scan', 'unroll')
 BINARIZE = ('none', 'static', 'dynamic')
@@ -95,7 +95,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     objectives.validate(config)
     _number(config, 'beta', lambda v: v >= 0, 'a finite number >= 0')
     _int_at_least(config, 'beta_warmup_steps', 0)
-    writers.validate(config)  # logging.*: imports a tracker asked for (ImportError if missing)
+    writer_config.validate(config)  # logging.* values (the packages: writers.require_trackers)
+        config
+    )  # logging.*: imports a tracker asked for (ImportError if missing)
 
     _int_at_least(config, 'num_train_steps', 0)
     for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps'):

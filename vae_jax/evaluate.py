@@ -9,8 +9,17 @@ the data set the config names from `--data_dir`, else `$TFDS_DATA_DIR`, else the
 `input.data_dir` (older runs stored one), evaluates the split with the protocol of
 Burda et al. (2016) (test NLL = -log p(x) estimated with k = 5000 importance samples; dynamic
 binarisation, if the run used it, draws each image once from the eval key), writes the metrics
-and the protocol into `<workdir>/<output>` (keeping keys the trainer wrote there, such as its
-training speed), prints a table, and writes pictures into `<workdir>/images`.
+and the protocol into a JSON file in the run directory, prints a table, and writes pictures.
+
+It never silently replaces a run's results: without `--output`, the results go into `eval.json`
+(keeping keys the trainer wrote there, such as its training speed) and the pictures into
+`images/` only if there is no eval.json or the new evaluation is at least as precise (the same
+split, and the same or a larger k and number of examples). Otherwise they go into a file named
+after the settings, e.g. `eval_k1000_n2000.json` (pictures into `eval_k1000_n2000_images/`), and
+the command says so. `--output NAME` writes exactly there (replacing that file).
+
+Flags are checked before anything is read; a failure ends with one line, `error: ...`, naming
+the flag, file or key (`--traceback` shows the traceback).
 """
 
 from __future__ import annotations
@@ -25,9 +34,9 @@ from typing import Any
 import jax
 import ml_collections
 import tqdm
-from absl import app, flags, logging
+from absl import app, flags
 
-from vae_jax import build, data, evaluation, run_eval, run_files, trained
+from vae_jax import build, cli, data, evaluation, run_eval, run_files, trained
 from vae_jax import pictures as vae_pictures
 
 FLAGS = flags.FLAGS
@@ -83,6 +92,78 @@ class ExampleProgress:
             self._line()
 
 
+def check_settings(
+    *,
+    k_samples: int,
+    max_examples: int | None,
+    chunk_size: int,
+    batch_size: int,
+    output: str | None,
+) -> None:
+    """Checks the evaluation settings before anything is loaded, in the command's flag names.
+
+    Raises:
+      ValueError: a setting out of range, naming the flag, its value and what is allowed.
+    """
+    checks = [
+        ('k_samples', k_samples, k_samples >= 0, 'an integer >= 0 (0 skips the NLL)'),
+        ('max_examples', max_examples, max_examples is None or max_examples >= 1, 'unset or >= 1'),
+        ('chunk_size', chunk_size, chunk_size >= 1, 'an integer >= 1'),
+        ('batch_size', batch_size, batch_size >= 1, 'an integer >= 1'),
+    ]
+    for name, value, ok, allowed in checks:
+        if not ok:
+            raise ValueError(f'--{name}={value} is invalid; allowed: {allowed}')
+    if output is not None and (not output.endswith('.json') or Path(output).name != output):
+        raise ValueError(
+            f'--output={output!r} is invalid; allowed: a file name ending in .json (it is '
+            'written inside --workdir)'
+        )
+
+
+def results_path(workdir: Path, output: str | None, result: dict[str, Any]) -> tuple[Path, str]:
+    """Where an evaluation's results go, and why (see the module docstring).
+
+    Args:
+      workdir: the run directory.
+      output: the file name asked for (`--output`), or None for the default rule.
+      result: the new results ('split', 'nll_k', 'num_examples', optional 'seed_from' 'flag').
+
+    Returns:
+      (path of the JSON file, a sentence saying why it is not eval.json, or '' when it is the
+      file asked for or eval.json).
+    """
+    if output is not None:
+        return workdir / output, ''
+    default = workdir / run_files.EVAL_FILE
+    if not default.is_file():
+        return default, ''
+    try:
+        old = json.loads(default.read_text())
+    except json.JSONDecodeError:
+        old = None
+    if isinstance(old, dict):
+        old_k = old.get('nll_k') or 0  # The trainer's eval.json estimates no NLL.
+        old_n = old.get('num_examples') or 0
+        if (
+            old.get('split', 'test') == result['split']
+            and result['nll_k'] >= old_k
+            and result['num_examples'] >= old_n
+        ):
+            return default, ''
+        held = f'{old.get("split", "test")} split, k={old_k}, {old_n} examples'
+    else:
+        held = 'a file that is not an evaluation'
+    split = '' if result['split'] == 'test' else f'_{result["split"]}'
+    seed = f'_seed{result["seed"]}' if result.get('seed_from') == 'flag' else ''
+    name = f'eval{split}_k{result["nll_k"]}_n{result["num_examples"]}{seed}.json'
+    why = (
+        f'{default} holds a more precise or different evaluation ({held}) and is kept; pass '
+        f'--output {run_files.EVAL_FILE} to replace it'
+    )
+    return workdir / name, why
+
+
 def evaluate(
     workdir: str | Path,
     *,
@@ -92,23 +173,43 @@ def evaluate(
     chunk_size: int = evaluation.CHUNK_SIZE,
     batch_size: int = evaluation.BATCH_SIZE,
     seed: int | None = None,
-    output: str = 'eval.json',
+    output: str | None = None,
     pictures: bool = True,
     progress: bool = True,
     data_dir: str | None = None,
+    allow_unverified_checkpoints: bool = False,
     model: Any = None,
 ) -> dict[str, Any]:
-    """Evaluates the latest checkpoint of a run; writes `<workdir>/<output>` and pictures.
+    """Evaluates the latest checkpoint of a run; writes its results and pictures.
+
+    Where (`results_path`): `<workdir>/<output>` when `output` is given, else eval.json unless
+    that holds a more precise evaluation, else a file named after the settings (said on stderr).
+    Pictures go to `images/` beside eval.json, else to `<results file stem>_images/`.
 
     `data_dir` (else $TFDS_DATA_DIR, else the run's stored `input.data_dir`) is where a TFDS
-    data set is read from. The evaluation and its record are the trainer's own
+    data set is read from. `allow_unverified_checkpoints` restores a checkpoint without a
+    checksum, with a warning. `model` is the module a run trained from Python, where its
+    config.json cannot rebuild it. The evaluation and its record are the trainer's own
     (`run_eval.evaluate_run`, `run_eval.record`): the same keys, and for the same key and
     settings the same values.
-    `model` is the module a run trained from Python, where config.json cannot rebuild it.
 
     Returns:
-      The record written to the output file (`run_eval.record`).
+      The dict written to the results file: the protocol ('step', 'split', 'num_examples',
+      'nll_k', 'k_list', 'binarize', 'seed', 'seed_from', 'chunk_size', 'batch_size') and the
+      metrics of `evaluation.evaluate_dataset`.
+
+    Raises:
+      ValueError: a setting out of range (`check_settings`), or an invalid config.json.
+      FileNotFoundError: not a run directory, no checkpoint, or the data set is not there.
+      RuntimeError: the newest checkpoint is damaged or unverified.
     """
+    check_settings(
+        k_samples=k_samples,
+        max_examples=max_examples,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        output=output,
+    )
     workdir = Path(workdir)
     config = load_config(workdir)
     build.require_model(config, model, workdir)  # Before anything is read or written.
@@ -116,7 +217,9 @@ def evaluate(
     train_data, test_data = data.get_datasets(config.input)
     # The training set size only matters to beta-TCVAE's held-out terms.
     parts = build.build(config, model=model, dataset_size=train_data['image'].shape[0])
-    variables, step = trained.restore_variables(workdir, parts)
+    variables, step = trained.restore_variables(
+        workdir, parts, allow_unverified_checkpoints=allow_unverified_checkpoints
+    )
     split_data = test_data if split == 'test' else train_data
     images, labels = split_data['image'], split_data['label']
     if max_examples is not None:
@@ -151,14 +254,18 @@ def evaluate(
         evaluated_by='vae_jax.evaluate',
         eval_time_sec=time.time() - start,
     )
-    path = workdir / output
+    path, why = results_path(workdir, output, result)
+    if why:
+        print(f'{why}; writing {path}', file=sys.stderr, flush=True)
     previous = json.loads(path.read_text()) if path.is_file() else {}
+    previous = previous if isinstance(previous, dict) else {}
     previous.pop('bits_per_dim', None)  # Absent where undefined: drop an earlier run's value.
     previous.pop('k_list', None)  # Written by earlier releases; now 'eval_k_samples'.
-    path.write_text(json.dumps({**previous, **result}, indent=2))
+    run_files.write_json(path, {**previous, **result})
     if pictures:
+        images_dir = 'images' if path.name == run_files.EVAL_FILE else f'{path.stem}_images'
         vae_pictures.write_pictures(
-            workdir / 'images',
+            workdir / images_dir,
             trained.TrainedModel(parts, variables, step),
             eval_key,
             images,
@@ -167,6 +274,7 @@ def evaluate(
             posterior_means=vae_pictures.posterior_means(per_example),
             metrics_path=workdir / run_files.METRICS_FILE,
         )
+    result['results_file'] = str(path)  # Returned, not written: where the results went.
     return result
 
 
@@ -226,16 +334,27 @@ def define_flags() -> None:
     flags.DEFINE_integer(
         'seed', None, "Evaluation seed; default: the run's own eval key (derived from config.seed)."
     )
-    flags.DEFINE_string('output', 'eval.json', 'File in --workdir to write the results to.')
-    flags.DEFINE_bool('pictures', True, 'Write pictures into <workdir>/images.')
+    flags.DEFINE_string(
+        'output',
+        None,
+        'File in --workdir to write the results to (replaced if it exists). Default: eval.json, '
+        'unless it holds a more precise evaluation (larger k or more examples); then a new file '
+        'named after the settings, e.g. eval_k1000_n2000.json.',
+    )
+    flags.DEFINE_bool(
+        'pictures', True, 'Write pictures (into images/ beside eval.json, else <output>_images/).'
+    )
+    flags.DEFINE_bool(
+        'allow_unverified_checkpoints',
+        False,
+        'Restore a checkpoint whose checksum is missing, with a warning (refused otherwise).',
+    )
     flags.mark_flag_as_required('workdir')
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    if not FLAGS['verbosity'].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads at INFO.
     result = evaluate(
         FLAGS.workdir,
         k_samples=FLAGS.k_samples,
@@ -247,11 +366,12 @@ def main(argv: list[str]) -> None:
         output=FLAGS.output,
         pictures=FLAGS.pictures,
         data_dir=FLAGS.data_dir,
+        allow_unverified_checkpoints=FLAGS.allow_unverified_checkpoints,
     )
     print(format_table(result))
-    print(f'wrote {Path(FLAGS.workdir) / FLAGS.output}')
+    print(f'wrote {result["results_file"]}')
 
 
 if __name__ == '__main__':
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -1,6 +1,7 @@
 """The files of a run directory, other than checkpoints (vae_jax/checkpoints.py).
 
-    <workdir>/config.json        the run's config (a rerun must match it, or pass --overwrite)
+    <workdir>/config.json        the run's config (a rerun must match it, or pass --overwrite);
+                                 `read_config` reads and validates it
     <workdir>/metrics.jsonl      one JSON object per log/eval step; TensorBoard events beside it
     <workdir>/eval.json          the final test evaluation (and `vae_jax.evaluate`'s results)
     <workdir>/train_window.json  the metric sums of a log window cut short by a stop
@@ -35,6 +36,9 @@ import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
+
+from vae_jax import config as default_config
+from vae_jax import config_validation
 
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
@@ -161,6 +165,59 @@ def stored_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return out
 
 
+def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The run's config from `<workdir>/config.json` (written by the trainer), validated.
+
+    Keys the file lacks (added to the project after the run) take their defaults.
+
+    Raises:
+      FileNotFoundError: no config.json (not a run directory).
+      ValueError: config.json is not JSON or fails validation; the message names the file and
+        the key.
+    """
+    path = Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f'{path} not found: the workdir must be a run directory written by vae_jax.train'
+        )
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f'{path} is not valid JSON ({e}); restore that file') from e
+    return config_from_stored(stored, path)
+
+
+def config_from_stored(stored: dict[str, Any], path: Path) -> ml_collections.ConfigDict:
+    """A config.json's contents as a validated ConfigDict (missing keys take their defaults).
+
+    Raises:
+      ValueError: it fails validation; the message names `path` and the key.
+    """
+    try:
+        config = ml_collections.ConfigDict(stored)
+        config.eval_k_samples = tuple(config.eval_k_samples)
+        _fill_missing(config, default_config.get_config())
+        config_validation.validate(config)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(
+            f'{path} is invalid: {e}. It was edited by hand or written by other code: restore '
+            'the value this run was trained with'
+        ) from e
+    return config
+
+
+def _fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+    """Adds (recursively) the keys of `defaults` that `config` lacks, with their defaults."""
+    for key in defaults.keys():
+        if key not in config:
+            value = defaults[key]
+            config[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+        elif isinstance(defaults[key], ml_collections.ConfigDict) and isinstance(
+            config[key], ml_collections.ConfigDict
+        ):
+            _fill_missing(config[key], defaults[key])
+
+
 def drop_resumable(tree: dict, prefix: str = '') -> dict:
     """The config without `RESUMABLE_KEYS` and `*_every_steps` (what a resume may change)."""
     out = {}
@@ -184,7 +241,7 @@ def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwri
     Raises:
       PermissionError: the workdir cannot be created or written.
       ValueError: the workdir holds a run of a different config and `overwrite` is False, or its
-        config.json cannot be read.
+        config.json is not JSON, or (without `overwrite`) fails validation.
     """
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -203,11 +260,14 @@ def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwri
             old = json.loads(config_path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(
-                f'{config_path} cannot be read ({e}); if the run there is not needed, pass '
-                '--overwrite to delete it, else restore that file'
+                f'{config_path} is not valid JSON ({e}); restore that file (or, if the run '
+                'there is not needed, use another --workdir)'
             ) from e
         if drop_resumable(drop_unset(old)) != drop_resumable(drop_unset(new)):
             if not overwrite:
+                # A hand-edited, invalid config.json is reported as such: --overwrite (which
+                # deletes the run) is advised only for a valid run of another config.
+                config_from_stored(old, config_path)
                 diff = config_diff(drop_resumable(old), drop_resumable(new))
                 raise ValueError(
                     f'workdir {str(workdir)!r} holds a run of a different config '

@@ -110,6 +110,7 @@ def train_and_evaluate(
     overwrite: bool = False,
     stop_at_step: int | None = None,
     skip_damaged_checkpoints: bool = False,
+    allow_unverified_checkpoints: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Trains (or resumes) every model of the sweep in one program and evaluates each.
 
@@ -124,6 +125,7 @@ def train_and_evaluate(
       stop_at_step: stop this invocation at that step (checkpoints saved); a later call resumes.
       skip_damaged_checkpoints: as in the trainer, move a model's damaged newest checkpoint
         aside; all models then resume from the newest step that they all have.
+      allow_unverified_checkpoints: as in the trainer, resume from checkpoints without a checksum.
 
     Returns:
       {model name: its eval.json contents} ({'step': ...} for each model when stopped early).
@@ -157,6 +159,7 @@ def train_and_evaluate(
             overwrite=overwrite,
             stop_at_step=stop_at_step,
             skip_damaged_checkpoints=skip_damaged_checkpoints,
+            allow_unverified_checkpoints=allow_unverified_checkpoints,
             start_time=start_time,
             tracker_root=workdir,
             extra={

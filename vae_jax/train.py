@@ -15,8 +15,10 @@ mpi4py, Kubernetes, Cloud TPU, ...) and a process outside any cluster runs alone
 `--distributed=off` it never joins one (e.g. independent runs inside one SLURM allocation).
 Process 0 takes the workdir's lock for the whole run.
 
-A run that cannot start (workdir in use, bad config) or whose checkpoint cannot be saved ends
-with one message on stderr and exit status 1; `--verbosity` sets the absl log level.
+A run that cannot start (misspelt key, bad value, missing file, workdir in use, damaged
+checkpoint) or whose checkpoint cannot be saved ends with one line on stderr, `error: ...`, and
+exit status 1; `--traceback` shows the Python traceback too (vae_jax/cli.py). `--verbosity` sets
+the absl log level (and shows the libraries' logs).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from vae_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to an experiment config file (configs/*.py).', lock_config=True
@@ -41,6 +45,12 @@ _SKIP_DAMAGED = flags.DEFINE_bool(
     False,
     'If the newest checkpoint cannot be read, move it to <workdir>/damaged_checkpoints/ and '
     'resume from the newest one that can (never done without this flag).',
+)
+_ALLOW_UNVERIFIED = flags.DEFINE_bool(
+    'allow_unverified_checkpoints',
+    False,
+    'Resume from a checkpoint whose checksum is missing (its _CHECKPOINT_METADATA deleted), '
+    'with a warning; without this flag such a checkpoint is refused.',
 )
 _DISTRIBUTED = flags.DEFINE_enum(
     'distributed',
@@ -125,12 +135,9 @@ def _maybe_initialize_distributed() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    if not flags.FLAGS['verbosity'].present:
-        # Orbax logs every file it writes at INFO; --verbosity=0 shows it again.
-        logging.set_verbosity(logging.WARNING)
     _maybe_initialize_distributed()
     # After jax.distributed.initialize, which must come first.
-    from vae_jax import checkpoints, run_files, trainer
+    from vae_jax import trainer
 
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename)
     train_fn = trainer.train_and_evaluate
@@ -144,16 +151,13 @@ def main(argv: list[str]) -> None:
             workdir,
             overwrite=_OVERWRITE.value,
             skip_damaged_checkpoints=_SKIP_DAMAGED.value,
+            allow_unverified_checkpoints=_ALLOW_UNVERIFIED.value,
         )
     except trainer.StoppedBySignal as e:
         print(f'{workdir}: {e}', file=sys.stderr)
         sys.exit(128 + e.signum)  # The shell's convention for "ended by signal N".
-    except (run_files.WorkdirLocked, checkpoints.CheckpointSaveError) as e:
-        # Expected failures with a complete message: no traceback around it.
-        print(f'ERROR: {e}', file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == '__main__':
     flags.mark_flag_as_required('config')
-    app.run(main)
+    cli.run(main)

@@ -48,12 +48,16 @@ from vae_jax.build import (  # noqa: F401 -- re-exported: trained.build etc. as 
 )
 
 
-def restore_variables(workdir: str | Path, parts: ModelParts) -> tuple[dict[str, Any], int]:
+def restore_variables(
+    workdir: str | Path, parts: ModelParts, *, allow_unverified_checkpoints: bool = False
+) -> tuple[dict[str, Any], int]:
     """The newest verified checkpoint's variables {'params', optional 'batch_stats'} and step.
+
+    `allow_unverified_checkpoints` restores one without a checksum, with a warning.
 
     Raises:
       FileNotFoundError: the run has no checkpoint.
-      RuntimeError: the newest checkpoint is damaged.
+      RuntimeError: the newest checkpoint is damaged, or has no checksum (unverified).
     """
     config = parts.config
     # The optimizer's state has the same structure for any steps_per_epoch: no data needed.
@@ -61,7 +65,12 @@ def restore_variables(workdir: str | Path, parts: ModelParts) -> tuple[dict[str,
         config.optim, steps_per_epoch=1, num_train_steps=config.num_train_steps
     )
     target = jax.device_get(create_train_state(parts, root_keys(config.seed)[0], tx))
-    restored, step = checkpoints.load(Path(workdir), target, allow_params_only=True)
+    restored, step = checkpoints.load(
+        Path(workdir),
+        target,
+        allow_params_only=True,
+        allow_unverified=allow_unverified_checkpoints,
+    )
     if step is None:
         raise FileNotFoundError(
             f'no checkpoint in {Path(workdir) / run_files.CHECKPOINT_DIR}: train the run first '
@@ -418,13 +427,17 @@ def _protocol_reconstruct(
     return jax.vmap(one)(x, y)
 
 
-def load(workdir: str | Path, model: Any = None) -> TrainedModel:
+def load(
+    workdir: str | Path, model: Any = None, *, allow_unverified_checkpoints: bool = False
+) -> TrainedModel:
     """Loads a trained run: its config and newest verified checkpoint, without any data.
 
     Args:
       workdir: a run directory written by `vae_jax.train` (config.json, checkpoints/).
       model: the module the run trained, for a run trained with a model passed from Python
         that its config.json cannot rebuild (checked against the recorded class and fields).
+      allow_unverified_checkpoints: restore a checkpoint whose checksum is missing, with a
+        warning (refused otherwise).
 
     Returns:
       The model with its parameters bound (`TrainedModel`).
@@ -433,10 +446,13 @@ def load(workdir: str | Path, model: Any = None) -> TrainedModel:
       FileNotFoundError: not a run directory, or no checkpoint yet.
       build.ModelNotRebuildable: the run's model must be passed from Python (`model=`).
       ValueError: `model` is not the model the run recorded.
-      RuntimeError: the newest checkpoint is damaged, or was written by another model.
+      RuntimeError: the newest checkpoint is damaged, has no checksum (unverified), or was
+        written by another model.
     """
     config = read_config(workdir)
     require_model(config, model, workdir)
     parts = build(config, model=model)
-    variables, step = restore_variables(workdir, parts)
+    variables, step = restore_variables(
+        workdir, parts, allow_unverified_checkpoints=allow_unverified_checkpoints
+    )
     return TrainedModel(parts, variables, step)

@@ -17,8 +17,6 @@ model writes its own run directory. A sweep of one is therefore exactly a single
 from __future__ import annotations
 
 import contextlib
-import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-import tqdm
 from absl import logging
-from jax.experimental import multihost_utils
 
 from vae_jax import (
     build,
@@ -46,6 +42,15 @@ from vae_jax import (
 from vae_jax import pictures as vae_pictures
 from vae_jax import run as run_lib
 from vae_jax import writers as vae_writers
+from vae_jax.loop_control import (  # noqa: F401 -- re-exported: trainer.StopSignal etc.
+    PROGRESS_SECONDS,
+    Progress,
+    StoppedBySignal,
+    StopSignal,
+    Throughput,
+    agreed_signal,
+    next_boundary,
+)
 from vae_jax.metric_windows import (  # noqa: F401 -- re-exported: trainer.window_row etc.
     add_sums,
     check_finite,
@@ -58,111 +63,6 @@ root_keys = build.root_keys
 Run, PER_MODEL_KEYS = run_lib.Run, run_lib.PER_MODEL_KEYS
 stack_states, unstack_state = run_lib.stack_states, run_lib.unstack_state
 make_vmapped_chunk_fn = run_lib.make_vmapped_chunk_fn
-# A plain progress line (when stderr is not a terminal) at most this often.
-PROGRESS_SECONDS = 30.0
-
-
-class StoppedBySignal(KeyboardInterrupt):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; rerun to resume."""
-
-    def __init__(self, signum: int, step: int):
-        super().__init__(
-            f'stopped by signal {signum} ({signal.Signals(signum).name}) at step {step}; '
-            'checkpoint saved, rerun the same command to resume'
-        )
-        self.signum = signum
-        self.step = step
-
-
-class Throughput:
-    """Steps per second of the training calls, leaving out each chunk length's first call.
-
-    The first call of a chunk length compiles it, so its time is not training time.
-    """
-
-    def __init__(self):
-        self._compiled: set[int] = set()
-        self._steps, self._seconds = 0, 0.0
-
-    def record(self, num_steps: int, seconds: float) -> None:
-        if num_steps in self._compiled:
-            self._steps += num_steps
-            self._seconds += seconds
-        self._compiled.add(num_steps)
-
-    @property
-    def steps_per_sec(self) -> float | None:
-        """None while every call has compiled."""
-        return self._steps / self._seconds if self._seconds > 0 else None
-
-
-class StopSignal:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the chunk and exits."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # Not the main thread: leave signals alone.
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        del frame
-        if self.received is not None:  # A second signal: stop now.
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def next_boundary(step: int, config: ml_collections.ConfigDict, stop_at: int | None = None) -> int:
-    """The next step at which something happens (log, eval, checkpoint or the end)."""
-    out = config.num_train_steps
-    for every in (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps):
-        out = min(out, (step // every + 1) * every)
-    return out if stop_at is None or stop_at <= step else min(out, stop_at)
-
-
-class Progress:
-    """A tqdm bar on process 0 when stderr is a terminal; else a plain line now and then.
-
-    A bar's carriage-return redraws would fill a log file (`2> train.log`), so without a terminal
-    process 0 prints one line at most every `PROGRESS_SECONDS`; other processes print nothing.
-    """
-
-    def __init__(self, total: int, initial: int, desc: str):
-        self.primary = jax.process_index() == 0
-        self.bar = tqdm.tqdm(
-            total=total,
-            initial=initial,
-            desc=desc,
-            unit='step',
-            mininterval=1.0,
-            disable=not (self.primary and sys.stderr.isatty()),
-        )
-        self.total, self.desc, self.postfix = total, desc, ''
-        self.last_line = time.time()
-
-    def update(self, step: int, num_steps: int, row: dict[str, float] | None, rate: float) -> None:
-        self.bar.update(num_steps)
-        if row is not None:
-            self.postfix = f'loss {row["train/loss"]:.3f}, {rate:.0f} steps/s'
-            self.bar.set_postfix(loss=f'{row["train/loss"]:.3f}', steps_per_s=f'{rate:.0f}')
-        if self.primary and self.bar.disable and time.time() - self.last_line >= PROGRESS_SECONDS:
-            print(
-                f'{self.desc}: step {step}/{self.total} {self.postfix}', file=sys.stderr, flush=True
-            )
-            self.last_line = time.time()
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def train_and_evaluate(
@@ -173,6 +73,7 @@ def train_and_evaluate(
     overwrite: bool = False,
     stop_at_step: int | None = None,
     skip_damaged_checkpoints: bool = False,
+    allow_unverified_checkpoints: bool = False,
 ) -> dict[str, Any]:
     """Trains (or resumes) the run in `workdir` and evaluates it on the test split.
 
@@ -185,6 +86,8 @@ def train_and_evaluate(
         checkpoint; a later call resumes. For time-boxed sessions and resume tests.
       skip_damaged_checkpoints: if the newest checkpoint cannot be read, move it to
         `<workdir>/damaged_checkpoints/` and resume from the newest one that can.
+      allow_unverified_checkpoints: resume from a checkpoint whose checksum is missing (with a
+        warning) instead of refusing it.
       model: a Flax module following the model protocol (`models.LatentVariableModel`) to
         train instead of the config's model (the config's model keys are then unused).
         config.json records it (`build.record_model`): by import path and fields where these
@@ -217,6 +120,7 @@ def train_and_evaluate(
         overwrite=overwrite,
         stop_at_step=stop_at_step,
         skip_damaged_checkpoints=skip_damaged_checkpoints,
+        allow_unverified_checkpoints=allow_unverified_checkpoints,
         start_time=start_time,
     )
     return results['']
@@ -229,6 +133,7 @@ def train_models(
     overwrite: bool = False,
     stop_at_step: int | None = None,
     skip_damaged_checkpoints: bool = False,
+    allow_unverified_checkpoints: bool = False,
     start_time: float | None = None,
     extra: dict[str, Any] | None = None,
     tracker_root: Path | None = None,
@@ -249,7 +154,8 @@ def train_models(
     Args:
       runs: {name: Run}; `runs` share everything but `PER_MODEL_KEYS`.
       dirs: {name: run directory}.
-      overwrite, stop_at_step, skip_damaged_checkpoints: as in `train_and_evaluate`.
+      overwrite, stop_at_step, skip_damaged_checkpoints, allow_unverified_checkpoints: as in
+        `train_and_evaluate`.
       start_time: `time.time()` at the program's start (for eval.json's 'wall_time_sec').
       extra: more entries for every model's eval.json.
       tracker_root: the directory whose MLflow store and W&B group the models share (a sweep's
@@ -277,7 +183,12 @@ def train_models(
             managers[name] = checkpoints.checkpoint_manager(dirs[name], config.keep_checkpoints)
             if skip_damaged_checkpoints:  # Moves damaged newest checkpoints aside.
                 fresh = runs[name].create_train_state()
-                checkpoints.restore_latest(managers[name], fresh, skip_damaged=True)
+                checkpoints.restore_latest(
+                    managers[name],
+                    fresh,
+                    skip_damaged=True,
+                    allow_unverified=allow_unverified_checkpoints,
+                )
             done = finished_result(dirs[name], runs[name].config, managers[name].latest_step() or 0)
             if done is not None:
                 results[name] = done
@@ -286,7 +197,13 @@ def train_models(
             return results
         restored_step = _common_step([managers[n] for n in active])
         states = [
-            _restore(managers[n], runs[n].create_train_state(), restored_step) for n in active
+            _restore(
+                managers[n],
+                runs[n].create_train_state(),
+                restored_step,
+                allow_unverified_checkpoints,
+            )
+            for n in active
         ]
         step = int(states[0].step)
         if restored_step is not None:
@@ -437,10 +354,17 @@ def train_models(
                 step,
                 logs[name],
                 dirs[name],
-                # Steps/s of the training calls, compilation excluded (None if all compiled).
+                # Steps/s of the training calls, compilation excluded unless all compiled.
                 train_steps_per_sec=throughput.steps_per_sec,
+                extra={
+                    **(extra or {}),
+                    **(
+                        {'train_steps_per_sec_note': 'includes compilation (every call compiled)'}
+                        if throughput.includes_compilation
+                        else {}
+                    ),
+                },
                 start_time=start_time,
-                extra=extra,
             )
     if failed:
         raise RuntimeError(
@@ -459,12 +383,17 @@ def _common_step(managers: list[ocp.CheckpointManager]) -> int | None:
     return max(common) if common else None
 
 
-def _restore(manager: ocp.CheckpointManager, state: steps.TrainState, step: int | None):
+def _restore(
+    manager: ocp.CheckpointManager,
+    state: steps.TrainState,
+    step: int | None,
+    allow_unverified: bool = False,
+):
     """The checkpoint at `step` (None: `state` itself); the newest one is checksum-verified."""
     if step is None:
         return state
     if step == manager.latest_step():
-        return checkpoints.restore_latest(manager, state)[0]
+        return checkpoints.restore_latest(manager, state, allow_unverified=allow_unverified)[0]
     return manager.restore(step, args=ocp.args.StandardRestore(state))
 
 
@@ -568,17 +497,14 @@ def finish_run(
     if not primary:
         return result
     run_files.write_json(workdir / run_files.EVAL_FILE, result)
+    rate = result['train_steps_per_sec']
+    if rate is None:
+        speed = 'no training steps in this call'
+    else:
+        compiling = ' (incl. compilation)' if 'train_steps_per_sec_note' in result else ''
+        speed = f'{rate:.1f} steps/s{compiling}'
     print(
-        f'{workdir}: step {step}, test ELBO {format_metric(result.get("elbo"))}, '
-        f'{result["train_steps_per_sec"] or 0:.1f} steps/s, '
+        f'{workdir}: step {step}, test ELBO {format_metric(result.get("elbo"))}, {speed}, '
         f'wall time {result["wall_time_sec"]:.1f} s'
     )
     return result
-
-
-def agreed_signal(stop: StopSignal) -> int | None:
-    """The stop signal any process has received, or None: all processes stop at one step."""
-    if jax.process_count() == 1:
-        return stop.received
-    received = multihost_utils.process_allgather(np.int32(stop.received or 0))
-    return int(np.max(received)) or None

@@ -45,11 +45,14 @@ import numpy as np
 from absl import logging
 
 from vae_jax import run_files
+from vae_jax.writer_config import (  # noqa: F401 -- re-exported: writers.validate etc.
+    EXTRAS,
+    WANDB_MODES,
+    WRITERS,
+    parse,
+    validate,
+)
 
-WRITERS = ('jsonl', 'tensorboard', 'mlflow', 'wandb')
-# Trackers that need an optional extra: writer -> (module imported, extra of vae_jax).
-EXTRAS = {'mlflow': ('mlflow', 'mlflow'), 'wandb': ('wandb', 'wandb')}
-WANDB_MODES = ('online', 'offline', 'disabled')
 # How a run's writers end: the loop finished, was stopped to resume later, or diverged.
 STATUSES = ('finished', 'stopped', 'failed')
 MLFLOW_STATUS = {'finished': 'FINISHED', 'stopped': 'KILLED', 'failed': 'FAILED'}
@@ -66,48 +69,6 @@ class Writer(Protocol):
     def write_summary(self, result: dict[str, Any]) -> None: ...
 
     def close(self, status: str) -> None: ...
-
-
-def parse(text: Any) -> tuple[str, ...]:
-    """The writer names of `config.logging.writers` ('jsonl,tensorboard' -> ('jsonl', ...)).
-
-    Raises:
-      ValueError: an unknown or repeated name, or a list without 'jsonl'.
-    """
-    names = tuple(t.strip() for t in str(text).split(',') if t.strip())
-    unknown = [n for n in names if n not in WRITERS]
-    if unknown or not names:
-        raise ValueError(
-            f'config.logging.writers={text!r} names unknown writers {unknown}; allowed: '
-            f'comma-separated names from {", ".join(WRITERS)}, e.g. jsonl,tensorboard,mlflow'
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f'config.logging.writers={text!r} repeats a name; allowed: distinct names')
-    if 'jsonl' not in names:
-        raise ValueError(
-            f"config.logging.writers={text!r} leaves out jsonl; metrics.jsonl is the run's "
-            'record (resume and scripts/aggregate.py read it); allowed: a list that includes jsonl'
-        )
-    return names
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks the values of `config.logging` (`require_trackers` checks the packages).
-
-    Raises:
-      ValueError: a bad `logging.*` value (naming the key, value and what is allowed).
-    """
-    parse(config.logging.writers)
-    mode = config.logging.wandb.mode
-    if mode is not None and mode not in WANDB_MODES:
-        raise ValueError(
-            f'config.logging.wandb.mode={mode!r} is invalid; allowed: None (honour $WANDB_MODE) '
-            f'or one of {", ".join(WANDB_MODES)}'
-        )
-    for key in ('logging.mlflow.experiment', 'logging.wandb.project'):
-        value = config.logging[key.split('.')[1]][key.split('.')[2]]
-        if not isinstance(value, str) or not value:
-            raise ValueError(f'config.{key}={value!r} is invalid; allowed: a non-empty string')
 
 
 def require_trackers(config: ml_collections.ConfigDict) -> None:

@@ -48,7 +48,7 @@ run_one() {
   local train=("$PYTHON" -m vae_jax.train --config "configs/zoo.py:$model" --workdir "$workdir"
                "${overrides[@]}")
   local evaluate=("$PYTHON" -m vae_jax.evaluate --workdir "$workdir" --k_samples "$NLL_K"
-                  --pictures=false ${MAX_EXAMPLES:+--max_examples "$MAX_EXAMPLES"})
+                  --output eval.json --pictures=false ${MAX_EXAMPLES:+--max_examples "$MAX_EXAMPLES"})
   echo "$model: training ($workdir/train.log)"
   local t0 t1 t2
   t0=$(date +%s.%N)
