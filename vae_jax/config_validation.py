@@ -96,8 +96,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number(config, 'beta', lambda v: v >= 0, 'a finite number >= 0')
     _int_at_least(config, 'beta_warmup_steps', 0)
     writer_config.validate(config)  # logging.* values (the packages: writers.require_trackers)
-        config
-    )  # logging.*: imports a tracker asked for (ImportError if missing)
 
     _int_at_least(config, 'num_train_steps', 0)
     for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps'):
