@@ -27,8 +27,19 @@ from absl.testing import absltest, parameterized
 from flax import nnx
 
 from configs import test as test_config
-from vae_jax import build, checkpoints, data, evaluate, models, nnx_models, protocol, steps
-from vae_jax import sweep, trained, trainer
+from vae_jax import (
+    build,
+    checkpoints,
+    data,
+    evaluate,
+    models,
+    nnx_models,
+    protocol,
+    steps,
+    sweep,
+    trained,
+    trainer,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)

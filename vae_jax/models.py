@@ -1,12 +1,13 @@
 """The built-in layer-spec models (VAE / CVAE / autoencoder), and building any model.
 
 Any Flax module (Linen, or NNX through `nnx_models.NNXModel`) that follows
-`LatentVariableModel` (protocol.py, re-exported here) trains, evaluates and sweeps with vae_jax: name it in the config
-(`model.module='my_pkg.my_models:MyVAE'`, keyword arguments from `model.module_kwargs`) or pass
-it from Python (`trainer.train_and_evaluate(config, workdir, model=MyVAE(...))`). `VAE` below
-is one implementation of the protocol (built from layer-spec strings, with the priors of
-`priors.py`), with the optional one-layer capability (its q, p(x|z) and p(z) as distributions)
-and `decode_mean`; `two_layer.TwoLayerVAE` and `flows.IAFVAE` are others.
+`LatentVariableModel` (protocol.py, re-exported here) trains, evaluates and sweeps with
+vae_jax: name it in the config (`model.module='my_pkg.my_models:MyVAE'`, keyword arguments
+from `model.module_kwargs`) or pass it from Python (`trainer.train_and_evaluate(config,
+workdir, model=MyVAE(...))`). `VAE` below is one implementation of the protocol (built from
+layer-spec strings, with the priors of `priors.py`), with the optional one-layer capability
+(its q, p(x|z) and p(z) as distributions) and `decode_mean`; `two_layer.TwoLayerVAE` and
+`flows.IAFVAE` are others.
 
 One module, `VAE`, covers the three models: `model.use_labels` makes it a conditional VAE, and
 objective 'autoencoder' gives it a deterministic code (posterior 'delta', P = latent_dim).
