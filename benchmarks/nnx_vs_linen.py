@@ -13,6 +13,10 @@ Run:  python -m benchmarks.nnx_vs_linen [--batch_size 100] [--k_samples 1] [--st
           [--repeats 5]
 Prints one JSON object: per repeat and median, milliseconds per step for each and the ratio
 nnx / linen (1.0 = the same; the two are interleaved so machine load affects both alike).
+
+Measured (2 vCPU, XLA:CPU, jax 0.10.2, flax 0.12.8, load average 6-8 from other jobs; defaults):
+NNX 6.22, Linen 6.15 ms/step, median ratio 1.01 (per repeat 0.84-1.22: the load's noise);
+530 jaxpr equations each, the same optimised HLO, bit-identical parameters after the steps.
 """
 
 import argparse
