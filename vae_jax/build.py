@@ -29,14 +29,25 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import nnx
 
-from vae_jax import config_validation, data, models, protocol, run_files, steps
+from vae_jax import config_validation, data, models, nnx_models, protocol, run_files, steps
 
 
 def root_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """A run's keys from its seed: (init_key, loop_key, data_key, eval_key), typed [] keys."""
     init_key, loop_key, data_key, eval_key = jax.random.split(jax.random.key(seed), 4)
     return init_key, loop_key, data_key, eval_key
+
+
+def nnx_rngs(seed: int) -> nnx.Rngs:
+    """The `rngs` an NNX model named by `model.module` is built with in a run of `seed`.
+
+    `nnx.Rngs(params=nnx_models.params_seed(init_key))`: build the module with it in Python
+    (`MyNNXVAE(..., rngs=build.nnx_rngs(config.seed))`) to get the parameters that the same run
+    by import path starts from.
+    """
+    return nnx.Rngs(params=nnx_models.params_seed(root_keys(seed)[0]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +58,8 @@ class ModelParts:
       config: the experiment config.
       data_shape: one example's shape, e.g. (28, 28, 1) or (2,).
       static: the jitted step's settings (`steps.StepConfig`, with the model's capabilities).
-      model: the Flax module (any `models.LatentVariableModel`).
+      model: the Flax module (any `models.LatentVariableModel`; an NNX one adapted,
+        `nnx_models.NNXModel`).
       model_fn: (variables, x [*event], y [] int or None) -> `losses.LatentModel`, evaluation
         mode (`steps.make_model_fn`): how evaluation, pictures and `vae_jax.load` see the model.
     """
@@ -55,14 +67,14 @@ class ModelParts:
     config: ml_collections.ConfigDict
     data_shape: tuple[int, ...]
     static: steps.StepConfig
-    model: nn.Module
+    model: nn.Module | nnx_models.NNXModel
     model_fn: Callable[..., Any]
 
 
 def build(
     config: ml_collections.ConfigDict,
     data_shape: tuple[int, ...] | None = None,
-    model: nn.Module | None = None,
+    model: nn.Module | nnx.Module | None = None,
     dataset_size: int = 0,
 ) -> ModelParts:
     """The model of `config` (or `model`, any module that follows the model protocol).
@@ -70,7 +82,7 @@ def build(
     Args:
       config: the experiment config (validated here).
       data_shape: one example's shape; default: computed from `config.input` without any data.
-      model: a Flax module to use instead of the one `config.model` describes.
+      model: a Flax module (Linen or NNX) to use instead of the one `config.model` describes.
       dataset_size: training examples (beta-TCVAE's minibatch weights); 0 where no step runs.
 
     Raises:

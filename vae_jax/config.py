@@ -95,11 +95,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.prior = ml_collections.ConfigDict()
     c.model.prior.name = 'standard_normal'
     c.model.prior.num_components = 10  # mixture components / pseudo-inputs ('mog', 'vamp')
-    # Your own model: a Flax Linen module that follows the model protocol
+    # Your own model: a Flax Linen or NNX module that follows the model protocol
     # (vae_jax.models.LatentVariableModel), as 'package.module:ClassName', built with
-    # `module_kwargs`. None = the layer-spec model above. A module defines its own posterior,
-    # likelihood and prior, so the layer-spec keys above (encoder, decoder, latent_dim,
-    # posterior, likelihood, prior, ...) do not apply to it. Set module_kwargs in a config file
+    # `module_kwargs` (an NNX module also with rngs=nnx.Rngs(params=<int from the seed>)).
+    # None = the layer-spec model above. A module defines its own posterior, likelihood and
+    # prior, so the layer-spec keys above (encoder, decoder, latent_dim, posterior, likelihood,
+    # prior, ...) do not apply to it. Set module_kwargs in a config file
     # (`c.model.module_kwargs = ml_collections.ConfigDict(dict(latent_dim=8))`); the command
     # line can then change their values.
     c.model.module = config_dict.placeholder(str)

@@ -1,12 +1,13 @@
 """The built-in layer-spec models (VAE / CVAE / autoencoder), and building any model.
 
-Any Flax Linen module that follows `LatentVariableModel` (protocol.py, re-exported here)
-trains, evaluates and sweeps with vae_jax: name it in the config
-(`model.module='my_pkg.my_models:MyVAE'`, keyword arguments from `model.module_kwargs`) or pass
-it from Python (`trainer.train_and_evaluate(config, workdir, model=MyVAE(...))`). `VAE` below
-is one implementation of the protocol (built from layer-spec strings, with the priors of
-`priors.py`), with the optional one-layer capability (its q, p(x|z) and p(z) as distributions)
-and `decode_mean`; `two_layer.TwoLayerVAE` and `flows.IAFVAE` are others.
+Any Flax module (Linen, or NNX through `nnx_models.NNXModel`) that follows
+`LatentVariableModel` (protocol.py, re-exported here) trains, evaluates and sweeps with
+vae_jax: name it in the config (`model.module='my_pkg.my_models:MyVAE'`, keyword arguments
+from `model.module_kwargs`) or pass it from Python (`trainer.train_and_evaluate(config,
+workdir, model=MyVAE(...))`). `VAE` below is one implementation of the protocol (built from
+layer-spec strings, with the priors of `priors.py`), with the optional one-layer capability
+(its q, p(x|z) and p(z) as distributions) and `decode_mean`; `two_layer.TwoLayerVAE` and
+`flows.IAFVAE` are others.
 
 One module, `VAE`, covers the three models: `model.use_labels` makes it a conditional VAE, and
 objective 'autoencoder' gives it a deterministic code (posterior 'delta', P = latent_dim).
@@ -48,8 +49,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from flax import nnx
 
-from vae_jax import backends, distributions, priors
+from vae_jax import backends, distributions, nnx_models, priors
 from vae_jax import layers as layers_lib
 from vae_jax.networks import Decoder, Encoder, _flatten_batch  # noqa: F401 -- re-exported
 from vae_jax.protocol import (  # noqa: F401 -- re-exported: models.LatentVariableModel etc.
@@ -367,24 +369,30 @@ def create_model(
 
 
 def check_model(
-    model: nn.Module, data_shape: tuple[int, ...], use_labels: bool, *, where: str = 'model'
-) -> nn.Module:
+    model: nn.Module | nnx.Module,
+    data_shape: tuple[int, ...],
+    use_labels: bool,
+    *,
+    where: str = 'model',
+) -> nn.Module | nnx_models.NNXModel:
     """Checks the protocol and that the model initialises and scores a zero example.
 
     Returns:
-      model, unchanged.
+      model, unchanged; an `nnx.Module` adapted (`nnx_models.NNXModel`: the functional form the
+      library calls, split once here).
 
     Raises:
       ValueError: a protocol member is missing, a log-density is not [K], or the optional
         `sample_and_log_posterior` does not return (z shaped as `sample_posterior`'s, [K]).
     """
+    if isinstance(model, nnx.Module):
+        model = nnx_models.NNXModel(model, where=where)
     check_protocol(model, where)
     data_shape = tuple(int(d) for d in data_shape)
     x = jax.ShapeDtypeStruct(data_shape, jnp.float32)
     y = jax.ShapeDtypeStruct((), jnp.int32) if use_labels else None
-    variables = jax.eval_shape(
-        lambda: init_variables(model, jax.random.key(0), data_shape, use_labels)
-    )
+    key = jax.random.key(0)  # Concrete: an NNX module built by path takes an int seed from it.
+    variables = jax.eval_shape(lambda: init_variables(model, key, data_shape, use_labels))
     if isinstance(model, VAE):
         return model
 

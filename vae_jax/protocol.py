@@ -1,4 +1,4 @@
-"""The model protocol: what a Flax Linen module needs to train, evaluate and sweep with vae_jax.
+"""The model protocol: what a Flax module needs to train, evaluate and sweep with vae_jax.
 
 `LatentVariableModel` is the protocol, written down once; `models.py` re-exports it and holds
 the built-in implementation (the layer-spec `VAE`) and `create_model`, which builds either that
@@ -16,6 +16,9 @@ from typing import Any, Protocol, runtime_checkable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
+
+from vae_jax import nnx_models
 
 Array = jax.Array
 
@@ -32,7 +35,7 @@ OPTIONAL_METHODS = ('sample_and_log_posterior', *SAMPLING_METHODS, *DISTRIBUTION
 
 @runtime_checkable
 class LatentVariableModel(Protocol):
-    """The model protocol: what a Flax Linen module needs to train with vae_jax.
+    """The model protocol: what a Flax module (Linen or NNX) needs to train with vae_jax.
 
     A model is a latent-variable model p(x, z) = p(x | z) p(z) with an inference model q(z | x).
     Its latent z is a pytree of arrays, a dict with one entry per stochastic layer (e.g.
@@ -44,7 +47,9 @@ class LatentVariableModel(Protocol):
     `model.use_labels`) and `train` (True inside the train step: BatchNorm-like layers may use
     it; ignore it otherwise). Declare parameters and submodules in `setup()` (Linen allows
     `@nn.compact` on one method only); the library initialises a module by calling all four
-    methods once.
+    methods once. An `nnx.Module` with the same members works too (`nnx_models.NNXModel`
+    adapts it once, outside the jitted step); it declares its layers in `__init__(...,
+    rngs)`.
 
     Members:
       latent_shapes: {name: shape of one sample of that latent}, e.g. {'z': (8,)}; readable on
@@ -226,9 +231,15 @@ def import_module_class(path: str) -> type:
 
 
 def check_protocol(model: Any, where: str = 'model') -> None:
-    """Raises a ValueError naming what `model` lacks of `LatentVariableModel`."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f'{where}: {type(model).__name__} is not a Flax Linen module.')
+    """Raises a ValueError naming what `model` lacks of `LatentVariableModel`.
+
+    `model` is a Linen module or an adapted NNX one (`nnx_models.NNXModel`; `models.check_model`
+    adapts an `nnx.Module`).
+    """
+    if isinstance(model, nnx.Module):
+        model = nnx_models.NNXModel(model, where=where)
+    if not isinstance(model, nn.Module | nnx_models.NNXModel):
+        raise ValueError(f'{where}: {type(model).__name__} is not a Flax Linen or NNX module.')
     missing = missing_members(model, PROTOCOL_METHODS)
     # A training member that is present but not a method is a mistake worth stopping on; the
     # sampling members are checked when used (`missing_members`), where None means absent.
@@ -278,13 +289,18 @@ def init_all(module: Any, x: Array, y: Array | None) -> Array:
     )
 
 
-def build_module(path: str, kwargs: dict[str, Any]) -> nn.Module:
+def build_module(path: str, kwargs: dict[str, Any]) -> nn.Module | nnx_models.NNXModel:
     """`ClassName(**kwargs)` for `model.module` = path.
+
+    An `nnx.Module` class is adapted (`nnx_models.NNXModel.from_class`): each `init(key)`
+    constructs it with `rngs=nnx.Rngs(params=nnx_models.params_seed(key))`.
 
     Raises:
       ValueError: the class cannot be found or does not accept the keyword arguments.
     """
     cls = import_module_class(path)
+    if nnx_models.is_nnx_class(cls):
+        return nnx_models.NNXModel.from_class(cls, kwargs, where=f'model.module={path!r}')
     try:
         # JSON has no tuples: a tuple field (e.g. layer widths) comes back from config.json as a
         # list; a tuple keeps the module hashable and equal to the one that trained.

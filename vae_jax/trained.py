@@ -241,9 +241,11 @@ class TrainedModel:
         return self._prior_draws(self.variables, key, int(n), self._labels(labels, n, method))
 
     def _as_latents(self, z: Any) -> Any:
-        """A one-layer prior draw [n, D] as the protocol's latents {name: [n, D]}."""
-        if self.capabilities.distributions:
-            return {self.parts.static.latent_shapes[0][0]: z}
+        """A bare array [n, D] (a one-layer prior draw, the manifold's grid) as the protocol's
+        latents {name: [n, D]} of a model with one latent; latents already a dict unchanged."""
+        shapes = self.parts.static.latent_shapes
+        if not isinstance(z, dict) and len(shapes) == 1:
+            return {shapes[0][0]: z}
         return z
 
     def decode_mean(self, z: Any, labels: Any = None) -> np.ndarray:
