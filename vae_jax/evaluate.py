@@ -96,6 +96,7 @@ def evaluate(
     pictures: bool = True,
     progress: bool = True,
     data_dir: str | None = None,
+    disentanglement: bool = False,
 ) -> dict[str, Any]:
     """Evaluates the latest checkpoint of a run; writes `<workdir>/<output>` and pictures.
 
@@ -133,6 +134,7 @@ def evaluate(
             chunk_size=chunk_size,
             batch_size=batch_size,
             progress=lambda done, total: bar.update(done),
+            step=step,
         )
     finally:
         bar.close()
@@ -148,6 +150,8 @@ def evaluate(
         evaluated_by='vae_jax.evaluate',
         eval_time_sec=time.time() - start,
     )
+    if disentanglement:  # the trainer's end-of-run metrics (`run_eval.disentanglement`)
+        result.update(run_eval.disentanglement(trained.TrainedModel(parts, variables, step)))
     path = workdir / output
     previous = json.loads(path.read_text()) if path.is_file() else {}
     previous.pop('bits_per_dim', None)  # Absent where undefined: drop an earlier run's value.
@@ -225,6 +229,12 @@ def define_flags() -> None:
     )
     flags.DEFINE_string('output', 'eval.json', 'File in --workdir to write the results to.')
     flags.DEFINE_bool('pictures', True, 'Write pictures into <workdir>/images.')
+    flags.DEFINE_bool(
+        'disentanglement',
+        False,
+        'Also the disentanglement metrics of a dsprites run (disentanglement/* and their '
+        'settings, as at the end of training).',
+    )
     flags.mark_flag_as_required('workdir')
 
 
@@ -244,6 +254,7 @@ def main(argv: list[str]) -> None:
         output=FLAGS.output,
         pictures=FLAGS.pictures,
         data_dir=FLAGS.data_dir,
+        disentanglement=FLAGS.disentanglement,
     )
     print(format_table(result))
     print(f'wrote {Path(FLAGS.workdir) / FLAGS.output}')
