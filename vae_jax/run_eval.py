@@ -197,10 +197,11 @@ DISENTANGLEMENT_SALT = 0x444953
 # beta-VAE score alone encodes 1.9 million images; DCI's gradient-boosted trees take minutes),
 # so that a dsprites32 run's end costs well under a minute on 2 CPU cores: about 30,000 images
 # rendered and encoded (the beta-VAE score 14,400, the FactorVAE score 9,200, MIG 5,000, DCI and
-# SAP 3,000 each; 24 s in all, wall clock, for configs/dsprites_beta_vae.py's network on a
-# shared 2-core machine, compiles included) and DCI with the Lasso (Eastwood & Williams' own
-# regressor, linear relations only) instead of gradient-boosted trees. Their sampling error is
-# larger than at the published sizes: `disentanglement(model, settings={})` gives those.
+# SAP 3,000 each; 24-42 s in all, wall clock, for configs/dsprites_beta_vae.py's network on a
+# 2-core machine shared with other jobs, compiles included) and DCI with the Lasso (Eastwood &
+# Williams' own regressor, linear relations only) instead of gradient-boosted trees. Their
+# sampling error is larger than at the published sizes: `disentanglement(model, settings={})`
+# gives those.
 DISENTANGLEMENT_SETTINGS = {
     'beta_vae_num_train': 300,
     'beta_vae_num_eval': 150,
