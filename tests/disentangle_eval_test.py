@@ -1,12 +1,26 @@
 """Tests for vae_jax.disentangle_eval: metrics of a loaded model on dSprites."""
 
+import json
+from pathlib import Path
+from unittest import mock
+
 import jax
 import numpy as np
 import optax
 from absl.testing import absltest
 
 from configs import default as default_config
-from vae_jax import disentangle_eval, disentanglement, dsprites, trained
+from configs import test as test_config
+from vae_jax import (
+    disentangle_eval,
+    disentanglement,
+    dsprites,
+    evaluate,
+    run_eval,
+    run_files,
+    trained,
+    trainer,
+)
 
 
 def tiny_model(dataset='digits', latent_dim=3):
@@ -88,3 +102,86 @@ class DisentanglementMetricsTest(absltest.TestCase):
 
 if __name__ == '__main__':
     absltest.main()
+
+
+_TINY_SETTINGS = dict(_SMALL, dci_num_train=100, dci_num_test=50)
+
+
+class EndOfRunTest(absltest.TestCase):
+    """A tiny dsprites32 run: the metrics in eval.json, the same from `vae_jax.evaluate`."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        config = test_config.get_config()
+        config.objective = 'dip_vae_i'
+        config.input.dataset = 'dsprites32'
+        config.input.data_dir = '/nonexistent'  # no TFDS copy: the renderer
+        config.input.num_train_examples = 128
+        config.input.num_test_examples = 64
+        config.model.latent_dim = 4
+        config.model.likelihood = 'bernoulli'
+        cls.config = config
+        cls.workdir = Path(absltest.get_default_test_tmpdir()) / 'dsprites_run'
+        cls.tags = []
+        log_image = run_files.MetricsLog.image
+
+        def record_tag(self, tag, image, step):
+            cls.tags.append(tag)
+            return log_image(self, tag, image, step)
+
+        with (
+            mock.patch.object(run_eval, 'DISENTANGLEMENT_SETTINGS', _TINY_SETTINGS),
+            mock.patch.object(run_files.MetricsLog, 'image', record_tag),
+        ):
+            trainer.train_and_evaluate(config, cls.workdir)
+        cls.result = json.loads((cls.workdir / 'eval.json').read_text())
+
+    def test_eval_json_has_every_metric_and_its_settings(self):
+        names = (
+            'beta_vae', 'factor_vae', 'mig', 'dci_disentanglement', 'dci_completeness',
+            'dci_informativeness', 'sap',
+        )  # fmt: skip
+        for name in names:
+            value = self.result[f'disentanglement/{name}']
+            self.assertTrue(np.isfinite(value), name)
+            self.assertBetween(value, -1e-6, 1.0 + 1e-6)
+        settings = self.result['disentanglement/settings']
+        self.assertEqual(settings['mig'], {'num_train': 200, 'num_bins': 20})
+        self.assertEqual(settings['dci'], {'num_train': 100, 'num_test': 50, 'regressor': 'lasso'})
+        self.assertEqual(settings['dataset'], 'dsprites32')
+        self.assertEqual(settings['data_source'], 'renderer')
+        self.assertGreater(settings['time_sec'], 0.0)
+        # The same numbers in metrics.jsonl's last row, for the trackers.
+        rows = [json.loads(line) for line in (self.workdir / 'metrics.jsonl').open()]
+        last = [r for r in rows if 'eval/disentanglement/mig' in r][-1]
+        self.assertEqual(last['eval/disentanglement/mig'], self.result['disentanglement/mig'])
+
+    def test_the_traversals_are_drawn_and_logged(self):
+        self.assertTrue((self.workdir / 'images' / 'latent_traversals.png').is_file())
+        self.assertIn('images/latent_traversals', self.tags)
+
+    def test_evaluate_gives_the_same_numbers(self):
+        with mock.patch.object(run_eval, 'DISENTANGLEMENT_SETTINGS', _TINY_SETTINGS):
+            again = evaluate.evaluate(
+                self.workdir, k_samples=0, output='again.json', pictures=False, progress=False,
+                disentanglement=True,
+            )  # fmt: skip
+        keys = [k for k in self.result if k.startswith('disentanglement/')]
+        self.assertLen(keys, 8)
+        for key in keys:
+            if key != 'disentanglement/settings':
+                self.assertEqual(again[key], self.result[key], key)
+        self.assertEqual(
+            json.loads((self.workdir / 'again.json').read_text())['disentanglement/mig'],
+            self.result['disentanglement/mig'],
+        )
+        # Without the flag, evaluate leaves them out of its own record.
+        plain = evaluate.evaluate(
+            self.workdir, k_samples=0, output='plain.json', pictures=False, progress=False
+        )
+        self.assertNotIn('disentanglement/mig', plain)
+
+    def test_a_run_without_factors_has_none(self):
+        with self.assertRaisesRegex(ValueError, "input.dataset='digits'"):
+            run_eval.disentanglement(tiny_model())

@@ -26,7 +26,18 @@ class RegistryTest(parameterized.TestCase):
     def test_names_resolve_and_unknown_names_list_the_allowed_ones(self):
         self.assertEqual(
             objectives.NAMES,
-            ('elbo', 'iwae', 'autoencoder', 'miwae', 'ciwae', 'piwae', 'beta_tcvae'),
+            (
+                'elbo',
+                'iwae',
+                'autoencoder',
+                'miwae',
+                'ciwae',
+                'piwae',
+                'beta_tcvae',
+                'dip_vae_i',
+                'dip_vae_ii',
+                'annealed_vae',
+            ),
         )
         for name in objectives.NAMES:
             self.assertEqual(objectives.get(name).name, name)
@@ -111,7 +122,7 @@ class StepConfigTest(parameterized.TestCase):
         hash(static)  # hashable: a static argument of the jitted step
         objective, kwargs = static.objective_fn(beta=0.5)
         self.assertIs(objective, objectives.get(config.objective))
-        inputs = {'beta': 0.5, 'dataset_size': 100}
+        inputs = {'beta': 0.5, 'dataset_size': 100, 'step': 0}
         self.assertEqual(kwargs, {**expected, **{i: inputs[i] for i in objective.inputs}})
 
     def test_changing_an_option_changes_the_static_step_config(self):

@@ -1,5 +1,7 @@
 """Tests for vae_jax.traversals: the codes, the KL ordering, and the picture of a tiny model."""
 
+from pathlib import Path
+
 import distrax
 import jax
 import numpy as np
@@ -8,7 +10,8 @@ from absl.testing import absltest
 from PIL import Image
 
 from configs import default as default_config
-from vae_jax import plots, trained, traversals
+from configs import test as test_config
+from vae_jax import build, models, pictures, plots, trained, traversals, two_layer
 
 
 def tiny_model(dataset='digits', latent_dim=3):
@@ -67,6 +70,49 @@ class TraversalTest(absltest.TestCase):
         model.config.model.posterior = 'full'
         with self.assertRaisesRegex(ValueError, "model.posterior='full'"):
             traversals.latent_traversals(model, np.zeros((1, 8, 8, 1)), '/nonexistent/x.png')
+
+
+class PicturesTest(absltest.TestCase):
+    """`pictures.write_pictures` draws the traversals of every model that can draw them."""
+
+    def test_a_one_layer_model_gets_the_traversals_among_its_pictures(self):
+        model = tiny_model()
+        images = np.random.default_rng(0).uniform(size=(20, 8, 8, 1)).astype(np.float32)
+        out = Path(self.create_tempdir().full_path)
+        drawn = pictures.write_pictures(out, model, jax.random.key(0), images, np.zeros(20, int))
+        self.assertIn('latent_traversals', drawn)
+        # The picture is latent_traversals of the reconstructions' inputs (the first 16).
+        direct = traversals.latent_traversals(
+            model, images[:16], out / 'direct.png', max_rows=pictures.NUM_TRAVERSAL_ROWS
+        )
+        np.testing.assert_array_equal(drawn['latent_traversals'], direct)
+        saved = np.asarray(Image.open(out / 'latent_traversals.png'))
+        np.testing.assert_array_equal(saved, direct)
+
+    def test_models_that_cannot_draw_them_are_skipped_with_the_reason(self):
+        images = np.random.default_rng(0).uniform(size=(4, 8, 8, 1)).astype(np.float32)
+        config = test_config.get_config()
+        module = two_layer.TwoLayerVAE(
+            latent_dims=(2, 2), encoder_dims=((8,), (8,)), decoder_dims=((8,), (8,))
+        )
+        parts = build.build(config, model=module)
+        variables = models.init_variables(parts.model, jax.random.key(0), parts.data_shape, False)
+        no_one_layer = trained.TrainedModel(parts, variables, 0)
+        full = tiny_model()
+        full.config.model.posterior = 'full'
+        for model, reason in (
+            (no_one_layer, 'TwoLayerVAE has no one-layer capability'),
+            (full, "model.posterior='full': the KL per dimension needs a diagonal Gaussian"),
+        ):
+            out = Path(self.create_tempdir().full_path)
+            with self.assertLogs(level='INFO') as logs:
+                drawn = pictures.write_pictures(
+                    out, model, jax.random.key(0), images, np.zeros(4, int)
+                )
+            self.assertNotIn('latent_traversals', drawn)
+            self.assertIn('reconstructions', drawn)  # the others are still drawn
+            self.assertIn(f'picture latent_traversals skipped: {reason}', '\n'.join(logs.output))
+            self.assertFalse((out / 'latent_traversals.png').exists())
 
 
 if __name__ == '__main__':

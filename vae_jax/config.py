@@ -17,7 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     # The objective: a name in vae_jax/objectives.py's registry, 'elbo' | 'iwae' |
-    # 'autoencoder' | 'miwae' | 'ciwae' | 'piwae' | 'beta_tcvae'. The options of each objective
+    # 'autoencoder' | 'miwae' | 'ciwae' | 'piwae' | 'beta_tcvae' | 'dip_vae_i' | 'dip_vae_ii' |
+    # 'annealed_vae'. The options of each objective
     # follow (top-level keys; their defaults and allowed values are declared with the objective).
     c.objective = 'elbo'
     c.beta = 1.0  # KL weight (beta-VAE); traced, so sweeping it does not recompile.
@@ -38,6 +39,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.tcvae_alpha = 1.0  # beta_tcvae: weight on the index-code mutual information
     c.tcvae_gamma = 1.0  # beta_tcvae: weight on the dimension-wise KL
     c.tcvae_estimator = 'mws'  # beta_tcvae: 'mws' (minibatch weighted) | 'mss' (stratified)
+    # DIP-VAE (Kumar et al. 2018): recon + beta KL + lambda_od sum offdiag(C)^2
+    # + lambda_d sum (diag(C) - 1)^2, C the batch's aggregate-posterior covariance;
+    # lambda_d = factor * lambda_od (disentanglement_lib's parameterisation and factors).
+    c.dip_lambda_od = 10.0  # dip_vae_i, dip_vae_ii: lambda_od
+    c.dip_i_lambda_d_factor = 10.0  # dip_vae_i: lambda_d / lambda_od
+    c.dip_ii_lambda_d_factor = 1.0  # dip_vae_ii: lambda_d / lambda_od
+    # AnnealedVAE (Burgess et al. 2018): recon + gamma |KL - C(step)|, C linear 0 -> c_max.
+    c.annealed_gamma = 1000.0  # annealed_vae: gamma
+    c.annealed_c_max = 25.0  # annealed_vae: final capacity C, nats
+    c.annealed_capacity_steps = 100_000  # annealed_vae: steps of the rise (0: c_max throughout)
 
     c.num_train_steps = 6_000
     c.log_every_steps = 100

@@ -179,6 +179,7 @@ def evaluate(
     data_dir: str | None = None,
     allow_unverified_checkpoints: bool = False,
     model: Any = None,
+    disentanglement: bool = False,
 ) -> dict[str, Any]:
     """Evaluates the latest checkpoint of a run; writes its results and pictures.
 
@@ -239,6 +240,7 @@ def evaluate(
             chunk_size=chunk_size,
             batch_size=batch_size,
             progress=lambda done, total: bar.update(done),
+            step=step,
         )
     finally:
         bar.close()
@@ -254,6 +256,8 @@ def evaluate(
         evaluated_by='vae_jax.evaluate',
         eval_time_sec=time.time() - start,
     )
+    if disentanglement:  # the trainer's end-of-run metrics (`run_eval.disentanglement`)
+        result.update(run_eval.disentanglement(trained.TrainedModel(parts, variables, step)))
     path, why = results_path(workdir, output, result)
     if why:
         print(f'{why}; writing {path}', file=sys.stderr, flush=True)
@@ -349,6 +353,12 @@ def define_flags() -> None:
         False,
         'Restore a checkpoint whose checksum is missing, with a warning (refused otherwise).',
     )
+    flags.DEFINE_bool(
+        'disentanglement',
+        False,
+        'Also the disentanglement metrics of a dsprites run (disentanglement/* and their '
+        'settings, as at the end of training).',
+    )
     flags.mark_flag_as_required('workdir')
 
 
@@ -367,6 +377,7 @@ def main(argv: list[str]) -> None:
         pictures=FLAGS.pictures,
         data_dir=FLAGS.data_dir,
         allow_unverified_checkpoints=FLAGS.allow_unverified_checkpoints,
+        disentanglement=FLAGS.disentanglement,
     )
     print(format_table(result))
     print(f'wrote {result["results_file"]}')

@@ -157,7 +157,8 @@ class RowStepConfig(steps.StepConfig):
     k_max: int = 1
     row: dict[str, jax.Array] | None = dataclasses.field(default=None, compare=False)
 
-    def objective_fn(self, beta):
+    def objective_fn(self, beta, step=0):
+        del step  # the rows' objectives have no schedule of their own
         return _ROW_OBJECTIVE, {'beta': beta, 'k_max': self.k_max, **self.row}
 
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from vae_jax import iw_objectives, log_weights, registry, tcvae
+from vae_jax import disentangle_vaes, iw_objectives, log_weights, registry, tcvae
 
 Objective = registry.Objective
 Option = registry.Option
 
-_MODULES = (log_weights, iw_objectives, tcvae)
+_MODULES = (log_weights, iw_objectives, tcvae, disentangle_vaes)
 
 OBJECTIVES: dict[str, Objective] = {
     objective.name: objective for module in _MODULES for objective in module.OBJECTIVES

@@ -9,7 +9,10 @@
   capability's `prior_distribution`) also `samples` (the likelihood's mean at z ~ p(z)); for a
   model with one latent vector, `manifold` (decoded means over a grid of N(0, 1) quantiles; the
   plane of the two leading principal directions of the posterior means when the latent has more
-  than 2 dimensions; a conditional model is shown for label 0);
+  than 2 dimensions; a conditional model is shown for label 0); for a model with the one-layer
+  capability and a diagonal Gaussian q, `latent_traversals` (`traversals.latent_traversals`:
+  each latent dimension swept over [-2.5, 2.5] from the first input's posterior mean, rows
+  ordered by their KL over the reconstructions' inputs, at most `NUM_TRAVERSAL_ROWS` rows);
 - 2-D toy data: `toy_density` (data and model samples overlaid; the model's log p(x) on a grid,
   importance-sampled, beside the true density where one is given);
 - any model, given the posterior means: `latent_scatter` (coloured by label when the data set
@@ -34,7 +37,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vae_jax import data, evaluation, plots, steps, trained
+from vae_jax import data, evaluation, plots, steps, trained, traversals
 
 # The model density of a 2-D toy set: a TOY_GRID x TOY_GRID grid, TOY_DENSITY_K importance
 # samples per point (log p(x) of these models is within ~0.01 nats at k = 100).
@@ -42,6 +45,7 @@ TOY_GRID = 64
 TOY_DENSITY_K = 100
 NUM_RECONSTRUCTIONS = 16
 NUM_SAMPLES = 64
+NUM_TRAVERSAL_ROWS = 16
 
 
 def config_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -149,6 +153,29 @@ def write_pictures(
                     return model.decode_mean(np.asarray(z, np.float32), y_of(grid_labels))
 
                 draw('manifold', lambda p: plots.manifold(decode_grid, latent_dim, p, basis=basis))
+            if not caps.distributions:
+                skip(
+                    'latent_traversals',
+                    f'{where} has no one-layer capability (posterior_distribution, '
+                    'likelihood_distribution and prior_distribution of one latent vector)',
+                )
+            elif model.builtin and model.config.model.posterior != 'diagonal':
+                skip(
+                    'latent_traversals',
+                    f'model.posterior={model.config.model.posterior!r}: the KL per dimension '
+                    'needs a diagonal Gaussian posterior',
+                )
+            else:
+                draw(
+                    'latent_traversals',
+                    lambda p: traversals.latent_traversals(
+                        model,
+                        x,
+                        p,
+                        max_rows=NUM_TRAVERSAL_ROWS,
+                        labels=y_of(labels[:n]),
+                    ),
+                )
     if posterior_means is not None:
         scatter_labels = labels if has_labels else None
         draw('latent_scatter', lambda p: plots.latent_scatter(posterior_means, scatter_labels, p))

@@ -118,10 +118,14 @@ class Objective:
         options: what `fn` reads from the config, as keyword arguments.
         per_example: which of the two signatures `fn` has.
         inputs: what the step passes besides the options: 'beta' (the KL weight at this step,
-            traced) and 'dataset_size' (the number of training examples, set by the trainer).
+            traced), 'dataset_size' (the number of training examples, set by the trainer) and
+            'step' (the optimizer step, traced: for schedules such as AnnealedVAE's capacity).
         check: optional config -> None raising `ValueError` for a combination of values that
             no single option's allowed values express (e.g. M must divide k_samples).
         doc: one line: what the objective is.
+        capabilities: the optional model capabilities it needs, as `protocol.Capabilities`
+            field names (e.g. 'distributions', the one-layer capability); a model without one
+            is a `ValueError` when the step configuration is built.
     """
 
     name: str
@@ -131,3 +135,4 @@ class Objective:
     inputs: tuple[str, ...] = ('beta',)
     check: Callable[[Any], None] | None = None
     doc: str = ''
+    capabilities: tuple[str, ...] = ()

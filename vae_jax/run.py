@@ -130,6 +130,7 @@ class Run:
             key=self.eval_key,
             nll_k=nll_k,
             batch_size=self.config.input.eval_batch_size,
+            step=int(jax.device_get(state.step)),
         )
 
     def eval_split(self) -> tuple[np.ndarray, np.ndarray]:

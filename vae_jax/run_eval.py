@@ -10,6 +10,7 @@ the same values.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae_jax import data, evaluation, run_files, steps
+from vae_jax import data, disentangle_eval, evaluation, run_files, steps
 from vae_jax.build import ModelParts, root_keys
 
 
@@ -34,6 +35,7 @@ def evaluate_run(
     chunk_size: int = evaluation.CHUNK_SIZE,
     batch_size: int = evaluation.BATCH_SIZE,
     progress: Callable[[int, int], None] | None = None,
+    step: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A run's metrics on `images`: `evaluation.evaluate_dataset` and `objective_terms`.
 
@@ -46,6 +48,8 @@ def evaluate_run(
       nll_k: importance samples of the NLL; 0 skips it.
       chunk_size, batch_size: memory and speed, not values.
       progress: optional callback(num_done, num_total).
+      step: the step of `variables`, for objectives with a schedule of their own (AnnealedVAE's
+        capacity); None: `config.num_train_steps` (a finished run's).
 
     Returns:
       (metrics: `evaluate_dataset`'s summary plus 'objective/<term>', per-example arrays).
@@ -66,7 +70,8 @@ def evaluate_run(
         return_per_example=True,
     )
     per_example = metrics.pop('per_example')
-    metrics.update(objective_terms(parts, variables, eval_key, images, labels))
+    step = parts.config.num_train_steps if step is None else step
+    metrics.update(objective_terms(parts, variables, eval_key, images, labels, step=step))
     return metrics, per_example
 
 
@@ -125,6 +130,8 @@ def objective_terms(
     eval_key: jax.Array,
     images: np.ndarray,
     labels: np.ndarray,
+    *,
+    step: int = 0,
 ) -> dict[str, float]:
     """The training objective's terms on held-out data, in evaluation mode.
 
@@ -138,6 +145,7 @@ def objective_terms(
       variables: {'params', optional 'batch_stats'}.
       eval_key: the run's evaluation key.
       images: [N, *data_shape]; labels: [N].
+      step: the optimizer step the objective sees (AnnealedVAE's capacity C(step)).
 
     Returns:
       {'objective/<term>': mean}; empty when the data is smaller than one batch.
@@ -159,6 +167,7 @@ def objective_terms(
                 jnp.asarray(images[rows], jnp.float32),
                 jnp.asarray(labels[rows], jnp.int32),
                 jnp.asarray(parts.config.beta, jnp.float32),
+                jnp.asarray(step, jnp.int32),
             )
         )
         for name, values in terms.items():
@@ -169,7 +178,7 @@ def objective_terms(
 
 def _objective_terms_fn(parts: ModelParts) -> Callable[..., Any]:
     return jax.jit(
-        lambda params, stats, key, images, labels, beta: steps.batch_terms(
+        lambda params, stats, key, images, labels, beta, step: steps.batch_terms(
             params,
             stats,
             key,
@@ -179,6 +188,7 @@ def _objective_terms_fn(parts: ModelParts) -> Callable[..., Any]:
             apply_fn=parts.model.apply,
             static=parts.static,
             train=False,
+            step=step,
         )[0]
     )
 
@@ -202,3 +212,62 @@ def finished_result(
 def format_metric(value: float | None) -> str:
     """A metric for the summary line; None (no ELBO for the autoencoder objective) -> 'n/a'."""
     return 'n/a' if value is None else f'{value:.4f}'
+
+
+# fold_in salt of the disentanglement metrics' key (`disentanglement`).
+DISENTANGLEMENT_SALT = 0x444953
+# The sizes of the end-of-run disentanglement metrics, far below disentanglement_lib's (its
+# beta-VAE score alone encodes 1.9 million images; DCI's gradient-boosted trees take minutes),
+# so that a dsprites32 run's end costs well under a minute on 2 CPU cores: about 30,000 images
+# rendered and encoded (the beta-VAE score 14,400, the FactorVAE score 9,200, MIG 5,000, DCI and
+# SAP 3,000 each; 24-42 s in all, wall clock, for configs/dsprites_beta_vae.py's network on a
+# 2-core machine shared with other jobs, compiles included) and DCI with the Lasso (Eastwood &
+# Williams' own regressor, linear relations only) instead of gradient-boosted trees. Their
+# sampling error is larger than at the published sizes: `disentanglement(model, settings={})`
+# gives those.
+DISENTANGLEMENT_SETTINGS = {
+    'beta_vae_num_train': 300,
+    'beta_vae_num_eval': 150,
+    'beta_vae_batch_size': 16,
+    'factor_vae_num_train': 300,
+    'factor_vae_num_eval': 150,
+    'factor_vae_batch_size': 16,
+    'factor_vae_num_variance_estimate': 2_000,
+    'mig_num_train': 5_000,
+    'dci_num_train': 2_000,
+    'dci_num_test': 1_000,
+    'dci_regressor': 'lasso',
+    'sap_num_train': 2_000,
+    'sap_num_test': 1_000,
+}
+
+
+def disentanglement(
+    model: Any, *, key: jax.Array | None = None, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The disentanglement metrics of a trained run on a data set with factors, for eval.json.
+
+    `disentangle_eval.disentanglement_metrics` with the settings recorded under
+    'disentanglement/settings' (with the time taken, 'time_sec').
+
+    Args:
+      model: the run's `trained.TrainedModel` (data set in `data.FACTOR_DATASETS`).
+      key: the metrics' key; default fold_in(the run's eval key, DISENTANGLEMENT_SALT), so the
+        trainer and `vae_jax.evaluate` give the same numbers for the same parameters.
+      settings: {'<metric>_<keyword>': value} (`disentangle_eval.metric_settings`); None:
+        `DISENTANGLEMENT_SETTINGS` (what the trainer and `vae_jax.evaluate` use); {}:
+        disentanglement_lib's sizes (minutes, not seconds).
+
+    Returns:
+      {'disentanglement/<metric>': float, ..., 'disentanglement/settings': {...}}.
+
+    Raises:
+      ValueError: a data set without factors, a conditional run, an unknown setting.
+    """
+    if key is None:
+        key = jax.random.fold_in(root_keys(model.config.seed)[3], DISENTANGLEMENT_SALT)
+    start = time.time()
+    settings = DISENTANGLEMENT_SETTINGS if settings is None else settings
+    out = disentangle_eval.disentanglement_metrics(model, key, **settings)
+    out['disentanglement/settings']['time_sec'] = round(time.time() - start, 2)
+    return out

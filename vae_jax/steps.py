@@ -83,6 +83,19 @@ class StepConfig:
             (name, tuple(int(d) for d in shape)) for name, shape in model.latent_shapes.items()
         )
         capabilities = protocol.capabilities(model)
+        objective = objectives.get(config.objective)
+        missing = [c for c in objective.capabilities if not getattr(capabilities, c)]
+        if missing:
+            allowed = [
+                name
+                for name, o in objectives.OBJECTIVES.items()
+                if all(getattr(capabilities, c) for c in o.capabilities)
+            ]
+            raise ValueError(
+                f'config.objective={config.objective!r} needs the model capability '
+                f'{" and ".join(_CAPABILITY_DOCS.get(c, repr(c)) for c in missing)}, which '
+                f'{type(model).__name__} lacks; allowed with this model: {", ".join(allowed)}'
+            )
         return cls(
             objective=config.objective,
             objective_options=objectives.read_options(config.objective, config),
@@ -97,22 +110,33 @@ class StepConfig:
             dataset_size=int(dataset_size),
         )
 
-    def objective_fn(self, beta: Array | float) -> tuple[objectives.Objective, dict[str, Any]]:
+    def objective_fn(
+        self, beta: Array | float, step: Array | int = 0
+    ) -> tuple[objectives.Objective, dict[str, Any]]:
         """The objective (`objectives.get`) and its keyword arguments: options and step inputs.
 
         Args:
           beta: the KL weight at this step (may be traced), for objectives that take it.
+          step: the optimizer step (may be traced), for objectives that take it.
 
         Returns:
           (objective, {keyword: value}): the chosen objective's options plus the inputs it
-          declares ('beta', 'dataset_size').
+          declares ('beta', 'dataset_size', 'step').
         """
         objective = objectives.get(self.objective)
-        inputs = {'beta': beta, 'dataset_size': self.dataset_size}
+        inputs = {'beta': beta, 'dataset_size': self.dataset_size, 'step': step}
         return objective, {
             **{name: inputs[name] for name in objective.inputs},
             **dict(self.objective_options),
         }
+
+
+# How a capability is named in an error message (`protocol.Capabilities` fields).
+_CAPABILITY_DOCS = {
+    'distributions': "'distributions' (the one-layer capability: posterior_distribution, "
+    'likelihood_distribution and prior_distribution of one latent vector; the built-in VAE has '
+    'it)',
+}
 
 
 def standard_normal_noise(key: Array, k: int, latent_shapes) -> dict[str, Array]:
@@ -251,6 +275,7 @@ def batch_terms(
     apply_fn: Callable[..., Any],
     static: StepConfig,
     train: bool,
+    step: Array | int = 0,
 ) -> tuple[dict[str, Array], Any]:
     """Per-example objective terms over a batch, and the updated BatchNorm statistics.
 
@@ -260,12 +285,14 @@ def batch_terms(
       images: [B, *event] in [0, 1] (binarised here when the config says 'dynamic').
       labels: [B] int32.
       beta: [] KL weight, may be traced.
+      step: [] the optimizer step, may be traced (objectives with a 'step' input, e.g.
+        AnnealedVAE's capacity schedule).
 
     Returns:
       (terms: dict of [B] arrays, new batch_stats (unchanged without BatchNorm or in eval)).
     """
     example_keys = jax.random.split(key, images.shape[0])
-    objective, options = static.objective_fn(beta)
+    objective, options = static.objective_fn(beta, step)
 
     def prepare(example_key, x):
         bin_key, loss_key = jax.random.split(example_key)
@@ -358,6 +385,7 @@ def train_step(
             apply_fn=state.apply_fn,
             static=static,
             train=True,
+            step=state.step,
         )
         means = jax.tree.map(jnp.mean, terms)
         return means['loss'], (means, new_stats)

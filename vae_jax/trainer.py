@@ -434,6 +434,22 @@ def write_pictures(
     )
 
 
+def disentanglement_scores(
+    run: Run, state: steps.TrainState, step: int, workdir: Path
+) -> dict[str, Any]:
+    """The disentanglement metrics of a run on a data set with factors (`run_eval`).
+
+    A run they do not apply to (a conditional one) gets 'disentanglement/skipped' with the
+    reason, and a logged warning: the metrics must not cost a trained run its eval.json.
+    """
+    try:
+        return run_eval.disentanglement(trained.TrainedModel(run.parts, run.variables(state), step))
+    except ValueError as e:
+        logging.warning('%s: disentanglement metrics skipped: %s', workdir, e)
+        print(f'{workdir}: disentanglement metrics skipped: {e}')
+        return {'disentanglement/skipped': str(e)}
+
+
 def finish_run(
     run: Run,
     state: steps.TrainState,
@@ -465,7 +481,11 @@ def finish_run(
     eval_start = time.time()
     metrics, per_example = run.evaluate(state)
     eval_time = time.time() - eval_start
-    log.write(step, scalar_metrics(metrics, 'eval'))
+    scores = {}
+    if config.input.dataset in data.FACTOR_DATASETS:
+        scores = disentanglement_scores(run, state, step, workdir)
+    scalars = {k: v for k, v in scores.items() if isinstance(v, float)}
+    log.write(step, scalar_metrics({**metrics, **scalars}, 'eval'))
     primary = jax.process_index() == 0  # With several processes, process 0 writes the files.
     pictures = {}
     if primary:
@@ -479,7 +499,7 @@ def finish_run(
         **run_eval.record(
             config,
             step,
-            metrics,
+            {**metrics, **scores},
             split='test',
             nll_k=0,
             chunk_size=evaluation.CHUNK_SIZE,

@@ -1,7 +1,8 @@
 """Latent traversals: each latent dimension swept while the others stay at an image's code.
 
 `traversal_codes` builds the codes (pure numpy), `kl_per_dimension` the ordering for a diagonal
-Gaussian posterior, and `latent_traversals` decodes and draws a loaded run's picture:
+Gaussian posterior, and `latent_traversals` decodes and draws a loaded run's picture (also one of
+a run's pictures, `pictures.write_pictures`, for every model that can draw it):
 
     model = vae_jax.load('runs/dsprites_beta4')
     traversals.latent_traversals(model, test_images[:1], 'runs/dsprites_beta4/images/trav.png')
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import distrax
 import numpy as np
 
 from vae_jax import plots
@@ -103,38 +105,51 @@ def latent_traversals(
     limit: float = 2.5,
     max_rows: int | None = None,
     scale: int | None = None,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The traversal picture of a loaded built-in VAE (module docstring).
+    """The traversal picture of a loaded model with a diagonal Gaussian q (module docstring).
 
     Args:
-      model: a `vae_jax.load(workdir)` result whose posterior is a diagonal Gaussian (the
-        built-in VAE with `model.posterior='diagonal'`).
+      model: a `vae_jax.load(workdir)` result with the one-layer capability and a diagonal
+        Gaussian posterior (the built-in VAE with `model.posterior='diagonal'`, or a module of
+        one's own whose `posterior_distribution` is a `distrax.MultivariateNormalDiag`).
       images: [B, *data_shape]; the first is traversed, all B average the KL ordering.
       path: the PNG file.
       num_steps, limit: the sweep (`traversal_codes`).
       max_rows: draw only the first rows of the ordering (None: all D).
       scale: integer enlargement (None: `plots`' default).
+      labels: [B] int labels of a conditional run (the first image's label decodes every tile);
+        None otherwise.
 
     Returns:
       uint8 [H', W', 3], the pixels written.
 
     Raises:
-      ValueError: a model without a diagonal Gaussian posterior and a decoder mean.
+      ValueError: a model without the one-layer capability or a diagonal Gaussian posterior.
     """
-    if not model.builtin or model.config.model.posterior != 'diagonal':
-        if model.builtin:
-            has = f'model.posterior={model.config.model.posterior!r}'
-        else:
-            has = f'model.module={model.config.model.module!r}'
+    if not model.capabilities.distributions:
+        raise ValueError(
+            f'latent_traversals: {type(model.parts.model).__name__} has no one-layer capability '
+            '(posterior_distribution, likelihood_distribution and prior_distribution of one '
+            'latent vector), which the KL per dimension and the decoding need.'
+        )
+    if model.builtin and model.config.model.posterior != 'diagonal':
         raise ValueError(
             'latent_traversals: the KL per dimension needs a diagonal Gaussian posterior (the '
-            f"built-in VAE with model.posterior='diagonal'); this run has {has}."
+            "built-in VAE with model.posterior='diagonal'); this run has "
+            f'model.posterior={model.config.model.posterior!r}.'
         )
-    q = model.encode(images)
+    q = model.encode(images, labels)
+    if not isinstance(q, distrax.MultivariateNormalDiag):
+        raise ValueError(
+            'latent_traversals: the KL per dimension needs a diagonal Gaussian posterior '
+            f'(distrax.MultivariateNormalDiag); this model has {type(q).__name__}.'
+        )
     mean, std = np.asarray(q.mean()), np.asarray(q.stddev())
     kl = kl_per_dimension(mean, std)
     order = np.argsort(-kl, kind='stable')[:max_rows]
     codes = traversal_codes(mean[0], order, num_steps=num_steps, limit=limit)
-    decoded = np.asarray(model.decode(codes.reshape(-1, codes.shape[-1])).mean())
+    tile_labels = None if labels is None else np.full(codes.shape[0] * codes.shape[1], labels[0])
+    decoded = np.asarray(model.decode(codes.reshape(-1, codes.shape[-1]), tile_labels).mean())
     decoded = decoded.reshape(*codes.shape[:2], *decoded.shape[1:])
     return draw(decoded, path, dims=order, kl=kl[order], limit=limit, scale=scale)

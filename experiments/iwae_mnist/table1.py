@@ -47,14 +47,20 @@ from vae_jax import k_sweep, trainer  # noqa: E402
 ONE_LAYER_ROWS = 'elbo_k1,elbo_k5,elbo_k50,iwae_k5,iwae_k50'
 _ROW = re.compile(r'(elbo|iwae)_k([1-9][0-9]*)')
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', str(REPO / 'configs' / 'iwae_mnist.py'), 'Experiment config (one network).'
-)
-_WORKDIR = flags.DEFINE_string('workdir', None, "Parent of the rows' run directories.")
-_ROWS = flags.DEFINE_string('rows', ONE_LAYER_ROWS, 'Comma-separated rows: elbo_k<K>, iwae_k<K>.')
-_TIME_LIMIT = flags.DEFINE_float(
-    'time_limit_sec', None, 'Stop (checkpoints saved) after this many seconds; rerun to resume.'
-)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when run as a program (importing this module for its
+    functions, as the tests do, must not define a second `--config` beside vae_jax.train's)."""
+    config_flags.DEFINE_config_file(
+        'config', str(REPO / 'configs' / 'iwae_mnist.py'), 'Experiment config (one network).'
+    )
+    flags.DEFINE_string('workdir', None, "Parent of the rows' run directories.")
+    flags.DEFINE_string('rows', ONE_LAYER_ROWS, 'Comma-separated rows: elbo_k<K>, iwae_k<K>.')
+    flags.DEFINE_float(
+        'time_limit_sec', None, 'Stop (checkpoints saved) after this many seconds; rerun to resume.'
+    )
 
 
 def row_configs(config, rows: str) -> dict:
@@ -87,22 +93,22 @@ def row_configs(config, rows: str) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
-    if not _WORKDIR.value:
+    if not FLAGS.workdir:
         raise app.UsageError('--workdir is required')
-    configs = row_configs(_CONFIG.value, _ROWS.value)
-    if _TIME_LIMIT.value:
+    configs = row_configs(FLAGS.config, FLAGS.rows)
+    if FLAGS.time_limit_sec:
         # The trainer handles SIGTERM while it trains (a checkpoint, then StoppedBySignal) and
         # puts this handler back when training is over: a limit reached during the final
         # evaluation then lets it finish instead of killing the process before eval.json.
         signal.signal(signal.SIGTERM, lambda *_: print('time limit reached; finishing'))
-        timer = threading.Timer(_TIME_LIMIT.value, os.kill, (os.getpid(), signal.SIGTERM))
+        timer = threading.Timer(FLAGS.time_limit_sec, os.kill, (os.getpid(), signal.SIGTERM))
         timer.daemon = True
         timer.start()
     try:
-        results = k_sweep.train_and_evaluate(configs, _WORKDIR.value)
+        results = k_sweep.train_and_evaluate(configs, FLAGS.workdir)
     except trainer.StoppedBySignal as e:
         print(
-            f'{_WORKDIR.value}: {", ".join(configs)} stopped at step {e.step} (time limit or '
+            f'{FLAGS.workdir}: {", ".join(configs)} stopped at step {e.step} (time limit or '
             'signal); checkpoints saved, rerun the same command to continue'
         )
         return
@@ -113,4 +119,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main)
