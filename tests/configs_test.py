@@ -17,7 +17,16 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from configs import default, zoo
-from vae_jax import config_validation, data, evaluation, models, steps, trained, trainer
+from vae_jax import (
+    config_validation,
+    data,
+    evaluation,
+    models,
+    run_eval,
+    steps,
+    trained,
+    trainer,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_NAMES = sorted(p.stem for p in (REPO / 'configs').glob('*.py') if p.stem != '__init__')
@@ -319,8 +328,12 @@ class ZooConfigsTest(parameterized.TestCase):
         )
         self.assertTrue(all(jax.tree.leaves(moved)), f'{model}: a parameter did not move')
         # The objective's terms on held-out data (eval.json): two batches in evaluation mode.
-        held_out = run.objective_terms(
-            state, np.asarray(images[-2 * batch :]), np.asarray(labels[-2 * batch :])
+        held_out = run_eval.objective_terms(
+            run.parts,
+            run.variables(state),
+            run.eval_key,
+            np.asarray(images[-2 * batch :]),
+            np.asarray(labels[-2 * batch :]),
         )
         self.assertIn('objective/loss', held_out)
         self.assertTrue(all(np.isfinite(v) for v in held_out.values()), held_out)

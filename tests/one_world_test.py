@@ -10,9 +10,11 @@
   settings) have the same keys and values.
 """
 
+import io
 import json
 import math
 from pathlib import Path
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -222,7 +224,7 @@ class PicturesForEveryModelTest(parameterized.TestCase):
         self.assertFalse(model.capabilities.decode_mean or model.capabilities.sample_prior)
         images = np.random.default_rng(0).uniform(size=(20, 8, 8, 1)).astype(np.float32)
         out = Path(self.create_tempdir().full_path)
-        with self.assertLogs(level='INFO') as logs:
+        with mock.patch('sys.stdout', new_callable=io.StringIO) as out_text:
             drawn = pictures.write_pictures(
                 out,
                 model,
@@ -232,10 +234,10 @@ class PicturesForEveryModelTest(parameterized.TestCase):
                 posterior_means=np.random.default_rng(1).normal(size=(20, 4)),
             )
         self.assertEqual(set(drawn), {'latent_scatter'})
-        text = '\n'.join(logs.output)
+        text = out_text.getvalue()
         for name in ('reconstructions', 'samples', 'manifold'):
             self.assertRegex(
-                text, rf'picture {name} skipped: WithoutSampling has no decode_mean', name
+                text, rf'{name}\.png skipped: WithoutSampling has no decode_mean', name
             )
 
 
@@ -254,6 +256,7 @@ class OneEvalRecordTest(absltest.TestCase):
             progress=False,
         )
         from_file = json.loads((workdir / 'again.json').read_text())
+        self.assertEqual(again.pop('results_file'), str(workdir / 'again.json'))  # not written
         self.assertEqual(from_file, json.loads(json.dumps(again)))
         self.assertEqual(from_trainer['evaluated_by'], 'vae_jax.train')
         self.assertEqual(again['evaluated_by'], 'vae_jax.evaluate')

@@ -204,7 +204,7 @@ def make_model_binder(
         if mutable:
             out, new_vars = out
             if updates is not None:
-                updates.update(new_vars['batch_stats'])
+                _merge_statistics(updates, batch_stats, new_vars['batch_stats'])
         return out
 
     def bind_distributions(x: Array, y: Array | None) -> losses.LatentModel:
@@ -242,6 +242,22 @@ def make_model_binder(
         )
 
     return bind
+
+
+def _merge_statistics(updates: dict[str, Any], old: Any, new: dict[str, Any]) -> None:
+    """Adds one method call's BatchNorm statistics to `updates`, in place.
+
+    A call returns the whole 'batch_stats' collection, the statistics of the layers it did not
+    run unchanged (the very input arrays), so a later call (the decoder's) must not overwrite
+    what an earlier one (the encoder's) updated: each leaf keeps the newest value that changed.
+    """
+    for name, value in new.items():
+        before = old.get(name)
+        if before is None:
+            updates[name] = value
+            continue
+        latest = updates.get(name, before)
+        updates[name] = jax.tree.map(lambda o, cur, n: cur if n is o else n, before, latest, value)
 
 
 def make_model_fn(apply_fn: Callable[..., Any], static: StepConfig) -> Callable[..., Any]:
