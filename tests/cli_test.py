@@ -148,7 +148,7 @@ class TrainCommandTest(parameterized.TestCase):
         (
             'not_the_protocol',
             ['--config.model.module=collections:OrderedDict'],
-            ['OrderedDict is not a Flax Linen module'],
+            ['OrderedDict is not a Flax Linen or NNX module'],
         ),
     )
     def test_input_error(self, args, parts):

@@ -1,6 +1,7 @@
 """Tests for vae_jax.disentangle_eval: metrics of a loaded model on dSprites."""
 
 import json
+import tempfile
 from pathlib import Path
 from unittest import mock
 
@@ -122,7 +123,8 @@ class EndOfRunTest(absltest.TestCase):
         config.model.latent_dim = 4
         config.model.likelihood = 'bernoulli'
         cls.config = config
-        cls.workdir = Path(absltest.get_default_test_tmpdir()) / 'dsprites_run'
+        # A fresh directory: a finished run left by an earlier test session would not train.
+        cls.workdir = Path(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())) / 'run'
         cls.tags = []
         log_image = run_files.MetricsLog.image
 

@@ -336,7 +336,8 @@ class NNXTrainingTest(absltest.TestCase):
         result = evaluate.evaluate(
             workdir, k_samples=K, max_examples=NUM_EXAMPLES, pictures=False, progress=False
         )
-        self.assertEqual(json.loads((workdir / 'eval.json').read_text())['nll'], result['nll'])
+        # The evaluation is less precise than the trainer's (fewer examples): its own file.
+        self.assertEqual(json.loads(Path(result['results_file']).read_text())['nll'], result['nll'])
         images = data.get_datasets(_config().input)[1]['image'][:NUM_EXAMPLES]
         npz = self.root / 'examples.npz'
         np.savez(npz, images=images)

@@ -112,7 +112,7 @@ def write_pictures(
             print(f'WARNING: picture {out_dir / name}.png not drawn: {type(e).__name__}: {e}')
 
     def skip(name: str, why: str) -> None:
-        logging.info('picture %s skipped: %s', name, why)
+        logging.warning('picture %s skipped: %s', name, why)
         print(f'picture {out_dir / name}.png skipped: {why}')
 
     def y_of(y: np.ndarray) -> np.ndarray | None:

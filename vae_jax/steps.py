@@ -23,6 +23,7 @@ import numpy as np
 from flax.training import train_state
 
 from vae_jax import backends, layers, losses, models, objectives, protocol
+from vae_jax.batches import chunk_indices, epoch_permutation  # noqa: F401 -- re-exported
 
 Array = jax.Array
 
@@ -545,70 +546,3 @@ def train_chunk(
     if not static.skip_nonfinite_updates:
         sums['grad_norm'] = sums['grad_norm'] * num_steps
     return state, perm, perm_epoch, sums
-
-
-def chunk_indices(
-    step: Array,
-    perm: Array,
-    perm_epoch: Array,
-    data_key: Array,
-    num_examples: int,
-    num_steps: int,
-    batch_size: int,
-) -> tuple[Array, Array, Array]:
-    """The example indices of steps step .. step + num_steps - 1, and the last one's permutation.
-
-    Step t uses rows (t mod S) B .. (t mod S) B + B - 1 of `epoch_permutation(data_key, t // S)`,
-    S = num_examples // batch_size (a last partial batch is dropped). The chunk spans at most
-    num_steps // S + 2 epochs. When that is at most 3, each epoch's permutation is drawn only if
-    the chunk reaches it, and `perm` (the permutation of `perm_epoch`) is reused when it is that
-    epoch, so a chunk inside one epoch draws nothing; otherwise (many short epochs) all are drawn
-    in one batched call.
-
-    Args:
-      step: [] int, the first step.
-      perm: [N] int32, the permutation of epoch `perm_epoch`.
-      perm_epoch: [] int32.
-      data_key: the run's data key.
-      num_examples, num_steps, batch_size: static.
-
-    Returns:
-      (idx [num_steps, batch_size] int32, the last step's epoch permutation [N], that epoch []).
-    """
-    steps_per_epoch = num_examples // batch_size
-    first = (step // steps_per_epoch).astype(perm_epoch.dtype)
-    last = ((step + num_steps - 1) // steps_per_epoch).astype(perm_epoch.dtype)
-    t = step + jnp.arange(num_steps)
-    epoch_of_step = (t // steps_per_epoch).astype(perm_epoch.dtype)  # [num_steps]
-    positions = (t % steps_per_epoch)[:, None] * batch_size + jnp.arange(batch_size)[None, :]
-    num_epochs = num_steps // steps_per_epoch + 2  # an upper bound on the epochs spanned
-    if num_epochs > 3:
-        # Many short epochs (a small data set): draw them all at once, one batched sort.
-        epochs = first + jnp.arange(num_epochs, dtype=first.dtype)
-        perms = jax.vmap(epoch_permutation, in_axes=(None, 0, None))(data_key, epochs, num_examples)
-        idx = perms[(epoch_of_step - first)[:, None], positions]
-        return idx, perms[last - first], last
-    idx = jnp.zeros((num_steps, batch_size), jnp.int32)
-    last_perm = perm
-    for i in range(num_epochs):
-        epoch = first + i
-        this = jax.lax.cond(
-            epoch == perm_epoch,
-            lambda e: perm,
-            lambda e: jax.lax.cond(
-                e <= last,
-                lambda e: epoch_permutation(data_key, e, num_examples),
-                lambda e: perm,
-                e,
-            ),
-            epoch,
-        )
-        idx = jnp.where((epoch_of_step == epoch)[:, None], this[positions], idx)
-        last_perm = jnp.where(epoch == last, this, last_perm)
-    return idx, last_perm, last
-
-
-def epoch_permutation(data_key: Array, epoch: Array | int, num_examples: int) -> Array:
-    """The data order of `epoch`: [N] int32, a permutation drawn from fold_in(data_key, epoch)."""
-    key = jax.random.fold_in(data_key, epoch)
-    return jax.random.permutation(key, num_examples).astype(jnp.int32)
