@@ -176,8 +176,10 @@ class NNXModel:
           key: the run's init key; it seeds a module built by import path (`params_seed`) and
             is unused for a constructed module (its own parameters are returned, copied so that
             a donated train state leaves them intact).
-          *args, method, **kwargs: accepted for Linen's signature; NNX modules create their
-            parameters when constructed, so nothing is called.
+          *args: accepted for Linen's signature; NNX modules create their parameters when
+            constructed, so nothing is called.
+          method: likewise accepted and unused.
+          **kwargs: likewise accepted and unused.
         """
         del args, method, kwargs
         if self._factory is None:
@@ -203,11 +205,12 @@ class NNXModel:
 
         Args:
           variables: {'params': ..., maybe 'batch_stats': ...} (pure dicts, may be traced).
-          *args, **kwargs: the method's arguments.
+          *args: the method's positional arguments.
           method: a method name, a function `fn(module, *args, **kwargs)`, or None (`__call__`).
           mutable: collections whose new values to return ('batch_stats' after a training
             pass), or False.
           rngs: not supported (models contain no randomness); must be None.
+          **kwargs: the method's keyword arguments.
 
         Returns:
           the method's output, or (output, {collection: new values}) when `mutable` names
