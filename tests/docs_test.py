@@ -51,8 +51,10 @@ BARE = re.compile(
 )
 FILE_SUFFIXES = {'py', 'json', 'jsonl', 'md', 'sh', 'png', 'lock', 'log', 'ipynb'}
 IMPORT_PATH = re.compile(r'(?<![\w.])((?:vae_jax|examples)\.[a-z_]+):([A-Z]\w*)')
-# Paths of one machine, or folders outside the repository shown as if every reader had them.
-MACHINE_PATH = re.compile(r'(?:^|[\s`(=])(/work/|/home/|/root/|/Users/|\.\./shared/)')
+# Paths of one machine (the folder this checkout lives in, home directories), or folders outside
+# the repository shown as if every reader had them.
+_MACHINE_DIRS = (re.escape(f'{REPO.parent}/'), '/home/', '/root/', '/Users/', r'\.\./shared/')
+MACHINE_PATH = re.compile(r'(?:^|[\s`(=])(' + '|'.join(_MACHINE_DIRS) + ')')
 
 
 def blocks(page: Path) -> list[tuple[int, str, str, str | None]]:
