@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from absl.testing import absltest, parameterized
 
-from benchmarks import jax_minimal
+from benchmarks import hlo_fingerprint, jax_minimal
 from vae_jax import distributions
 
 B = 8
@@ -146,6 +146,35 @@ class ResultsTableTest(parameterized.TestCase):
         )
         self.assertIn('| W4-k5 | 128 | torch_eager | 32000 | 4.000 | 1.87 | - |', text)
         self.assertEqual('GPU: H100' in text, backend == 'gpu')
+
+
+def _double(x):
+    return x * 2.0 + 1.0
+
+
+def _double_again(x):  # the same program, written on other lines
+    return x * 2.0 + 1.0
+
+
+def _triple(x):
+    return x * 3.0 + 1.0
+
+
+class HloFingerprintTest(absltest.TestCase):
+    def _normalised(self, fn):
+        text = jax.jit(fn).lower(jnp.ones((4, 3))).compile().as_text()
+        return text, hlo_fingerprint.normalised_hlo(text)
+
+    def test_the_same_program_from_other_source_lines_reads_the_same(self):
+        raw_a, a = self._normalised(_double)
+        raw_b, b = self._normalised(_double_again)
+        self.assertNotEqual(raw_a, raw_b)  # the raw texts name their source lines
+        self.assertEqual(a, b)
+        self.assertNotIn('metadata=', a)
+        self.assertIn('multiply', a)  # the program itself is kept
+
+    def test_a_different_program_reads_differently(self):
+        self.assertNotEqual(self._normalised(_double)[1], self._normalised(_triple)[1])
 
 
 class VaeJaxTrainerTest(absltest.TestCase):
