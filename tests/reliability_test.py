@@ -45,13 +45,14 @@ def setUpModule():
     """
     _CACHE['dir'] = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
     _CACHE['min_time'] = jax.config.jax_persistent_cache_min_compile_time_secs
+    _CACHE['suite_dir'] = jax.config.jax_compilation_cache_dir  # tests/conftest.py's
     jax.config.update('jax_compilation_cache_dir', _CACHE['dir'])
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
     compilation_cache.reset_cache()
 
 
 def tearDownModule():
-    jax.config.update('jax_compilation_cache_dir', None)
+    jax.config.update('jax_compilation_cache_dir', _CACHE['suite_dir'])
     jax.config.update('jax_persistent_cache_min_compile_time_secs', _CACHE['min_time'])
     compilation_cache.reset_cache()
     shutil.rmtree(_CACHE['dir'], ignore_errors=True)
