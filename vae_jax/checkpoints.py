@@ -277,7 +277,8 @@ def structure_mismatch(path: Path, target: Any, limit: int = 4) -> str | None:
         return None
     ours = {_path_name(p): tuple(np.shape(leaf)) for p, leaf in _leaves(target)}
     theirs = {_path_name(p): _shape(leaf) for p, leaf in _leaves(saved)}
-    problems = [f'{k} is not in the checkpoint' for k in _sorted(set(ours) - set(theirs))]
+    problems = _aux_group_problems(ours, theirs)
+    problems += [f'{k} is not in the checkpoint' for k in _sorted(set(ours) - set(theirs))]
     problems += [f'{k} is only in the checkpoint' for k in _sorted(set(theirs) - set(ours))]
     problems += [
         f'{k} is {list(theirs[k])} in the checkpoint, {list(ours[k])} in this model'
@@ -288,6 +289,24 @@ def structure_mismatch(path: Path, target: Any, limit: int = 4) -> str | None:
         return None
     more = f' (and {len(problems) - limit} more)' if len(problems) > limit else ''
     return '; '.join(problems[:limit]) + more
+
+
+def _aux_group_problems(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+    """An auxiliary network (`state.aux[name]`) that only one side has, as one problem each.
+
+    Its arrays are removed from both dicts, so they are not listed one by one.
+    """
+    problems = []
+    for have, lack, where in ((ours, theirs, 'not in'), (theirs, ours, 'only in')):
+        groups = {k.split('/')[1] for k in have if k.startswith('aux/') and k.count('/') > 1}
+        for group in sorted(g for g in groups if not any(k.startswith(f'aux/{g}/') for k in lack)):
+            problems.append(
+                f"the auxiliary network {group!r} (state.aux['{group}']: its parameters and "
+                f'optimizer state, trained by objectives that declare it) is {where} the checkpoint'
+            )
+            for k in [k for k in have if k.startswith(f'aux/{group}/')]:
+                del have[k]
+    return problems
 
 
 # The item directory of a step saved by `CheckpointManager` with one unnamed item.
@@ -316,8 +335,15 @@ def _path_name(path: Any) -> str:
 
 
 def _sorted(names: set[str]) -> list[str]:
-    """Parameters first (what differs in the model), then the optimizer state and the rest."""
-    return sorted(names, key=lambda k: (not k.startswith('params/'), k))
+    """Parameters first (what differs in the model), then those of the auxiliary networks, then
+    the optimizer states and the rest."""
+
+    def rank(k: str) -> int:
+        if k.startswith('params/'):
+            return 0
+        return 1 if k.startswith('aux/') and k.split('/')[2:3] == ['params'] else 2
+
+    return sorted(names, key=lambda k: (rank(k), k))
 
 
 def _shape(leaf: Any) -> tuple[int, ...] | None:
