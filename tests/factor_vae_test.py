@@ -189,6 +189,16 @@ class ObjectiveTest(parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, pattern):
             config_validation.validate(config)
 
+    def test_a_train_state_without_its_discriminator_is_refused(self):
+        config = _config()
+        static = build.build(config, (8, 8, 1)).static
+        state = _state(config).replace(aux={})
+        images, labels = jnp.zeros((16, 8, 8, 1)), jnp.zeros((16,), jnp.int32)
+        with self.assertRaisesRegex(
+            ValueError, r"trains the auxiliary networks \['discriminator'\], but the train state"
+        ):
+            steps.train_step(state, images, labels, jax.random.key(0), 1.0, static=static)
+
     def test_a_model_with_two_latent_layers_is_refused(self):
         config = _config()
         config.model.module = 'vae_jax.two_layer:TwoLayerVAE'

@@ -79,6 +79,21 @@ def init(key: jax.Array, static: Any) -> dict[str, AuxState]:
     return groups
 
 
+def check_state(static: Any, aux: dict[str, Any]) -> None:
+    """Raises `ValueError` unless `aux` holds exactly the objective's auxiliary networks.
+
+    A train state built without them (e.g. `TrainState.create` by hand, not
+    `build.create_train_state`) would otherwise train the model without its second network.
+    """
+    wanted = [name for name, _, _ in static.aux_options]
+    if sorted(wanted) != sorted(aux):
+        raise ValueError(
+            f'objective={static.objective!r} trains the auxiliary networks {wanted}, but the '
+            f'train state holds {sorted(aux)} in state.aux; build it with '
+            'build.create_train_state (or add aux=aux_networks.init(key, static))'
+        )
+
+
 def bind(static: Any, aux: dict[str, AuxState]) -> dict[str, Callable[[Any], Any]] | None:
     """{name: inputs -> outputs}: each network with its current parameters, for the objective.
 

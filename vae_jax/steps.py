@@ -411,6 +411,7 @@ def train_step(
     """
     step_key = jax.random.fold_in(loop_key, state.step)
     beta_t = beta_at(beta, state.step, static.beta_warmup_steps)
+    aux_networks.check_state(static, state.aux)  # At trace time: a clear error, no cost.
     if state.aux:  # Auxiliary networks: their own key; the model's draws are unchanged.
         aux_key = jax.random.fold_in(step_key, aux_networks.STEP_SALT)
 
