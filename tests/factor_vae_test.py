@@ -12,6 +12,7 @@
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -292,6 +293,29 @@ class TrainStateTest(parameterized.TestCase):
             r'aux/discriminator/params/Dense_0/kernel is \[2, 16\] in the checkpoint, \[2, 8\]',
         ):
             _load(other, _config(factor_discriminator_width=8))
+
+    def test_a_run_checkpointed_before_auxiliary_networks_resumes_bit_identically(self):
+        config = _config('elbo')
+        straight = self.create_tempdir().full_path
+        trainer.train_and_evaluate(config, straight)
+        old = Path(self.create_tempdir().full_path)
+        trainer.train_and_evaluate(config, old, stop_at_step=6)
+        # Written again as the code before `aux` wrote it: a train state without the field, and
+        # a config.json without the keys added since.
+        state, _ = _load(old, config)
+        shutil.rmtree(old / 'checkpoints' / '6')
+        manager = checkpoints.checkpoint_manager(old, config.keep_checkpoints)
+        fields = ('step', 'apply_fn', 'params', 'tx', 'opt_state', 'batch_stats')
+        legacy = checkpoints._TrainStateWithoutAux(**{f: getattr(state, f) for f in fields})
+        checkpoints.save(manager, 6, legacy)
+        checkpoints.close(manager)
+        stored = json.loads((old / 'config.json').read_text())
+        stored = {k: v for k, v in stored.items() if not k.startswith('factor_')}
+        (old / 'config.json').write_text(json.dumps(stored))
+        trainer.train_and_evaluate(config, old)
+        a, b = _load(straight, config)[0], _load(old, config)[0]
+        jax.tree.map(np.testing.assert_array_equal, _arrays(a), _arrays(b))
+        self.assertEqual(int(b.step), 12)
 
     def test_vectorised_sweep_carries_each_models_discriminator(self):
         root = Path(self.create_tempdir().full_path)

@@ -30,9 +30,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax.training import train_state
 
 from vae_jax import build, errors, optim, run_files, steps
 
@@ -231,7 +233,7 @@ def restore_latest(
         try:
             if custom is None:
                 raise ValueError('its metadata cannot be read')
-            restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+            restored = restore_step(manager, step, target)
             if expected is not None and state_checksum(restored) != expected:
                 raise ValueError('its contents differ from the checksum recorded when it was saved')
         except Exception as e:  # Orbax raises several types for damaged files.
@@ -263,6 +265,40 @@ def restore_latest(
         run_files.sync('skip_damaged_checkpoint')
         manager.reload()
     return state, None
+
+
+class _TrainStateWithoutAux(train_state.TrainState):
+    """The train state as checkpoints written before auxiliary networks hold it (no `aux`)."""
+
+    batch_stats: Any = flax.struct.field(default_factory=dict)
+
+
+def restore_step(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
+    """`manager.restore` of `step` into `target`'s structure (no verification: `restore_latest`).
+
+    A training checkpoint written before the train state had auxiliary networks (no `aux` in
+    it) restores into a target whose `aux` is empty, as the same state: such a group has no
+    arrays, so the checksum is the one recorded then.
+    """
+    if isinstance(target, steps.TrainState) and not target.aux:
+        try:
+            saved = ocp.StandardCheckpointHandler().metadata(
+                Path(manager.directory) / str(step) / _ITEM
+            )
+            legacy = 'aux' not in saved.keys()
+        except Exception:  # noqa: BLE001 (unreadable: the restore below reports it)
+            legacy = False
+        if legacy:
+            fields = ('step', 'apply_fn', 'params', 'tx', 'opt_state', 'batch_stats')
+            old = _TrainStateWithoutAux(**{f: getattr(target, f) for f in fields})
+            restored = manager.restore(step, args=ocp.args.StandardRestore(old))
+            return target.replace(
+                step=restored.step,
+                params=restored.params,
+                opt_state=restored.opt_state,
+                batch_stats=restored.batch_stats,
+            )
+    return manager.restore(step, args=ocp.args.StandardRestore(target))
 
 
 def structure_mismatch(path: Path, target: Any, limit: int = 4) -> str | None:
