@@ -29,6 +29,7 @@ from vae_jax import (
     config_validation,
     disentangle_objectives,
     factor_vae,
+    k_sweep,
     objectives,
     optim,
     steps,
@@ -199,6 +200,13 @@ class ObjectiveTest(parameterized.TestCase):
             ValueError, r"trains the auxiliary networks \['discriminator'\], but the train state"
         ):
             steps.train_step(state, images, labels, jax.random.key(0), 1.0, static=static)
+
+    def test_the_k_sweep_refuses_it_naming_key_and_value(self):
+        # Its rows share one masked ELBO/IWAE objective: no room for a discriminator.
+        with self.assertRaisesRegex(
+            ValueError, r"row 'r': config\.objective='factor_vae'; allowed: \('elbo', 'iwae'\)"
+        ):
+            k_sweep.check_row(_config(), 'r')
 
     def test_a_model_with_two_latent_layers_is_refused(self):
         config = _config()
