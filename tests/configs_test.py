@@ -18,6 +18,7 @@ from absl.testing import absltest, parameterized
 
 from configs import default, zoo
 from vae_jax import (
+    aux_networks,
     config_validation,
     data,
     evaluation,
@@ -86,6 +87,7 @@ def _trained(name):
         params=variables['params'],
         tx=run.tx,
         batch_stats=variables.get('batch_stats', {}),
+        aux=aux_networks.init(run.init_key, run.static),  # FactorVAE's discriminator; else {}
     ).replace(step=jnp.zeros((), jnp.int32))
     train_step = jax.jit(functools.partial(steps.train_step, static=run.static))
     images = jnp.asarray(run.train_data['image'])

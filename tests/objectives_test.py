@@ -37,6 +37,7 @@ class RegistryTest(parameterized.TestCase):
                 'dip_vae_i',
                 'dip_vae_ii',
                 'annealed_vae',
+                'factor_vae',
             ),
         )
         for name in objectives.NAMES:

@@ -31,7 +31,16 @@ import ml_collections
 import optax
 from flax import nnx
 
-from vae_jax import config_validation, data, models, nnx_models, protocol, run_files, steps
+from vae_jax import (
+    aux_networks,
+    config_validation,
+    data,
+    models,
+    nnx_models,
+    protocol,
+    run_files,
+    steps,
+)
 
 
 def root_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -106,7 +115,12 @@ def build(
 def create_train_state(
     parts: ModelParts, key: jax.Array, tx: optax.GradientTransformation
 ) -> steps.TrainState:
-    """Parameters (and BatchNorm statistics) initialised from `key`, with an int32 step 0."""
+    """Parameters (and BatchNorm statistics) initialised from `key`, with an int32 step 0.
+
+    The objective's auxiliary networks, if any, get their parameters from `key` folded with
+    their own salt (`aux_networks.init`), and their own optimizer states, in `state.aux`.
+    """
+    aux = aux_networks.init(key, parts.static)  # Folds `key` before the model consumes it.
     variables = models.init_variables(
         parts.model, key, parts.data_shape, bool(parts.config.model.use_labels)
     )
@@ -115,6 +129,7 @@ def create_train_state(
         params=variables['params'],
         tx=tx,
         batch_stats=variables.get('batch_stats', {}),
+        aux=aux,
     )
     # An int32 array step keeps the scan carry's type fixed across calls.
     return state.replace(step=jnp.zeros((), jnp.int32))

@@ -30,9 +30,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax.training import train_state
 
 from vae_jax import build, errors, optim, run_files, steps
 
@@ -231,7 +233,7 @@ def restore_latest(
         try:
             if custom is None:
                 raise ValueError('its metadata cannot be read')
-            restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+            restored = restore_step(manager, step, target)
             if expected is not None and state_checksum(restored) != expected:
                 raise ValueError('its contents differ from the checksum recorded when it was saved')
         except Exception as e:  # Orbax raises several types for damaged files.
@@ -265,6 +267,40 @@ def restore_latest(
     return state, None
 
 
+class _TrainStateWithoutAux(train_state.TrainState):
+    """The train state as checkpoints written before auxiliary networks hold it (no `aux`)."""
+
+    batch_stats: Any = flax.struct.field(default_factory=dict)
+
+
+def restore_step(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
+    """`manager.restore` of `step` into `target`'s structure (no verification: `restore_latest`).
+
+    A training checkpoint written before the train state had auxiliary networks (no `aux` in
+    it) restores into a target whose `aux` is empty, as the same state: such a group has no
+    arrays, so the checksum is the one recorded then.
+    """
+    if isinstance(target, steps.TrainState) and not target.aux:
+        try:
+            saved = ocp.StandardCheckpointHandler().metadata(
+                Path(manager.directory) / str(step) / _ITEM
+            )
+            legacy = 'aux' not in saved.keys()
+        except Exception:  # noqa: BLE001 (unreadable: the restore below reports it)
+            legacy = False
+        if legacy:
+            fields = ('step', 'apply_fn', 'params', 'tx', 'opt_state', 'batch_stats')
+            old = _TrainStateWithoutAux(**{f: getattr(target, f) for f in fields})
+            restored = manager.restore(step, args=ocp.args.StandardRestore(old))
+            return target.replace(
+                step=restored.step,
+                params=restored.params,
+                opt_state=restored.opt_state,
+                batch_stats=restored.batch_stats,
+            )
+    return manager.restore(step, args=ocp.args.StandardRestore(target))
+
+
 def structure_mismatch(path: Path, target: Any, limit: int = 4) -> str | None:
     """How checkpoint `path`'s saved arrays differ from `target`'s (names or shapes), or None.
 
@@ -277,7 +313,8 @@ def structure_mismatch(path: Path, target: Any, limit: int = 4) -> str | None:
         return None
     ours = {_path_name(p): tuple(np.shape(leaf)) for p, leaf in _leaves(target)}
     theirs = {_path_name(p): _shape(leaf) for p, leaf in _leaves(saved)}
-    problems = [f'{k} is not in the checkpoint' for k in _sorted(set(ours) - set(theirs))]
+    problems = _aux_group_problems(ours, theirs)
+    problems += [f'{k} is not in the checkpoint' for k in _sorted(set(ours) - set(theirs))]
     problems += [f'{k} is only in the checkpoint' for k in _sorted(set(theirs) - set(ours))]
     problems += [
         f'{k} is {list(theirs[k])} in the checkpoint, {list(ours[k])} in this model'
@@ -288,6 +325,24 @@ def structure_mismatch(path: Path, target: Any, limit: int = 4) -> str | None:
         return None
     more = f' (and {len(problems) - limit} more)' if len(problems) > limit else ''
     return '; '.join(problems[:limit]) + more
+
+
+def _aux_group_problems(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+    """An auxiliary network (`state.aux[name]`) that only one side has, as one problem each.
+
+    Its arrays are removed from both dicts, so they are not listed one by one.
+    """
+    problems = []
+    for have, lack, where in ((ours, theirs, 'not in'), (theirs, ours, 'only in')):
+        groups = {k.split('/')[1] for k in have if k.startswith('aux/') and k.count('/') > 1}
+        for group in sorted(g for g in groups if not any(k.startswith(f'aux/{g}/') for k in lack)):
+            problems.append(
+                f"the auxiliary network {group!r} (state.aux['{group}']: its parameters and "
+                f'optimizer state, trained by objectives that declare it) is {where} the checkpoint'
+            )
+            for k in [k for k in have if k.startswith(f'aux/{group}/')]:
+                del have[k]
+    return problems
 
 
 # The item directory of a step saved by `CheckpointManager` with one unnamed item.
@@ -316,8 +371,15 @@ def _path_name(path: Any) -> str:
 
 
 def _sorted(names: set[str]) -> list[str]:
-    """Parameters first (what differs in the model), then the optimizer state and the rest."""
-    return sorted(names, key=lambda k: (not k.startswith('params/'), k))
+    """Parameters first (what differs in the model), then those of the auxiliary networks, then
+    the optimizer states and the rest."""
+
+    def rank(k: str) -> int:
+        if k.startswith('params/'):
+            return 0
+        return 1 if k.startswith('aux/') and k.split('/')[2:3] == ['params'] else 2
+
+    return sorted(names, key=lambda k: (rank(k), k))
 
 
 def _shape(leaf: Any) -> tuple[int, ...] | None:

@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
     # The objective: a name in vae_jax/objectives.py's registry, 'elbo' | 'iwae' |
     # 'autoencoder' | 'miwae' | 'ciwae' | 'piwae' | 'beta_tcvae' | 'dip_vae_i' | 'dip_vae_ii' |
-    # 'annealed_vae'. The options of each objective
+    # 'annealed_vae' | 'factor_vae'. The options of each objective
     # follow (top-level keys; their defaults and allowed values are declared with the objective).
     c.objective = 'elbo'
     c.beta = 1.0  # KL weight (beta-VAE); traced, so sweeping it does not recompile.
@@ -49,6 +49,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.annealed_gamma = 1000.0  # annealed_vae: gamma
     c.annealed_c_max = 25.0  # annealed_vae: final capacity C, nats
     c.annealed_capacity_steps = 100_000  # annealed_vae: steps of the rise (0: c_max throughout)
+    # FactorVAE (Kim & Mnih 2018): recon + beta KL + gamma TC, the TC estimated by a
+    # discriminator (an MLP on z, leaky ReLU 0.2, 2 logits) that trains with its own Adam.
+    c.factor_gamma = 35.0  # factor_vae: gamma
+    c.factor_discriminator_layers = 6  # factor_vae: hidden layers of the discriminator
+    c.factor_discriminator_width = 1000  # factor_vae: units per hidden layer
+    c.factor_discriminator_learning_rate = 1e-4  # factor_vae: the discriminator's Adam
+    c.factor_discriminator_b1 = 0.5
+    c.factor_discriminator_b2 = 0.9
 
     c.num_train_steps = 6_000
     c.log_every_steps = 100

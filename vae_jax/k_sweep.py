@@ -157,8 +157,8 @@ class RowStepConfig(steps.StepConfig):
     k_max: int = 1
     row: dict[str, jax.Array] | None = dataclasses.field(default=None, compare=False)
 
-    def objective_fn(self, beta, step=0):
-        del step  # the rows' objectives have no schedule of their own
+    def objective_fn(self, beta, step=0, aux=None):
+        del step, aux  # the rows' objectives have no schedule and no auxiliary network
         return _ROW_OBJECTIVE, {'beta': beta, 'k_max': self.k_max, **self.row}
 
 

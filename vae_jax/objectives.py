@@ -15,18 +15,23 @@ Adding an objective:
 2. vae_jax/config.py: a top-level key with a comment for each new option (the defaults must
    equal the declared ones; tests/objectives_test.py checks it);
 3. a test of the function.
+
+An objective that trains a second network with its own optimizer (FactorVAE's discriminator)
+declares it in `Objective.aux` (`registry.AuxNetwork`, with its module and optimizer options);
+the train state then carries it as the parameter group `state.aux[name]` (vae_jax/aux_networks.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from vae_jax import disentangle_vaes, iw_objectives, log_weights, registry, tcvae
+from vae_jax import disentangle_vaes, factor_vae, iw_objectives, log_weights, registry, tcvae
 
 Objective = registry.Objective
 Option = registry.Option
+AuxNetwork = registry.AuxNetwork
 
-_MODULES = (log_weights, iw_objectives, tcvae, disentangle_vaes)
+_MODULES = (log_weights, iw_objectives, tcvae, disentangle_vaes, factor_vae)
 
 OBJECTIVES: dict[str, Objective] = {
     objective.name: objective for module in _MODULES for objective in module.OBJECTIVES
@@ -42,7 +47,7 @@ def _collect_options() -> tuple[Option, ...]:
     """
     by_key: dict[str, Option] = {}
     for objective in OBJECTIVES.values():
-        for option in objective.options:
+        for option in objective.all_options:
             if by_key.setdefault(option.key, option) is not option:
                 raise ValueError(
                     f'config.{option.key} is declared twice (objective {objective.name!r}); '
@@ -66,8 +71,8 @@ def get(name: str) -> Objective:
 
 
 def readers(option: Option) -> tuple[str, ...]:
-    """The names of the objectives that read `option`."""
-    return tuple(name for name, o in OBJECTIVES.items() if option in o.options)
+    """The names of the objectives that read `option` (themselves or in an auxiliary network)."""
+    return tuple(name for name, o in OBJECTIVES.items() if option in o.all_options)
 
 
 def read_options(name: str, config: Any) -> tuple[tuple[str, Any], ...]:
@@ -77,6 +82,20 @@ def read_options(name: str, config: Any) -> tuple[tuple[str, Any], ...]:
         ValueError: an unknown objective.
     """
     return tuple((o.name, o.read(config[o.key])) for o in get(name).options)
+
+
+def read_aux_options(name: str, config: Any) -> tuple[tuple[str, tuple, tuple], ...]:
+    """The auxiliary networks' options of objective `name` from `config`, hashable.
+
+    Returns:
+      ((network name, module options ((keyword, value), ...), optimizer options), ...), in
+      declaration order; () for an objective without auxiliary networks.
+    """
+
+    def read(options):
+        return tuple((o.name, o.read(config[o.key])) for o in options)
+
+    return tuple((n.name, read(n.module_options), read(n.optimizer_options)) for n in get(name).aux)
 
 
 def validate(config: Any) -> None:
@@ -96,7 +115,7 @@ def validate(config: Any) -> None:
     for option in OPTIONS:
         value = config[option.key]
         option.validate(value)
-        if option.exclusive and option not in chosen.options and value != option.default:
+        if option.exclusive and option not in chosen.all_options and value != option.default:
             names = readers(option)
             where = f'objective={names[0]!r}' if len(names) == 1 else f'objective in {names}'
             raise ValueError(
@@ -111,7 +130,7 @@ def describe() -> str:
     """A Markdown table of the registry: objective, what it is, its options (for the docs)."""
     rows = ['| objective | what | options |', '| --- | --- | --- |']
     for name, objective in OBJECTIVES.items():
-        options = ', '.join(f'`{o.key}`' for o in objective.options) or '-'
+        options = ', '.join(f'`{o.key}`' for o in objective.all_options) or '-'
         doc = objective.doc.replace('|', '\\|')  # a literal bar inside a table cell
         rows.append(f'| `{name}` | {doc} | {options} |')
     return '\n'.join(rows)

@@ -2,11 +2,13 @@
 
 An `Option` is one keyword argument of an objective's function, read from one top-level config
 key, with its default, its allowed values and a line of documentation. An `Objective` is a
-function plus the options it reads. Objective modules (`log_weights`, `iw_objectives`, `tcvae`)
-declare theirs in a module-level `OBJECTIVES` tuple; `vae_jax.objectives` is the registry that
-collects them, and the step configuration (`steps.StepConfig`) and config validation
-(`config_validation`) read everything from there. This module imports nothing of vae_jax, so an
-objective module can declare itself without importing the registry.
+function plus the options it reads, and the auxiliary networks it trains beside the model
+(`AuxNetwork`: e.g. FactorVAE's discriminator, with its own optimizer and options). Objective
+modules (`log_weights`, `iw_objectives`, `tcvae`, ...) declare theirs in a module-level
+`OBJECTIVES` tuple; `vae_jax.objectives` is the registry that collects them, and the step
+configuration (`steps.StepConfig`) and config validation (`config_validation`) read everything
+from there. This module imports nothing of vae_jax, so an objective module can declare itself
+without importing the registry.
 """
 
 from __future__ import annotations
@@ -100,6 +102,46 @@ def boolean(name: str, key: str, default: bool, doc: str, *, exclusive=False) ->
 
 
 @dataclasses.dataclass(frozen=True)
+class AuxNetwork:
+    """A second network that an objective trains beside the model, with its own optimizer.
+
+    The train state holds it as a named parameter group, `state.aux[name]`
+    (`aux_networks.AuxState`: its parameters and its optimizer state), which the loop,
+    checkpoints, resume and the vectorised sweep carry like the model's own. Each train step
+    (`steps.train_step`) computes, from the same state: the model's loss, in which the objective
+    sees the network with its current parameters (no gradient reaches them), and the network's
+    own loss on what the objective hands it (`loss`, with the model's gradient stopped); then
+    both optimizers step.
+
+    Attributes:
+        name: the group's name in `state.aux`, checkpoints and error messages.
+        module: (latent_shapes, **module options) -> a Flax Linen module. `latent_shapes` is the
+            model's ((name, shape), ...); raise `ValueError` for latents it cannot take.
+        input_shape: latent_shapes -> one example's input shape, for initialising the module.
+        optimizer: (**optimizer options) -> an optax `GradientTransformation`.
+        loss: (key, apply, inputs) -> (loss [], metrics: dict of []), `apply` being the module
+            applied with the group's parameters (differentiated) and `inputs` what the
+            objective returned for this group. Its metrics are logged as `train/<metric>`.
+        module_options, optimizer_options: the options each of the two reads, declared like an
+            objective's (each config key once in the registry).
+        doc: one line: what the network is.
+    """
+
+    name: str
+    module: Callable[..., Any]
+    input_shape: Callable[[Any], tuple[int, ...]]
+    optimizer: Callable[..., Any]
+    loss: Callable[..., Any]
+    module_options: tuple[Option, ...] = ()
+    optimizer_options: tuple[Option, ...] = ()
+    doc: str = ''
+
+    @property
+    def options(self) -> tuple[Option, ...]:
+        return self.module_options + self.optimizer_options
+
+
+@dataclasses.dataclass(frozen=True)
 class Objective:
     """An objective as the train step runs it.
 
@@ -126,6 +168,11 @@ class Objective:
         capabilities: the optional model capabilities it needs, as `protocol.Capabilities`
             field names (e.g. 'distributions', the one-layer capability); a model without one
             is a `ValueError` when the step configuration is built.
+        aux: the auxiliary networks it trains (`AuxNetwork`), each a parameter group of the
+            train state; empty for most objectives, whose train state then has no group. An
+            objective with one is batch-level, takes the input 'aux' ({name: apply} with the
+            groups' current parameters, or None where there are none, e.g. in evaluation) and
+            returns (terms, {name: inputs of that network's loss}).
     """
 
     name: str
@@ -136,3 +183,16 @@ class Objective:
     check: Callable[[Any], None] | None = None
     doc: str = ''
     capabilities: tuple[str, ...] = ()
+    aux: tuple[AuxNetwork, ...] = ()
+
+    def __post_init__(self):
+        if self.aux and (self.per_example or 'aux' not in self.inputs):
+            raise ValueError(
+                f'objective {self.name!r} trains auxiliary networks: it must be batch-level '
+                "(per_example=False) and take the input 'aux'"
+            )
+
+    @property
+    def all_options(self) -> tuple[Option, ...]:
+        """Its own options, then those of its auxiliary networks (every key it reads)."""
+        return self.options + tuple(o for network in self.aux for o in network.options)

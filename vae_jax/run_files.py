@@ -232,8 +232,9 @@ def drop_resumable(tree: dict, prefix: str = '') -> dict:
 def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwrite: bool) -> None:
     """Creates the workdir, checks it is writable, and refuses a run of a different config.
 
-    Keys that are unset (None) count as absent, so a config key added to the project later as
-    a placeholder does not make older runs unresumable; a change of run length, cadence or data
+    Keys that are unset (None) count as absent, and keys that config.json lacks take their
+    defaults (as `read_config` fills them), so a config key added to the project later does not
+    make older runs unresumable; a change of run length, cadence or data
     location only (`RESUMABLE_KEYS`, `*_every_steps`) resumes the run, and config.json is
     rewritten with the new values. With several processes, every process checks and process 0
     writes.
@@ -263,6 +264,10 @@ def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwri
                 f'{config_path} is not valid JSON ({e}); restore that file (or, if the run '
                 'there is not needed, use another --workdir)'
             ) from e
+        try:  # Keys added to the project since the run take their defaults, as on load.
+            old = stored_config(config_from_stored(old, config_path))
+        except ValueError:
+            pass  # Reported below, as an invalid config.json, if it differs.
         if drop_resumable(drop_unset(old)) != drop_resumable(drop_unset(new)):
             if not overwrite:
                 # A hand-edited, invalid config.json is reported as such: --overwrite (which

@@ -22,16 +22,19 @@ import ml_collections
 import numpy as np
 from flax.training import train_state
 
-from vae_jax import backends, layers, losses, models, objectives, protocol
+from vae_jax import aux_networks, backends, layers, losses, models, objectives, protocol
 from vae_jax.batches import chunk_indices, epoch_permutation  # noqa: F401 -- re-exported
 
 Array = jax.Array
 
 
 class TrainState(train_state.TrainState):
-    """Flax `TrainState` plus BatchNorm running statistics (an empty dict without BatchNorm)."""
+    """Flax `TrainState` plus BatchNorm running statistics (an empty dict without BatchNorm) and
+    the objective's auxiliary networks, {name: `aux_networks.AuxState`} (an empty dict for an
+    objective that trains none)."""
 
     batch_stats: Any = flax.struct.field(default_factory=dict)
+    aux: Any = flax.struct.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,8 @@ class StepConfig:
     # The chosen objective's options, ((keyword, value), ...), read from the config as the
     # registry declares them (`objectives.read_options`).
     objective_options: tuple[tuple[str, Any], ...] = ()
+    # Its auxiliary networks' options (`objectives.read_aux_options`); () for most objectives.
+    aux_options: tuple[tuple[str, tuple, tuple], ...] = ()
     # The number of training examples (beta-TCVAE's aggregate-posterior weights), set by the
     # trainer from the loaded data.
     dataset_size: int = 0
@@ -97,9 +102,12 @@ class StepConfig:
                 f'{" and ".join(_CAPABILITY_DOCS.get(c, repr(c)) for c in missing)}, which '
                 f'{type(model).__name__} lacks; allowed with this model: {", ".join(allowed)}'
             )
+        for network in objective.aux:  # A ValueError for latents the network cannot read.
+            network.input_shape(latent_shapes)
         return cls(
             objective=config.objective,
             objective_options=objectives.read_options(config.objective, config),
+            aux_options=objectives.read_aux_options(config.objective, config),
             beta_warmup_steps=int(config.beta_warmup_steps),
             use_labels=bool(m.use_labels),
             dynamic_binarize=config.input.binarize == 'dynamic',
@@ -112,20 +120,22 @@ class StepConfig:
         )
 
     def objective_fn(
-        self, beta: Array | float, step: Array | int = 0
+        self, beta: Array | float, step: Array | int = 0, aux: dict[str, Any] | None = None
     ) -> tuple[objectives.Objective, dict[str, Any]]:
         """The objective (`objectives.get`) and its keyword arguments: options and step inputs.
 
         Args:
           beta: the KL weight at this step (may be traced), for objectives that take it.
           step: the optimizer step (may be traced), for objectives that take it.
+          aux: the auxiliary networks with their current parameters (`aux_networks.bind`), or
+            None, for objectives that train some.
 
         Returns:
           (objective, {keyword: value}): the chosen objective's options plus the inputs it
-          declares ('beta', 'dataset_size', 'step').
+          declares ('beta', 'dataset_size', 'step', 'aux').
         """
         objective = objectives.get(self.objective)
-        inputs = {'beta': beta, 'dataset_size': self.dataset_size, 'step': step}
+        inputs = {'beta': beta, 'dataset_size': self.dataset_size, 'step': step, 'aux': aux}
         return objective, {
             **{name: inputs[name] for name in objective.inputs},
             **dict(self.objective_options),
@@ -293,6 +303,8 @@ def batch_terms(
     static: StepConfig,
     train: bool,
     step: Array | int = 0,
+    aux: dict[str, Any] | None = None,
+    aux_inputs: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Array], Any]:
     """Per-example objective terms over a batch, and the updated BatchNorm statistics.
 
@@ -304,12 +316,16 @@ def batch_terms(
       beta: [] KL weight, may be traced.
       step: [] the optimizer step, may be traced (objectives with a 'step' input, e.g.
         AnnealedVAE's capacity schedule).
+      aux: objectives with auxiliary networks: {name: inputs -> outputs} with their current
+        parameters (`aux_networks.bind`); None where there are none (evaluation).
+      aux_inputs: objectives with auxiliary networks: what they hand each network's loss,
+        {name: inputs}, is written into this dict.
 
     Returns:
       (terms: dict of [B] arrays, new batch_stats (unchanged without BatchNorm or in eval)).
     """
     example_keys = jax.random.split(key, images.shape[0])
-    objective, options = static.objective_fn(beta, step)
+    objective, options = static.objective_fn(beta, step, aux)
 
     def prepare(example_key, x):
         bin_key, loss_key = jax.random.split(example_key)
@@ -336,6 +352,10 @@ def batch_terms(
             apply_fn, params, batch_stats, static, train=train, updates=updates
         )
         terms = objective.fn(loss_keys, bind, images, labels, **options)
+        if objective.aux:
+            terms, handed = terms
+            if aux_inputs is not None:
+                aux_inputs.update(handed)
         updates = jax.tree.map(lambda a: a[None], updates)
     new_stats = batch_stats
     if updates:
@@ -372,7 +392,8 @@ def train_step(
     """One optimizer step on a batch.
 
     Args:
-      state: the train state (step, params, optimizer state, batch_stats).
+      state: the train state (step, params, optimizer state, batch_stats, aux). Its auxiliary
+        networks (`state.aux`) step from the same state as the model (`aux_networks.update`).
       images: [B, *event] float32 in [0, 1].
       labels: [B] int32.
       loop_key: the run's loop key; this step uses `fold_in(loop_key, state.step)`.
@@ -390,8 +411,12 @@ def train_step(
     """
     step_key = jax.random.fold_in(loop_key, state.step)
     beta_t = beta_at(beta, state.step, static.beta_warmup_steps)
+    aux_networks.check_state(static, state.aux)  # At trace time: a clear error, no cost.
+    if state.aux:  # Auxiliary networks: their own key; the model's draws are unchanged.
+        aux_key = jax.random.fold_in(step_key, aux_networks.STEP_SALT)
 
     def loss_fn(params):
+        handed: dict[str, Any] = {}
         terms, new_stats = batch_terms(
             params,
             state.batch_stats,
@@ -403,11 +428,13 @@ def train_step(
             static=static,
             train=True,
             step=state.step,
+            aux=aux_networks.bind(static, state.aux) if state.aux else None,
+            aux_inputs=handed,
         )
         means = jax.tree.map(jnp.mean, terms)
-        return means['loss'], (means, new_stats)
+        return means['loss'], (means, new_stats, handed)
 
-    grads, (metrics, new_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (metrics, new_stats, handed) = jax.grad(loss_fn, has_aux=True)(state.params)
     if static.skip_nonfinite_updates or with_grad_norm is True:
         grad_norm = global_norm(grads)
     elif with_grad_norm is False:
@@ -417,9 +444,16 @@ def train_step(
             with_grad_norm, global_norm, lambda _: jnp.zeros((), jnp.float32), grads
         )
     new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+    if state.aux:
+        # Each network's step from the same state; the model's codes reach it stopped.
+        new_aux, aux_metrics = aux_networks.update(aux_key, static, state.aux, handed)
+        new_state = new_state.replace(aux=new_aux)
+        metrics = {**metrics, **aux_metrics}
     skipped = jnp.zeros((), jnp.float32)
     if static.skip_nonfinite_updates:
         ok = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
+        for value in aux_metrics.values() if state.aux else ():  # An auxiliary network's too.
+            ok = ok & jnp.isfinite(value)
         # Keep the old parameters and optimizer state, but advance the step so that the next
         # step draws fresh noise.
         new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)

@@ -394,7 +394,7 @@ def _restore(
         return state
     if step == manager.latest_step():
         return checkpoints.restore_latest(manager, state, allow_unverified=allow_unverified)[0]
-    return manager.restore(step, args=ocp.args.StandardRestore(state))
+    return checkpoints.restore_step(manager, step, state)
 
 
 def _save(manager: ocp.CheckpointManager, step: int, state: steps.TrainState) -> None:

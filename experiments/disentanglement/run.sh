@@ -38,7 +38,7 @@ declare -A CONFIG=(
   [dip_vae_ii]="configs/dsprites_dip_vae_ii.py"
   [beta_tcvae]="configs/dsprites_beta_tcvae.py"
 )
-ALL_ROWS=(vae beta_vae annealed_vae factor_vae dip_vae_i dip_vae_ii beta_tcvae)
+ALL_ROWS=(vae beta_vae annealed_vae dip_vae_i dip_vae_ii beta_tcvae factor_vae)  # FactorVAE: the dearest, last
 rows=("${@:-${ALL_ROWS[@]}}")
 for row in "${rows[@]}"; do
   [[ -n ${CONFIG[$row]:-} ]] || { echo "error: unknown row '$row'; rows: ${ALL_ROWS[*]}" >&2; exit 2; }
