@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: demo test lint format docs check-install bench clean
+.PHONY: demo test test-fast lint format docs check-install bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ format: $(TEST_STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -n 2 --durations=15 tests
+
+# The suite without the end-to-end runs marked `slow` (pyproject.toml): for the edit-test loop.
+test-fast: lint
+	$(BIN)/python -m pytest -n 2 -m 'not slow' tests
 
 # The site from docs/ and the docstrings of the public modules (mkdocs.yml), into site/.
 # --strict: any warning (a broken link or anchor, an unknown cross-reference in a docstring, a
