@@ -1,0 +1,314 @@
+"""The streamed input pipeline: same rows as the device path, same parameters, resumable, sharded.
+
+Real TFDS data are read from $TFDS_DATA_DIR, else ../shared/data/tfds (skipped where absent). The
+two-process test splits XLA's CPU platform into devices in subprocesses, as
+tests/multidevice_test.py does.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from configs import test as test_config
+from vae_jax import checkpoints, config_validation, data, streaming, trainer
+
+REPO = Path(__file__).resolve().parents[1]
+_TFDS_DIR = Path(
+    os.environ.get('TFDS_DATA_DIR') or Path(__file__).resolve().parents[2] / 'shared/data/tfds'
+)
+
+
+def _require_mnist(test):
+    if not (_TFDS_DIR / 'mnist').is_dir():
+        test.skipTest(f'{_TFDS_DIR}/mnist is absent (set $TFDS_DATA_DIR to a prepared TFDS dir).')
+
+
+def _mnist_config(pipeline):
+    """A small dense VAE on 6,000 MNIST images: 93 steps per epoch of batch 64."""
+    c = test_config.get_config()
+    c.input.dataset, c.input.data_dir, c.input.pipeline = 'mnist', str(_TFDS_DIR), pipeline
+    c.input.num_train_examples, c.input.num_test_examples = 6000, 200
+    c.input.batch_size = 64
+    c.num_train_steps, c.steps_per_call = 300, 50
+    c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 50, 300, 150
+    c.eval_k_samples = (1,)
+    return c
+
+
+def _params(workdir, config):
+    state, step = checkpoints.load(workdir, trainer.Run(config).create_train_state())
+    return jax.device_get(state.params), step
+
+
+def _loss_rows(workdir):
+    rows = [json.loads(line) for line in (Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+    return [(r['step'], r['train/loss']) for r in rows if 'train/loss' in r]
+
+
+def _class_tempdir(cls):
+    path = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    cls.addClassCleanup(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+class PipelineChoiceTest(parameterized.TestCase):
+    @parameterized.named_parameters(
+        ('auto_fits', 'auto', 1.0, 10**9, 'device'),
+        ('auto_too_large', 'auto', 1.0, 10**9 + 1, 'stream'),
+        ('auto_built_in_memory', 'auto', 0.0, None, 'device'),
+        ('stream_whatever_the_size', 'stream', 100.0, 10, 'stream'),
+        ('device_whatever_the_size', 'device', 0.0, 10**12, 'device'),
+    )
+    def test_choose_pipeline(self, pipeline, budget_gb, train_bytes, expected):
+        config = ml_collections.ConfigDict(dict(pipeline=pipeline, device_budget_gb=budget_gb))
+        self.assertEqual(streaming.choose_pipeline(config, train_bytes), expected)
+
+    @parameterized.named_parameters(
+        (
+            'unknown_pipeline',
+            'pipeline',
+            'disk',
+            r"config\.input\.pipeline='disk' is invalid; "
+            r"allowed: 'device' \| 'stream' \| 'auto'",
+        ),
+        (
+            'negative_budget',
+            'device_budget_gb',
+            -1.0,
+            r'config\.input\.device_budget_gb=-1\.0 '
+            r'is invalid; allowed: a finite number >= 0',
+        ),
+    )
+    def test_bad_values_name_the_key(self, key, value, pattern):
+        config = test_config.get_config()
+        config.input[key] = value
+        with self.assertRaisesRegex(ValueError, pattern):
+            config_validation.validate(config)
+
+    def test_mnist_split_size_from_the_headers(self):
+        _require_mnist(self)
+        config = _mnist_config('auto')
+        self.assertEqual(streaming.train_split_bytes(config.input), 6000 * 784 * 4)
+        config.input.num_train_examples = None
+        self.assertEqual(streaming.train_split_bytes(config.input), 60000 * 784 * 4)
+
+
+class NpzSourceTest(absltest.TestCase):
+    def _write(self, save, images):
+        path = os.path.join(self.create_tempdir().full_path, 'data.npz')
+        labels = np.arange(len(images)) % 3
+        save(
+            path,
+            train_images=images,
+            test_images=images[:5],
+            train_labels=labels,
+            test_labels=labels[:5],
+        )
+        return path
+
+    def test_uncompressed_member_is_memory_mapped_with_the_stored_values(self):
+        images = np.random.default_rng(0).integers(0, 256, (40, 6, 5, 2), np.uint8)
+        path = self._write(np.savez, images)
+        mapped = streaming._npz_member(path, path, 'train_images')
+        self.assertIsInstance(mapped, np.memmap)
+        np.testing.assert_array_equal(mapped, images)
+        # The streamed rows equal the rows of the split data.get_datasets loads.
+        config = test_config.get_config()
+        config.input.dataset, config.input.path, config.input.pipeline = 'npz', path, 'stream'
+        config.input.num_test_examples = 4
+        train, test = data.get_datasets(config.input)
+        source = streaming.FileSource(config.input)
+        rows = np.array([7, 0, 39, 7, 12])
+        got_images, got_labels = source.read(rows)
+        np.testing.assert_array_equal(got_images, train['image'][rows])
+        np.testing.assert_array_equal(got_labels, train['label'][rows])
+        streamed_test = streaming.load_test_split(config.input)
+        np.testing.assert_array_equal(streamed_test['image'], test['image'])
+        np.testing.assert_array_equal(streamed_test['label'], test['label'])
+
+    def test_compressed_member_is_refused_with_what_to_do(self):
+        path = self._write(np.savez_compressed, np.zeros((4, 3, 3, 1), np.uint8))
+        with self.assertRaisesRegex(
+            ValueError, r"'train_images' is compressed \(np\.savez_compressed\).*np\.savez"
+        ):
+            streaming._npz_member(path, path, 'train_images')
+
+    def test_static_binarization_is_refused_with_the_alternatives(self):
+        path = self._write(np.savez, np.zeros((4, 3, 3, 1), np.uint8))
+        config = test_config.get_config()
+        config.input.dataset, config.input.path, config.input.binarize = 'npz', path, 'static'
+        with self.assertRaisesRegex(ValueError, r"binarize='static'.*'dynamic'.*'device'"):
+            streaming.FileSource(config.input)
+
+
+class MnistStreamTest(absltest.TestCase):
+    """On-device and streamed runs of one config: same rows, same parameters, resumable."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.device_dir = _class_tempdir(cls)
+        cls.stream_dir = _class_tempdir(cls)
+
+    def setUp(self):
+        super().setUp()
+        _require_mnist(self)
+
+    def test_streamed_rows_are_the_device_path_rows(self):
+        device = trainer.Run(_mnist_config('device'))
+        stream = trainer.Run(_mnist_config('stream'))
+        self.assertEqual((device.pipeline, stream.pipeline), ('device', 'stream'))
+        self.assertIsNone(stream.train_data)  # Read from the files, step by step.
+        # 130 steps cross an epoch boundary (93 steps per epoch), started mid-epoch at 60.
+        expected = streaming.device_permutation_rows(device, 60, 130)
+        reader = streaming.StreamReader(
+            stream.train_source,
+            stream.data_key,
+            batch_size=64,
+            rows=slice(0, 64),
+            start_step=60,
+            stop_step=190,
+            prefetch_steps=8,
+        )
+        try:
+            for j in (0, 32, 33, 34, 129):
+                np.testing.assert_array_equal(reader.step_rows(60 + j), expected[j])
+            images, labels = reader.next_chunk(40)
+        finally:
+            reader.close()
+        self.assertEqual(reader.rows_served, 40 * 64)
+        rows = expected[:40]
+        np.testing.assert_array_equal(images, device.train_data['image'][rows])
+        np.testing.assert_array_equal(labels, device.train_data['label'][rows])
+        np.testing.assert_array_equal(stream.test_data['image'], device.test_data['image'])
+
+    def _train(self, pipeline, workdir, **kwargs):
+        if not (Path(workdir) / 'eval.json').exists():
+            trainer.train_and_evaluate(_mnist_config(pipeline), workdir, **kwargs)
+
+    def test_streamed_run_equals_device_run_bit_for_bit(self):
+        self._train('device', self.device_dir)
+        self._train('stream', self.stream_dir)
+        config = _mnist_config('device')
+        params, step = _params(self.stream_dir, config)
+        expected, expected_step = _params(self.device_dir, config)
+        self.assertEqual(step, expected_step)
+        jax.tree.map(np.testing.assert_array_equal, params, expected)
+        self.assertEqual(_loss_rows(self.stream_dir), _loss_rows(self.device_dir))
+
+    def test_stopped_mid_epoch_and_resumed_equals_uninterrupted(self):
+        self._train('stream', self.stream_dir)
+        workdir = self.create_tempdir().full_path
+        # Step 130 is in the second epoch (93 steps each) and between two chunks of 50.
+        result = trainer.train_and_evaluate(_mnist_config('stream'), workdir, stop_at_step=130)
+        self.assertEqual(result, {'step': 130})
+        trainer.train_and_evaluate(_mnist_config('stream'), workdir)
+        config = _mnist_config('device')
+        params, _ = _params(workdir, config)
+        expected, _ = _params(self.stream_dir, config)
+        jax.tree.map(np.testing.assert_array_equal, params, expected)
+        # The window 100..150 sums two calls' sums here (30 + 20 steps), one call's there.
+        rows, want = _loss_rows(workdir), _loss_rows(self.stream_dir)
+        self.assertEqual([s for s, _ in rows], [s for s, _ in want])
+        np.testing.assert_allclose([v for _, v in rows], [v for _, v in want], rtol=1e-6)
+
+
+_TWO_PROCESSES = r"""
+import atexit, json, os, sys
+from pathlib import Path
+
+import jax
+
+jax.config.update('jax_disable_most_optimizations', True)  # As tests/conftest.py.
+from vae_jax import cli, streaming, train
+
+readers = []
+original = streaming.StreamReader.__init__
+
+
+def init(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    readers.append(self)
+
+
+streaming.StreamReader.__init__ = init
+root = Path(sys.argv[sys.argv.index('--workdir') + 1]).parent
+out = root / f"rows{os.environ['JAX_PROCESS_ID']}.json"
+atexit.register(lambda: out.write_text(json.dumps([(r.rows.start, r.rows.stop, r.rows_served)
+                                                   for r in readers])))
+cli.run(train.main)
+"""
+
+
+class TwoProcessTest(absltest.TestCase):
+    def test_each_process_reads_its_half_and_the_result_matches_one_process(self):
+        config = test_config.get_config()
+        config.num_train_steps, config.eval_k_samples = 6, (1,)
+        reference = self.create_tempdir().full_path
+        trainer.train_and_evaluate(config, reference)  # One process, one device, on device.
+        root = self.create_tempdir().full_path
+        workdir = os.path.join(root, 'run')
+        with socket.socket() as s:
+            s.bind(('localhost', 0))
+            port = s.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'SLURM_', 'OMPI_'))}
+        env.update(JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
+        flags = [
+            '--config.num_train_steps=6',
+            '--config.eval_k_samples=(1,)',
+            '--config.input.pipeline=stream',
+        ]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    '-c',
+                    _TWO_PROCESSES,
+                    '--config',
+                    'configs/test.py',
+                    '--workdir',
+                    workdir,
+                    *flags,
+                ],
+                cwd=REPO,
+                env={
+                    **env,
+                    'JAX_COORDINATOR_ADDRESS': f'localhost:{port}',
+                    'JAX_NUM_PROCESSES': '2',
+                    'JAX_PROCESS_ID': str(i),
+                },
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(2)
+        ]
+        outputs = [p.communicate(timeout=600) for p in procs]
+        for proc, (_, err) in zip(procs, outputs, strict=True):
+            self.assertEqual(proc.returncode, 0, err[-3000:])
+        # configs/test.py: batch 16 over 4 devices; each process holds 2 devices' 8 rows.
+        served = [json.loads(Path(root, f'rows{i}.json').read_text()) for i in range(2)]
+        self.assertEqual(served, [[[0, 8, 6 * 8]], [[8, 16, 6 * 8]]])
+        params, step = _params(workdir, config)
+        expected, expected_step = _params(reference, config)
+        self.assertEqual(step, expected_step)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, expected
+        )
+        rows, want = _loss_rows(workdir), _loss_rows(reference)
+        self.assertEqual([s for s, _ in rows], [s for s, _ in want])
+        np.testing.assert_allclose([v for _, v in rows], [v for _, v in want], rtol=2e-5)
+
+
+if __name__ == '__main__':
+    absltest.main()
