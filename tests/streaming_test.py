@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl.testing import absltest, parameterized
+from jax.experimental.compilation_cache import compilation_cache
 
 from configs import test as test_config
 from vae_jax import checkpoints, config_validation, data, streaming, trainer
@@ -28,21 +29,50 @@ _TFDS_DIR = Path(
 )
 
 
+_CACHE = {}
+
+
+def setUpModule():
+    """A persistent compilation cache: the runs here compile the same few programs.
+
+    A cache hit returns the executable compiled from the same program, so results are unchanged
+    (as in tests/reliability_test.py). Reset when the module ends.
+    """
+    _CACHE['dir'] = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    _CACHE['min_time'] = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update('jax_compilation_cache_dir', _CACHE['dir'])
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+    compilation_cache.reset_cache()
+
+
+def tearDownModule():
+    jax.config.update('jax_compilation_cache_dir', None)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', _CACHE['min_time'])
+    compilation_cache.reset_cache()
+    shutil.rmtree(_CACHE['dir'], ignore_errors=True)
+
+
 def _require_mnist(test):
     if not (_TFDS_DIR / 'mnist').is_dir():
         test.skipTest(f'{_TFDS_DIR}/mnist is absent (set $TFDS_DATA_DIR to a prepared TFDS dir).')
 
 
 def _mnist_config(pipeline):
-    """A small dense VAE on 6,000 MNIST images: 93 steps per epoch of batch 64."""
+    """A small dense VAE on 6,000 MNIST images: 93 steps per epoch of batch 64.
+
+    The runs stop at `_STEPS` (a checkpoint, no final evaluation or pictures: seconds saved).
+    """
     c = test_config.get_config()
     c.input.dataset, c.input.data_dir, c.input.pipeline = 'mnist', str(_TFDS_DIR), pipeline
     c.input.num_train_examples, c.input.num_test_examples = 6000, 200
     c.input.batch_size = 64
-    c.num_train_steps, c.steps_per_call = 300, 50
+    c.num_train_steps, c.steps_per_call = 400, 50
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 50, 300, 150
     c.eval_k_samples = (1,)
     return c
+
+
+_STEPS = 300
 
 
 def _params(workdir, config):
@@ -157,8 +187,12 @@ class MnistStreamTest(absltest.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.device_dir = _class_tempdir(cls)
-        cls.stream_dir = _class_tempdir(cls)
+        if not (_TFDS_DIR / 'mnist').is_dir():
+            return  # Each test skips, saying why.
+        # The uninterrupted runs the tests compare with.
+        cls.device_dir, cls.stream_dir = _class_tempdir(cls), _class_tempdir(cls)
+        for pipeline, workdir in (('device', cls.device_dir), ('stream', cls.stream_dir)):
+            trainer.train_and_evaluate(_mnist_config(pipeline), workdir, stop_at_step=_STEPS)
 
     def setUp(self):
         super().setUp()
@@ -192,13 +226,7 @@ class MnistStreamTest(absltest.TestCase):
         np.testing.assert_array_equal(labels, device.train_data['label'][rows])
         np.testing.assert_array_equal(stream.test_data['image'], device.test_data['image'])
 
-    def _train(self, pipeline, workdir, **kwargs):
-        if not (Path(workdir) / 'eval.json').exists():
-            trainer.train_and_evaluate(_mnist_config(pipeline), workdir, **kwargs)
-
     def test_streamed_run_equals_device_run_bit_for_bit(self):
-        self._train('device', self.device_dir)
-        self._train('stream', self.stream_dir)
         config = _mnist_config('device')
         params, step = _params(self.stream_dir, config)
         expected, expected_step = _params(self.device_dir, config)
@@ -207,30 +235,49 @@ class MnistStreamTest(absltest.TestCase):
         self.assertEqual(_loss_rows(self.stream_dir), _loss_rows(self.device_dir))
 
     def test_stopped_mid_epoch_and_resumed_equals_uninterrupted(self):
-        self._train('stream', self.stream_dir)
         workdir = self.create_tempdir().full_path
-        # Step 130 is in the second epoch (93 steps each) and between two chunks of 50.
-        result = trainer.train_and_evaluate(_mnist_config('stream'), workdir, stop_at_step=130)
-        self.assertEqual(result, {'step': 130})
-        trainer.train_and_evaluate(_mnist_config('stream'), workdir)
+        # Step 150 is step 57 of the second epoch (93 steps each).
+        result = trainer.train_and_evaluate(_mnist_config('stream'), workdir, stop_at_step=150)
+        self.assertEqual(result, {'step': 150})
+        trainer.train_and_evaluate(_mnist_config('stream'), workdir, stop_at_step=_STEPS)
         config = _mnist_config('device')
         params, _ = _params(workdir, config)
         expected, _ = _params(self.stream_dir, config)
         jax.tree.map(np.testing.assert_array_equal, params, expected)
-        # The window 100..150 sums two calls' sums here (30 + 20 steps), one call's there.
-        rows, want = _loss_rows(workdir), _loss_rows(self.stream_dir)
-        self.assertEqual([s for s, _ in rows], [s for s, _ in want])
-        np.testing.assert_allclose([v for _, v in rows], [v for _, v in want], rtol=1e-6)
+        self.assertEqual(_loss_rows(workdir), _loss_rows(self.stream_dir))
+
+    def test_device_run_resumed_streamed_equals_device_run(self):
+        # input.pipeline may change when a run resumes: both read the same batches.
+        workdir = self.create_tempdir().full_path
+        trainer.train_and_evaluate(_mnist_config('device'), workdir, stop_at_step=150)
+        trainer.train_and_evaluate(_mnist_config('stream'), workdir, stop_at_step=_STEPS)
+        config = _mnist_config('device')
+        params, _ = _params(workdir, config)
+        expected, _ = _params(self.device_dir, config)
+        jax.tree.map(np.testing.assert_array_equal, params, expected)
 
 
+# One process of a two-process run: configs/test.py streamed, stopped at step 6 (a checkpoint; no
+# final evaluation), then the rows each of its readers served.
 _TWO_PROCESSES = r"""
-import atexit, json, os, sys
-from pathlib import Path
+import json, os, sys
 
+
+class _NoTorch:  # tensorboardX imports torch when installed: 2 s per process, unused here.
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'torch':
+            raise ImportError('torch is not needed here')
+
+
+sys.meta_path.insert(0, _NoTorch())
 import jax
 
 jax.config.update('jax_disable_most_optimizations', True)  # As tests/conftest.py.
-from vae_jax import cli, streaming, train
+from vae_jax import streaming, train, trainer
+
+jax.distributed.initialize(**train.distributed_init_args(os.environ))
+sys.path.insert(0, os.getcwd())
+from tests import streaming_test
 
 readers = []
 original = streaming.StreamReader.__init__
@@ -242,20 +289,27 @@ def init(self, *args, **kwargs):
 
 
 streaming.StreamReader.__init__ = init
-root = Path(sys.argv[sys.argv.index('--workdir') + 1]).parent
-out = root / f"rows{os.environ['JAX_PROCESS_ID']}.json"
-atexit.register(lambda: out.write_text(json.dumps([(r.rows.start, r.rows.stop, r.rows_served)
-                                                   for r in readers])))
-cli.run(train.main)
+workdir = sys.argv[1]
+trainer.train_and_evaluate(streaming_test._small_config('stream'), workdir, stop_at_step=6)
+served = [(r.rows.start, r.rows.stop, r.rows_served) for r in readers]
+with open(os.path.join(workdir, '..', f'rows{jax.process_index()}.json'), 'w') as f:
+    json.dump(served, f)
 """
+
+
+def _small_config(pipeline):
+    """configs/test.py (digits, batch 16) to step 6 of 12, without TensorBoard files."""
+    config = test_config.get_config()
+    config.eval_k_samples, config.input.pipeline, config.logging.writers = (1,), pipeline, 'jsonl'
+    return config
 
 
 class TwoProcessTest(absltest.TestCase):
     def test_each_process_reads_its_half_and_the_result_matches_one_process(self):
-        config = test_config.get_config()
-        config.num_train_steps, config.eval_k_samples = 6, (1,)
+        config = _small_config('device')
         reference = self.create_tempdir().full_path
-        trainer.train_and_evaluate(config, reference)  # One process, one device, on device.
+        # One process, one device, on device.
+        trainer.train_and_evaluate(config, reference, stop_at_step=6)
         root = self.create_tempdir().full_path
         workdir = os.path.join(root, 'run')
         with socket.socket() as s:
@@ -263,30 +317,12 @@ class TwoProcessTest(absltest.TestCase):
             port = s.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'SLURM_', 'OMPI_'))}
         env.update(JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
-        flags = [
-            '--config.num_train_steps=6',
-            '--config.eval_k_samples=(1,)',
-            '--config.input.pipeline=stream',
-        ]
+        env.update(JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2')
         procs = [
             subprocess.Popen(
-                [
-                    sys.executable,
-                    '-c',
-                    _TWO_PROCESSES,
-                    '--config',
-                    'configs/test.py',
-                    '--workdir',
-                    workdir,
-                    *flags,
-                ],
+                [sys.executable, '-c', _TWO_PROCESSES, workdir],
                 cwd=REPO,
-                env={
-                    **env,
-                    'JAX_COORDINATOR_ADDRESS': f'localhost:{port}',
-                    'JAX_NUM_PROCESSES': '2',
-                    'JAX_PROCESS_ID': str(i),
-                },
+                env={**env, 'JAX_PROCESS_ID': str(i)},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -296,7 +332,7 @@ class TwoProcessTest(absltest.TestCase):
         outputs = [p.communicate(timeout=600) for p in procs]
         for proc, (_, err) in zip(procs, outputs, strict=True):
             self.assertEqual(proc.returncode, 0, err[-3000:])
-        # configs/test.py: batch 16 over 4 devices; each process holds 2 devices' 8 rows.
+        # Batch 16 over 4 devices: each process holds its 2 devices' 8 rows of every batch.
         served = [json.loads(Path(root, f'rows{i}.json').read_text()) for i in range(2)]
         self.assertEqual(served, [[[0, 8, 6 * 8]], [[8, 16, 6 * 8]]])
         params, step = _params(workdir, config)
@@ -306,6 +342,7 @@ class TwoProcessTest(absltest.TestCase):
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, expected
         )
         rows, want = _loss_rows(workdir), _loss_rows(reference)
+        self.assertEqual([s for s, _ in rows], [3, 6])
         self.assertEqual([s for s, _ in rows], [s for s, _ in want])
         np.testing.assert_allclose([v for _, v in rows], [v for _, v in want], rtol=2e-5)
 
