@@ -11,6 +11,11 @@ warm-up); then the timed rounds alternate between the two, so machine load falls
 Medians over rounds. Prints one JSON line; the ratio is stream / device images per second.
 `--npz PATH` trains on an uncompressed .npz instead (the stream then reads a memory map: no
 image decoding).
+
+Measured on a shared 2-core AMD EPYC (XLA:CPU, load average 10-14 from other jobs, so noisy):
+MNIST from TFDS, device 8,234 images/s, stream 4,249 (0.52x: each image's PNG is decoded on the
+same two cores); the same images as an uncompressed uint8 .npz, device 8,083, stream 9,278
+(1.15x).
 """
 
 from __future__ import annotations

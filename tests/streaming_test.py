@@ -132,6 +132,21 @@ class PipelineChoiceTest(parameterized.TestCase):
         config.input.num_train_examples = None
         self.assertEqual(streaming.train_split_bytes(config.input), 60000 * 784 * 4)
 
+    def test_vectorised_sweep_refuses_a_streamed_pipeline_before_writing(self):
+        config = test_config.get_config()
+        config.input.pipeline = 'stream'
+        run = trainer.Run(config)
+        self.assertEqual(run.pipeline, 'stream')
+        config_b = test_config.get_config()
+        config_b.input.pipeline, config_b.seed = 'stream', 1
+        root = Path(self.create_tempdir().full_path)
+        dirs = {'a': root / 'a', 'b': root / 'b'}
+        with self.assertRaisesRegex(
+            ValueError, r"input\.pipeline='stream'.*vectorised sweep.*allowed: input\.pipeline="
+        ):
+            trainer.train_models({'a': run, 'b': run.for_config(config_b)}, dirs)
+        self.assertFalse(any(d.exists() for d in dirs.values()))
+
 
 class NpzSourceTest(absltest.TestCase):
     def _write(self, save, images):
