@@ -313,6 +313,31 @@ def load_test_split(
     return {'image': images, 'label': labels.astype(np.int32)}
 
 
+def evaluation_split(
+    input_config: ml_collections.ConfigDict, split: str
+) -> tuple[dict[str, np.ndarray], int]:
+    """One split for evaluation, and the number of training examples.
+
+    The test split of a set stored in files is read without the train split (its size comes
+    from the file headers or the TFDS builder's info), so evaluating a model of a large data set
+    holds only the test split; its arrays equal `data.get_datasets`'s.
+
+    Args:
+      input_config: `config.input`.
+      split: 'test' or 'train'.
+
+    Returns:
+      ({'image', 'label'} of `split`, as `data.get_datasets` returns it; num_train_examples).
+    """
+    if split == 'test' and _from_files(input_config.dataset):
+        count = _num_train_records(input_config)
+        if input_config.num_train_examples is not None:
+            count = min(count, input_config.num_train_examples)
+        return load_test_split(input_config), count
+    train, test = data.get_datasets(input_config)
+    return (test if split == 'test' else train), len(train['image'])
+
+
 def local_rows(batch_sharding: NamedSharding, batch_size: int) -> slice:
     """The rows of each global batch that this process's devices hold: one contiguous slice.
 
