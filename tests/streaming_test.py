@@ -147,6 +147,17 @@ class PipelineChoiceTest(parameterized.TestCase):
             trainer.train_models({'a': run, 'b': run.for_config(config_b)}, dirs)
         self.assertFalse(any(d.exists() for d in dirs.values()))
 
+    def test_evaluation_reads_the_test_split_alone(self):
+        _require_mnist(self)
+        config = _mnist_config('device')
+        train, test = data.get_datasets(config.input)
+        split, num_train = streaming.evaluation_split(config.input, 'test')
+        self.assertEqual(num_train, len(train['image']))  # 6,000: the truncation holds.
+        np.testing.assert_array_equal(split['image'], test['image'])
+        np.testing.assert_array_equal(split['label'], test['label'])
+        config.input.num_train_examples = None
+        self.assertEqual(streaming.evaluation_split(config.input, 'test')[1], 60000)
+
 
 class NpzSourceTest(absltest.TestCase):
     def _write(self, save, images):
