@@ -15,6 +15,7 @@ import ml_collections
 from vae_jax import data, objectives, writer_config
 
 LOOPS = ('scan', 'unroll')
+PIPELINES = ('device', 'stream', 'auto')  # input.pipeline (vae_jax/streaming.py)
 BINARIZE = ('none', 'static', 'dynamic')
 POSTERIORS = ('diagonal', 'full')
 SCALE_TRANSFORMS = ('softplus', 'exp')
@@ -144,6 +145,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
             'None or an integer >= 1',
         )
+    if 'pipeline' in config.input:  # Absent from the config.json of an older run.
+        _one_of(config, 'input.pipeline', PIPELINES)
+        _number(config, 'input.device_budget_gb', lambda v: v >= 0, 'a finite number >= 0')
     _int_at_least(config, 'input.toy_num_examples', 1)
     _number(config, 'input.toy_noise', lambda v: v >= 0, 'a finite number >= 0')
     # Combinations (binarize / pad_to_32 on toy sets, input.path only with npz, download only

@@ -48,6 +48,13 @@ split; `'dynamic'` leaves grey values here because the jitted step draws a fresh
 every use), zero-pad to 32x32 (`pad_to_32`, centred). Data are the same for every `config.seed`,
 so runs with different seeds see the same examples.
 
+How the train split reaches the step (`input.pipeline`, vae_jax/streaming.py): 'device' puts the
+arrays returned here on every device once; 'stream' reads each step's rows while training, from
+the files (TFDS `array_record` through `tfds.data_source`, or an uncompressed `.npz` memory-
+mapped) or from these arrays for the sets built in code, in the same order and with the same
+preprocessing, so the two give the same batches; 'auto' (the default) streams only a split
+larger than `input.device_budget_gb`.
+
 References: LeCun et al. (1998) MNIST; Xiao et al. (2017) Fashion-MNIST; Larochelle & Murray
 (2011) binarized MNIST; Burda et al. (2016) IWAE splits; Johnson et al. (2016) and Grathwohl et
 al. (2019, FFJORD) toy 2-D sets.

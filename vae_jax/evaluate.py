@@ -36,7 +36,7 @@ import ml_collections
 import tqdm
 from absl import app, flags
 
-from vae_jax import build, cli, data, evaluation, run_eval, run_files, trained
+from vae_jax import build, cli, evaluation, run_eval, run_files, streaming, trained
 from vae_jax import pictures as vae_pictures
 
 FLAGS = flags.FLAGS
@@ -215,13 +215,13 @@ def evaluate(
     config = load_config(workdir)
     build.require_model(config, model, workdir)  # Before anything is read or written.
     with_data_dir(config, data_dir)
-    train_data, test_data = data.get_datasets(config.input)
+    # The test split of a set in files is read alone (streaming.evaluation_split).
+    split_data, num_train = streaming.evaluation_split(config.input, split)
     # The training set size only matters to beta-TCVAE's held-out terms.
-    parts = build.build(config, model=model, dataset_size=train_data['image'].shape[0])
+    parts = build.build(config, model=model, dataset_size=num_train)
     variables, step = trained.restore_variables(
         workdir, parts, allow_unverified_checkpoints=allow_unverified_checkpoints
     )
-    split_data = test_data if split == 'test' else train_data
     images, labels = split_data['image'], split_data['label']
     if max_examples is not None:
         images, labels = images[:max_examples], labels[:max_examples]

@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import build, config_validation, data, optim, run_eval, run_files, steps, writers
+from vae_jax import build, config_validation, optim, run_eval, run_files, steps, streaming, writers
 
 root_keys = build.root_keys
 
@@ -41,11 +41,16 @@ class Run:
         writers.require_trackers(config)  # An ImportError naming the extra, before any file.
         self.config = config
         # With binarize='none', checks the likelihood's support, naming the file or data set.
-        self.train_data, self.test_data = data.get_datasets(
+        # input.pipeline: 'device' holds train_data; 'stream' reads train_source's rows per step
+        # (vae_jax/streaming.py), and train_data is None when they come from files.
+        self.pipeline, self.train_data, self.test_data, self.train_source = streaming.load_splits(
             config.input, likelihood=config.model.likelihood
         )
-        self.data_shape = tuple(self.train_data['image'].shape[1:])
-        num_train = self.train_data['image'].shape[0]
+        if self.train_source is not None:
+            self.data_shape, num_train = tuple(self.train_source.data_shape), len(self.train_source)
+        else:
+            self.data_shape = tuple(self.train_data['image'].shape[1:])
+            num_train = self.train_data['image'].shape[0]
         if config.input.batch_size > num_train:
             raise ValueError(
                 f'config.input.batch_size={config.input.batch_size} is larger than the '

@@ -56,7 +56,15 @@ TRACKERS_FILE = 'trackers.json'
 # Keys that change how long a run goes or how often it logs, evaluates and saves, or where the
 # data is read from, or where the rows are logged (`logging`), but not what it computes: changing
 # them resumes the run instead of refusing.
-RESUMABLE_KEYS = ('num_train_steps', 'steps_per_call', 'input.data_dir', 'logging')
+# input.pipeline / device_budget_gb: both pipelines read the same batches (vae_jax/streaming.py).
+RESUMABLE_KEYS = (
+    'num_train_steps',
+    'steps_per_call',
+    'input.data_dir',
+    'input.pipeline',
+    'input.device_budget_gb',
+    'logging',
+)
 RESUMABLE_SUFFIX = '_every_steps'
 
 

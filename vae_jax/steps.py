@@ -553,9 +553,50 @@ def train_chunk(
     idx, perm, perm_epoch = chunk_indices(
         state.step, perm, perm_epoch, data_key, train_images.shape[0], num_steps, batch_size
     )
+    state, sums = train_steps(
+        state,
+        idx,
+        lambda rows: (train_images[rows], train_labels[rows]),
+        loop_key,
+        beta,
+        num_steps=num_steps,
+        loop=loop,
+        static=static,
+        batch_sharding=batch_sharding,
+    )
+    return state, perm, perm_epoch, sums
 
-    def body(state, rows, with_grad_norm):
-        images, labels = train_images[rows], train_labels[rows]
+
+def train_steps(
+    state: TrainState,
+    xs: Any,
+    batch_of: Callable[[Any], tuple[Array, Array]],
+    loop_key: Array,
+    beta: Array,
+    *,
+    num_steps: int,
+    loop: str,
+    static: StepConfig,
+    batch_sharding: Any = None,
+) -> tuple[TrainState, dict[str, Array]]:
+    """`num_steps` optimizer steps; step j trains on `batch_of(xs[j])` (stored rows).
+
+    The loop of both input pipelines: `train_chunk` passes each step's row indices and gathers
+    them from the device-resident split; the streamed pipeline (vae_jax/streaming.py) passes the
+    rows it read and `batch_of` returns them as they are. Everything after the batch is one code.
+
+    Args:
+      state: the train state.
+      xs: a pytree whose leaves have a leading [num_steps] axis.
+      batch_of: one step's slice of `xs` -> (images [B, *event], labels [B] int32).
+      loop_key, beta, num_steps, loop, static, batch_sharding: as in `train_chunk`.
+
+    Returns:
+      (state, metric sums over the steps: dict of [] arrays).
+    """
+
+    def body(state, x, with_grad_norm):
+        images, labels = batch_of(x)
         if batch_sharding is not None:
             images = jax.lax.with_sharding_constraint(images, batch_sharding)
             labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
@@ -568,15 +609,15 @@ def train_chunk(
     # logged 'grad_norm' is a mean of one sample per call.
     if loop == 'scan':
         last = jnp.arange(num_steps) == num_steps - 1  # the traced with_grad_norm of each step
-        state, metrics = jax.lax.scan(lambda s, xs: body(s, *xs), state, (idx, last))
+        state, metrics = jax.lax.scan(lambda s, x: body(s, *x), state, (xs, last))
         sums = jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
     elif loop == 'unroll':
         sums = None
         for j in range(num_steps):
-            state, metrics = body(state, idx[j], j == num_steps - 1)
+            state, metrics = body(state, jax.tree.map(lambda a, j=j: a[j], xs), j == num_steps - 1)
             sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
     else:
         raise ValueError(f"loop must be 'scan' or 'unroll', got {loop!r}")
     if not static.skip_nonfinite_updates:
         sums['grad_norm'] = sums['grad_norm'] * num_steps
-    return state, perm, perm_epoch, sums
+    return state, sums

@@ -37,6 +37,7 @@ from vae_jax import (
     run_eval,
     run_files,
     steps,
+    streaming,
     trained,
 )
 from vae_jax import pictures as vae_pictures
@@ -172,6 +173,12 @@ def train_models(
     names = list(runs)
     base = runs[names[0]]
     config = base.config
+    if len(names) > 1 and base.pipeline == 'stream':
+        raise ValueError(
+            f'config.input.pipeline={config.input.pipeline!r} streams the training data, but a '
+            'vectorised sweep (config.sweep.*) trains on the data held on the device; allowed: '
+            "input.pipeline='device', or separate runs"
+        )
     with contextlib.ExitStack() as stack:
         for name in names:  # Before anything is written: a refused start changes nothing.
             stack.enter_context(run_files.WorkdirLock(dirs[name]))
@@ -220,9 +227,12 @@ def train_models(
         }
         # Tracker runs left open by an exception are marked failed (closing twice is a no-op).
         stack.callback(lambda: [log.close('failed') for log in logs.values()])
-        train_images = jax.device_put(base.train_data['image'], base.replicated)
-        train_labels = jax.device_put(base.train_data['label'], base.replicated)
         vectorised = len(active) > 1
+        if base.pipeline == 'stream':  # The reader below reads each step's rows (streaming.py).
+            train_images = train_labels = None
+        else:
+            train_images = jax.device_put(base.train_data['image'], base.replicated)
+            train_labels = jax.device_put(base.train_data['label'], base.replicated)
         epoch = jnp.asarray(step // base.steps_per_epoch, jnp.int32)
         if vectorised:
             state = jax.device_put(stack_states(states), base.replicated)
@@ -250,7 +260,12 @@ def train_models(
             loop_keys, data_keys = run.loop_key, run.data_key
             betas = jnp.asarray(run.config.beta, jnp.float32)
             perm_epoch = jax.device_put(epoch, base.replicated)
-            perm = jax.device_put(run.permutation_fn(perm_epoch), base.replicated)
+            if run.pipeline == 'stream':
+                # Reads from `step` on: a resumed run reads what an uninterrupted one reads.
+                chunk_fn = stack.enter_context(streaming.StreamedChunks(run, step))
+                perm = perm_epoch  # Unused: the reader follows the epoch permutations itself.
+            else:
+                perm = jax.device_put(run.permutation_fn(perm_epoch), base.replicated)
         del states
 
         def state_of(state: steps.TrainState, i: int) -> steps.TrainState:

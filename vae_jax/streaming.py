@@ -1,0 +1,544 @@
+"""The streamed input pipeline: each step's rows read from the data set's files, in the same order.
+
+`input.pipeline` chooses how training batches reach the jitted step:
+
+- 'device': the whole train split is put on every device once, and each chunk of steps gathers
+  its rows there (`steps.train_chunk`). Fastest while the split fits.
+- 'stream': a Grain pipeline reads the rows of each step from a row source (`open_train_source`:
+  TFDS `array_record` files through `tfds.data_source`, the members of an uncompressed `.npz`
+  memory-mapped, or the arrays in memory for the sets built in code), several steps ahead in
+  background threads, and each chunk of steps receives them pre-gathered, [num_steps, B, ...]
+  (`train_chunk_rows`, the same `steps.train_steps` loop as on the device).
+- 'auto': 'device' when the train split, as the device holds it, fits `input.device_budget_gb`
+  (per device: data parallelism replicates it), else 'stream' (`choose_pipeline`).
+
+Order: step t reads rows (t mod S) B .. (t mod S) B + B - 1 of epoch t // S's permutation
+`batches.epoch_permutation(data_key, epoch, N)`, computed once per epoch on the host CPU with
+the same JAX function as the device path (same bits), so both pipelines train on the same
+batches and, on one device, reach bit-identical parameters. The reader's position is a function
+of the step alone: a resumed run starts the reader at the restored step and reads exactly the
+rows an uninterrupted run reads; nothing about the reader is checkpointed.
+
+Each host its shard: with several processes, process p reads only the rows of its own devices'
+part of each global batch (`local_rows`), and the global batch is assembled from the processes'
+parts with `jax.make_array_from_process_local_data`.
+
+The rows a reader delivers are the STORED rows, as the device path's gather produces them from
+the split `data.get_datasets` returns, so one step serves both pipelines.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+import zipfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from vae_jax import batches, data, data_sources, steps
+
+# Grain's read-ahead: threads that read steps in parallel, and the most bytes of read-ahead rows
+# held (at least one step, at most 2 * steps_per_call steps).
+NUM_READ_THREADS = 2
+PREFETCH_BYTES = 256 * 2**20
+# Bytes per stored value of a split on the device (float32 images today).
+_DEVICE_ITEMSIZE = 4
+
+
+def choose_pipeline(input_config: ml_collections.ConfigDict, train_bytes: int | None) -> str:
+    """'device' or 'stream' for `input.pipeline` ('auto' decides by `train_bytes`).
+
+    Args:
+      input_config: `config.input`.
+      train_bytes: bytes of the train split as the device holds it (None: unknown, 'device').
+    """
+    pipeline = input_config.get('pipeline', 'device')
+    if pipeline != 'auto':
+        return pipeline
+    budget = float(input_config.device_budget_gb) * 1e9
+    return 'device' if train_bytes is None or train_bytes <= budget else 'stream'
+
+
+def train_split_bytes(input_config: ml_collections.ConfigDict) -> int | None:
+    """Bytes of the train split on the device, from file headers (None: a set built in memory).
+
+    `npz` and TFDS sets (whose files can be streamed) are sized from their array headers or the
+    builder's info, without reading images: examples x one example's size as stored on device.
+    """
+    name = input_config.dataset
+    if not _from_files(name):
+        return None
+    count = _num_train_records(input_config)
+    if input_config.num_train_examples is not None:
+        count = min(count, input_config.num_train_examples)
+    return count * math.prod(data.data_shape(input_config)) * _DEVICE_ITEMSIZE
+
+
+def _from_files(name: str) -> bool:
+    return name == data.NPZ or name in data.TFDS_DATASETS or name.startswith(data.TFDS_PREFIX)
+
+
+def _num_train_records(input_config) -> int:
+    if input_config.dataset == data.NPZ:
+        resolved = data_sources.resolve_npz_path(input_config.path)
+        return _npz_member(input_config.path, resolved, 'train_images').shape[0]
+    name = input_config.dataset.removeprefix(data.TFDS_PREFIX)
+    builder = data_sources.tfds_builder(name, data.resolve_data_dir(input_config.data_dir))
+    if not builder.is_prepared():
+        data_dir = data.resolve_data_dir(input_config.data_dir)
+        raise FileNotFoundError(data_sources.not_prepared_message(name, builder, data_dir))
+    return builder.info.splits['train'].num_examples
+
+
+class ArraySource:
+    """Rows of arrays held in memory (the sets built in code, or any loaded split)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+        self.data_shape = tuple(images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """rows [b] int -> (images [b, *data_shape], labels [b] int32), as stored."""
+        return self.images[rows], self.labels[rows]
+
+
+class FileSource:
+    """Rows of a TFDS split (`tfds.data_source`) or of a memory-mapped `.npz` member.
+
+    Each read converts the stored rows (uint8 / bool / float files) into the stored rows of the
+    device path (`data.get_datasets`: scaled to [0, 1], padded) with the same function, so the
+    two pipelines hold the same bits.
+    """
+
+    def __init__(self, input_config: ml_collections.ConfigDict, likelihood: str | None = None):
+        self.input_config, self.likelihood = input_config, likelihood
+        name = input_config.dataset
+        if input_config.binarize == 'static' and name != 'binarized_mnist':
+            raise ValueError(
+                "config.input.binarize='static' draws one binarisation over the whole train "
+                "split when it is loaded, which input.pipeline='stream' never does; allowed "
+                "with 'stream': binarize='dynamic' (a fresh draw at every use, the IWAE "
+                "protocol) or 'none', or input.pipeline='device'"
+            )
+        if name == data.NPZ:
+            resolved = data_sources.resolve_npz_path(input_config.path)
+            self._images = _npz_member(input_config.path, resolved, 'train_images')
+            # As data_sources.read_npz: uint8 0..255; bool (read as 0/1) and float: 1.
+            self._max_value = 255 if self._images.dtype == np.uint8 else 1
+            headers = data_sources._npz_headers(input_config.path, resolved)
+            if 'train_labels' in headers:
+                with np.load(resolved, allow_pickle=False) as npz:
+                    labels = npz['train_labels']
+                self._labels = data_sources._check_labels(input_config.path, 'train_labels', labels)
+            else:
+                self._labels = np.zeros((len(self._images),), np.int64)
+            self._tfds = None
+            self._length = len(self._images)
+        else:
+            import tensorflow_datasets as tfds  # Slow to import; only the TFDS sets need it.
+
+            tfds_name = name.removeprefix(data.TFDS_PREFIX)
+            data_dir = data.resolve_data_dir(input_config.data_dir)
+            num_classes = data.dataset_info(input_config)['num_classes']
+            if name in data.TFDS_DATASETS:
+                self._has_labels = data.dataset_info(name)['has_labels']
+                self._max_value = data._TFDS_MAX_VALUE[name]
+            else:
+                self._has_labels, self._max_value = num_classes > 0, 255
+            _num_train_records(input_config)  # A missing data set: the message saying where.
+            self._tfds = tfds.data_source(
+                tfds_name, split='train', data_dir=data_dir, download=False
+            )
+            self._length = len(self._tfds)
+        if input_config.num_train_examples is not None:
+            if input_config.num_train_examples > self._length:
+                raise ValueError(
+                    f'input.num_train_examples={input_config.num_train_examples} exceeds the '
+                    f'{self._length} examples of the {data._describe(input_config)} train split.'
+                )
+            self._length = input_config.num_train_examples
+        self.data_shape = data.data_shape(input_config)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """rows [b] int -> (images float32 [b, *data_shape], labels [b] int32), as on device."""
+        config = self.input_config
+        if self._tfds is None:
+            # Fancy indexing of a memmap reads just these rows; sorted, the reads run forward.
+            order = np.argsort(rows, kind='stable')
+            images = np.empty((len(rows), *self._images.shape[1:]), self._images.dtype)
+            images[order] = self._images[rows[order]]
+            images = data_sources._check_images(config.path, 'train_images', images)
+            labels = self._labels[rows]
+        else:
+            records = self._tfds.__getitems__([int(r) for r in rows])
+            images = np.stack([r['image'] for r in records])
+            labels = np.asarray([r['label'] if self._has_labels else 0 for r in records], np.int64)
+        images = data._preprocess_images(
+            images, self._max_value, config, seed=data._STATIC_BINARIZE_SEED['train']
+        )
+        if self.likelihood is not None and config.binarize == 'none':
+            data._check_support(self.likelihood, images, config, 'train')
+        return images, labels.astype(np.int32)
+
+
+def _npz_member(path: str, resolved: str, key: str) -> np.ndarray:
+    """The array `key` of an uncompressed `.npz`, memory-mapped (read-only, no rows read).
+
+    `np.load(..., mmap_mode='r')` memory-maps `.npy` files only; for an `.npz` it ignores
+    mmap_mode and reads each member whole. An uncompressed member (np.savez) is a plain `.npy`
+    at an offset inside the zip file, so it is mapped there; a compressed member (np.savez_
+    compressed) has no such bytes to map.
+
+    Raises:
+      ValueError: the member is compressed, naming the file, the key and what to do.
+    """
+    member = f'{key}.npy'
+    with zipfile.ZipFile(resolved) as archive:
+        info = archive.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError(
+            f"{path}: {key!r} is compressed (np.savez_compressed), and input.pipeline='stream' "
+            'reads the train split row by row from a memory map, which needs it stored '
+            "uncompressed; allowed: save the file with np.savez, or input.pipeline='device' "
+            '(reads the whole file into memory)'
+        )
+    with open(resolved, 'rb') as f:
+        f.seek(info.header_offset)
+        local = f.read(30)  # The zip local file header: its name and extra field follow.
+        name_len = int.from_bytes(local[26:28], 'little')
+        extra_len = int.from_bytes(local[28:30], 'little')
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        offset = f.tell()
+    return np.memmap(
+        resolved, dtype=dtype, mode='r', shape=shape, order='F' if fortran else 'C', offset=offset
+    )
+
+
+def load_splits(
+    input_config: ml_collections.ConfigDict, likelihood: str | None = None
+) -> tuple[str, dict[str, np.ndarray] | None, dict[str, np.ndarray], Any]:
+    """The pipeline `input.pipeline` resolves to, and the data it needs.
+
+    Args:
+      input_config: `config.input`.
+      likelihood: `model.likelihood` (the support checks of `data.get_datasets`).
+
+    Returns:
+      (pipeline 'device' | 'stream', train split {'image', 'label'} or None when streamed from
+       files, test split, train row source or None for 'device').
+    """
+    pipeline = input_config.get('pipeline', 'device')
+    if pipeline != 'device' and _from_files(input_config.dataset):
+        pipeline = choose_pipeline(input_config, train_split_bytes(input_config))
+        if pipeline == 'stream':
+            source = FileSource(input_config, likelihood)
+            return pipeline, None, load_test_split(input_config, likelihood), source
+    train, test = data.get_datasets(input_config, likelihood=likelihood)
+    pipeline = choose_pipeline(input_config, train['image'].nbytes)
+    source = ArraySource(train['image'], train['label']) if pipeline == 'stream' else None
+    return pipeline, train, test, source
+
+
+def open_train_source(
+    input_config: ml_collections.ConfigDict,
+    likelihood: str | None = None,
+    train_data: dict[str, np.ndarray] | None = None,
+) -> ArraySource | FileSource:
+    """The train split as a row source: files where the set has them, else arrays in memory.
+
+    Args:
+      input_config: `config.input`.
+      likelihood: `model.likelihood`, for the support check of each read (binarize='none').
+      train_data: the loaded train split of a set built in memory ({'image', 'label'}).
+    """
+    if _from_files(input_config.dataset):
+        return FileSource(input_config, likelihood)
+    assert train_data is not None, 'a set built in memory streams from its loaded arrays'
+    return ArraySource(train_data['image'], train_data['label'])
+
+
+def load_test_split(
+    input_config: ml_collections.ConfigDict, likelihood: str | None = None
+) -> dict[str, np.ndarray]:
+    """The test split as `data.get_datasets` returns it, without reading the train split's rows.
+
+    TFDS sets: `get_datasets` with one train record. `npz`: the test member (memory-mapped,
+    then read) through the same checks and preprocessing.
+    """
+    if input_config.dataset != data.NPZ:
+        config = ml_collections.ConfigDict(input_config.to_dict())
+        config.num_train_examples = 1
+        return data.get_datasets(config, likelihood=likelihood)[1]
+    path = input_config.path
+    resolved = data_sources.resolve_npz_path(path)
+    stored = _npz_member(path, resolved, 'test_images')
+    limit = input_config.num_test_examples
+    if limit is not None and limit > len(stored):
+        raise ValueError(
+            f'input.num_test_examples={limit} exceeds the {len(stored)} examples of the '
+            f'{data._describe(input_config)} test split.'
+        )
+    stored = stored[:limit]
+    images = data_sources._check_images(path, 'test_images', np.asarray(stored))
+    max_value = 255 if stored.dtype == np.uint8 else 1
+    images = data._preprocess_images(
+        images, max_value, input_config, seed=data._STATIC_BINARIZE_SEED['test']
+    )
+    if likelihood is not None and input_config.binarize == 'none':
+        data._check_support(likelihood, images, input_config, 'test')
+    headers = data_sources._npz_headers(path, resolved)
+    labels = np.zeros((len(images),), np.int64)
+    if 'test_labels' in headers:
+        with np.load(resolved, allow_pickle=False) as npz:
+            labels = data_sources._check_labels(path, 'test_labels', npz['test_labels'])
+        labels = labels[: len(images)]
+    return {'image': images, 'label': labels.astype(np.int32)}
+
+
+def evaluation_split(
+    input_config: ml_collections.ConfigDict, split: str
+) -> tuple[dict[str, np.ndarray], int]:
+    """One split for evaluation, and the number of training examples.
+
+    The test split of a set stored in files is read without the train split (its size comes
+    from the file headers or the TFDS builder's info), so evaluating a model of a large data set
+    holds only the test split; its arrays equal `data.get_datasets`'s.
+
+    Args:
+      input_config: `config.input`.
+      split: 'test' or 'train'.
+
+    Returns:
+      ({'image', 'label'} of `split`, as `data.get_datasets` returns it; num_train_examples).
+    """
+    if split == 'test' and _from_files(input_config.dataset):
+        count = _num_train_records(input_config)
+        if input_config.num_train_examples is not None:
+            count = min(count, input_config.num_train_examples)
+        return load_test_split(input_config), count
+    train, test = data.get_datasets(input_config)
+    return (test if split == 'test' else train), len(train['image'])
+
+
+def local_rows(batch_sharding: NamedSharding, batch_size: int) -> slice:
+    """The rows of each global batch that this process's devices hold: one contiguous slice.
+
+    Raises:
+      ValueError: the process's devices hold a non-contiguous part of the batch (a mesh whose
+        devices are not grouped by process).
+    """
+    index_map = batch_sharding.addressable_devices_indices_map((batch_size,))
+    spans = sorted({(s[0].indices(batch_size)[:2]) for s in index_map.values()})
+    start, stop = spans[0][0], spans[-1][1]
+    if sum(b - a for a, b in spans) != stop - start:
+        raise ValueError(
+            f'this process holds rows {spans} of each batch of {batch_size}, not one contiguous '
+            "block; input.pipeline='stream' needs the mesh's devices grouped by process"
+        )
+    return slice(start, stop)
+
+
+class HostPermutations:
+    """Epoch permutations on the host CPU, each computed once (thread-safe; keeps the newest 2)."""
+
+    def __init__(self, data_key: jax.Array, num_examples: int):
+        cpu = jax.local_devices(backend='cpu')[0]
+        self._key = jax.device_put(data_key, cpu)
+        self._fn = jax.jit(functools.partial(batches.epoch_permutation, num_examples=num_examples))
+        self._cpu = cpu
+        self._cache: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            perm = self._cache.get(epoch)
+            if perm is None:
+                arg = jax.device_put(np.int32(epoch), self._cpu)
+                perm = self._cache[epoch] = np.asarray(self._fn(self._key, arg))
+                while len(self._cache) > 2:  # Drop the oldest computed.
+                    del self._cache[next(iter(self._cache))]
+            return perm
+
+
+class StreamReader:
+    """Reads this process's rows of steps start, start + 1, ... with Grain, ahead of use.
+
+    Attributes:
+      rows_served: rows handed to the step so far (this process's part of each batch).
+    """
+
+    def __init__(
+        self,
+        source: ArraySource | FileSource,
+        data_key: jax.Array,
+        *,
+        batch_size: int,
+        rows: slice,
+        start_step: int,
+        stop_step: int,
+        prefetch_steps: int,
+    ):
+        import grain  # A dependency of the streamed pipeline only.
+
+        self.source, self.batch_size, self.rows = source, batch_size, rows
+        self.steps_per_epoch = len(source) // batch_size
+        self.permutation = HostPermutations(data_key, len(source))
+        self.rows_served = 0
+        self.next_step = start_step
+        dataset = grain.MapDataset.range(start_step, max(stop_step, start_step)).map(self.read_step)
+        options = grain.ReadOptions(
+            num_threads=NUM_READ_THREADS, prefetch_buffer_size=max(prefetch_steps, 1)
+        )
+        self._iterator = iter(dataset.to_iter_dataset(options))
+
+    def step_rows(self, step: int) -> np.ndarray:
+        """The example indices this process reads for `step`: [rows.stop - rows.start] int32."""
+        epoch, position = divmod(int(step), self.steps_per_epoch)
+        first = position * self.batch_size
+        return self.permutation(epoch)[first + self.rows.start : first + self.rows.stop]
+
+    def read_step(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(images [b, ...], labels [b]) of `step`, b = this process's rows of the batch."""
+        return self.source.read(self.step_rows(step))
+
+    def next_chunk(self, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next `num_steps` steps' rows: (images [num_steps, b, ...], labels [num_steps, b])."""
+        parts = [next(self._iterator) for _ in range(num_steps)]
+        self.next_step += num_steps
+        self.rows_served += num_steps * (self.rows.stop - self.rows.start)
+        return np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])
+
+    def close(self) -> None:
+        close = getattr(self._iterator, 'close', None)
+        if close is not None:
+            close()
+
+
+def train_chunk_rows(
+    state: steps.TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    loop_key: jax.Array,
+    beta: jax.Array,
+    *,
+    num_steps: int,
+    loop: str,
+    static: steps.StepConfig,
+    batch_sharding: Any = None,
+) -> tuple[steps.TrainState, dict[str, jax.Array]]:
+    """`num_steps` optimizer steps on pre-gathered stored rows (`steps.train_steps`).
+
+    Args:
+      images: [num_steps, B, *event], the rows `steps.train_chunk` would gather.
+      labels: [num_steps, B] int32.
+      (the rest as in `steps.train_chunk`)
+    """
+    return steps.train_steps(
+        state,
+        (images, labels),
+        lambda batch: batch,
+        loop_key,
+        beta,
+        num_steps=num_steps,
+        loop=loop,
+        static=static,
+        batch_sharding=batch_sharding,
+    )
+
+
+class StreamedChunks:
+    """The trainer's chunk call for the streamed pipeline: reads, assembles, runs the steps.
+
+    Called like `Run.chunk_fn` (`perm`, `perm_epoch`, `train_images`, `train_labels` and
+    `data_key` are passed through or unused: the reader follows the permutations on the host).
+    A context manager: leaving it stops the reader's threads.
+    """
+
+    def __init__(self, run: Any, start_step: int):
+        config = run.config
+        batch_size = config.input.batch_size
+        self.chunk_sharding = NamedSharding(run.mesh, P(None, 'data'))
+        self.reader = StreamReader(
+            run.train_source,
+            run.data_key,
+            batch_size=batch_size,
+            rows=local_rows(run.batch_sharding, batch_size),
+            start_step=start_step,
+            stop_step=config.num_train_steps,
+            prefetch_steps=_prefetch_steps(config, run.data_shape),
+        )
+        self._step = jax.jit(
+            functools.partial(
+                train_chunk_rows,
+                loop=config.loop,
+                static=run.static,
+                batch_sharding=run.batch_sharding,
+            ),
+            static_argnames=('num_steps',),
+            donate_argnums=(0,),
+            compiler_options=steps.compiler_options(steps.model_family(config)),
+        )
+        self.batch_size = batch_size
+
+    def __call__(
+        self,
+        state,
+        perm,
+        perm_epoch,
+        train_images,
+        train_labels,
+        loop_key,
+        data_key,
+        beta,
+        *,
+        num_steps: int,
+    ):
+        images, labels = self.reader.next_chunk(num_steps)
+        images = self._global(images)
+        labels = self._global(labels)
+        state, sums = self._step(state, images, labels, loop_key, beta, num_steps=num_steps)
+        return state, perm, perm_epoch, sums
+
+    def _global(self, local: np.ndarray) -> jax.Array:
+        shape = (local.shape[0], self.batch_size, *local.shape[2:])
+        return jax.make_array_from_process_local_data(self.chunk_sharding, local, shape)
+
+    def __enter__(self) -> StreamedChunks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.reader.close()
+
+
+def _prefetch_steps(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]) -> int:
+    step_bytes = config.input.batch_size * math.prod(data_shape) * _DEVICE_ITEMSIZE
+    return max(1, min(2 * config.steps_per_call, PREFETCH_BYTES // step_bytes))
+
+
+def device_permutation_rows(run: Any, step: int, num_steps: int) -> np.ndarray:
+    """The device path's example indices of steps step .. step + num_steps - 1 (for checks)."""
+    num = len(run.train_source) if run.train_source is not None else len(run.train_data['image'])
+    epoch = jnp.asarray(step // run.steps_per_epoch, jnp.int32)
+    perm = batches.epoch_permutation(run.data_key, epoch, num)
+    idx, _, _ = batches.chunk_indices(
+        jnp.asarray(step), perm, epoch, run.data_key, num, num_steps, run.config.input.batch_size
+    )
+    return np.asarray(idx)
