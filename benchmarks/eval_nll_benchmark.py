@@ -22,7 +22,7 @@ Measured earlier (2-core VM shared with other jobs, so CPU seconds): the library
 which ~400 MiB is the process before evaluation; speed is flat over chunk_size x batch_size from
 2,000 to 25,000 samples per scan step while memory grows with it (~910 MiB at 50,000). The
 unchunked version takes the same CPU time but its memory grows linearly with k (1.3 GiB at
-k = 5000, batch 20). These figures predate `steps.compiler_options()`: most of the time went to
+k = 5000, batch 20). These figures predate `backends.compiler_options()`: most of the time went to
 the per-pixel Bernoulli log-likelihood reduction, which XLA:CPU handed to YNNPACK; with those
 fusions off, as evaluation now compiles, the same evaluation runs about 2x faster
 (benchmarks/results.md). On an Intel Xeon 2-vCPU machine (2026-12-02, one XLA thread, loaded)

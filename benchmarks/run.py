@@ -25,7 +25,7 @@ What is timed:
   closed-form losses, hand-fused Adam, long scanned chunks): the yardstick; vae_jax's price for
   its generality is its time over this one's.
 - W3 also (unless --no-ynn_on) "jax, YNNPACK on": the same trainer function compiled with XLA's
-  default options. vae_jax itself compiles with `steps.compiler_options()` (on XLA:CPU, YNNPACK
+  default options. vae_jax itself compiles with `backends.compiler_options()` (on XLA:CPU, YNNPACK
   library fusions off: XLA's own emitters for convolutions and reductions), so this row shows
   what that choice is worth.
 A round is `--steps` optimizer steps. Every implementation first runs one untimed round
@@ -96,7 +96,7 @@ class JaxTrainer:
     """vae_jax's own training path: `trainer.Run(config).chunk_fn`, called like the trainer.
 
     With `xla_default`, the same function (`chunk_fn`'s wrapped function, with its static and
-    donated arguments) is jitted again without vae_jax's `steps.compiler_options()`.
+    donated arguments) is jitted again without vae_jax's `backends.compiler_options()`.
     """
 
     def __init__(

@@ -24,7 +24,10 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import ml_collections
 from absl import logging
+
+from vae_jax import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +68,7 @@ BACKEND_DEFAULTS = {
         # (median) slower, and turning it back on made vae_jax's step 1.74x / 1.11x faster
         # (benchmarks/profile.md; loaded AMD EPYC machine). On an Intel Xeon 2-vCPU machine the
         # setting made no difference to the IWAE-paper step (k=1 480-540 vs 520-530 steps/s).
-        # Evaluation keeps YNNPACK off for every family (`steps.compiler_options()`).
+        # Evaluation keeps YNNPACK off for every family (`compiler_options()`).
         compiler_options={
             'dense': None,
             'conv': {'xla_cpu_experimental_ynn_fusion_type': ''},
@@ -123,3 +126,45 @@ def defaults(backend: str | None = None) -> BackendDefaults:
             ', '.join(sorted(BACKEND_DEFAULTS)),
         )
     return XLA_DEFAULTS
+
+
+# XLA options for vae_jax's jitted training and evaluation calls on XLA:CPU: its YNNPACK
+# library fusions off (XLA's own emitters instead). Measured in `make bench` runs
+# (benchmarks/results.md): conv VAE training (W3) 1.6-1.7x faster, the k=5000 NLL evaluation
+# (E1) 2.1-2.2x faster, the dense training workloads unchanged. Not applied on other backends.
+CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
+def compiler_options(family: str | None = None) -> dict[str, str] | None:
+    """`jax.jit(..., compiler_options=...)` for this backend (call after the backend is set up).
+
+    Args:
+      family: the trained model's family ('dense' | 'conv', see `model_family`) for a training
+        call: its per-backend setting (`BACKEND_DEFAULTS`; on XLA:CPU the YNNPACK fusions stay
+        on for dense models, where turning them off made the IWAE-paper step up to 1.7x
+        slower). None for evaluation, which keeps them off on XLA:CPU (the k=5000 NLL 2.1-2.2x
+        faster).
+    """
+    if family is not None:
+        options = defaults().compiler_options[family]
+        return None if options is None else dict(options)
+    return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == 'cpu' else None
+
+
+_CONV_KINDS = ('conv', 'convt', 'maxpool', 'upsample')
+
+
+def model_family(config: ml_collections.ConfigDict) -> str:
+    """'conv' when the config's layer specs have convolution layers, else 'dense'.
+
+    A model of one's own (`model.module`) counts as 'dense': its layers are not known here.
+    """
+    if config.model.get('module'):
+        return 'dense'
+    specs = (config.model.encoder, config.model.decoder)
+    kinds = {
+        spec.kind
+        for text, key in zip(specs, ('model.encoder', 'model.decoder'), strict=True)
+        for spec in layers.parse_spec(text, key, allow_out=True)
+    }
+    return 'conv' if kinds & set(_CONV_KINDS) else 'dense'

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import losses, steps
+from vae_jax import backends, losses
 from vae_jax.bits import (  # noqa: F401 -- re-exported: evaluation.bits_per_dim
     CONTINUOUS_LIKELIHOODS,
     DISCRETE_LIKELIHOODS,
@@ -487,7 +487,7 @@ def _jitted_evaluate_batch() -> Callable[..., Any]:
             'dynamic_binarize',
             'has_labels',
         ),
-        compiler_options=steps.compiler_options(),
+        compiler_options=backends.compiler_options(),
     )
 
 

@@ -21,7 +21,17 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import build, config_validation, optim, run_eval, run_files, steps, streaming, writers
+from vae_jax import (
+    backends,
+    build,
+    config_validation,
+    optim,
+    run_eval,
+    run_files,
+    steps,
+    streaming,
+    writers,
+)
 
 root_keys = build.root_keys
 
@@ -104,7 +114,7 @@ class Run:
             self.chunk_body,
             static_argnames=('num_steps',),
             donate_argnums=(0, 1),
-            compiler_options=steps.compiler_options(steps.model_family(self.config)),
+            compiler_options=backends.compiler_options(backends.model_family(self.config)),
         )
 
     @functools.cached_property
@@ -210,7 +220,7 @@ def make_vmapped_chunk_fn(
         vmapped,
         static_argnames=('num_steps',),
         donate_argnums=(0, 1),
-        compiler_options=steps.compiler_options(steps.model_family(run.config)),
+        compiler_options=backends.compiler_options(backends.model_family(run.config)),
     )
 
 

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax.training import train_state
 
-from vae_jax import aux_networks, backends, layers, losses, models, objectives, protocol
+from vae_jax import aux_networks, losses, models, objectives, protocol
 from vae_jax.batches import chunk_indices, epoch_permutation  # noqa: F401 -- re-exported
 
 Array = jax.Array
@@ -466,47 +466,6 @@ def train_step(
         beta_t = jnp.where(ok, beta_t, 0.0)
     metrics = {**metrics, 'beta': beta_t, 'grad_norm': grad_norm, 'skipped': skipped}
     return new_state, metrics
-
-
-# XLA options for vae_jax's jitted training and evaluation calls on XLA:CPU: its YNNPACK
-# library fusions off (XLA's own emitters instead). Measured in `make bench` runs
-# (benchmarks/results.md): conv VAE training (W3) 1.6-1.7x faster, the k=5000 NLL evaluation
-# (E1) 2.1-2.2x faster, the dense training workloads unchanged. Not applied on other backends.
-CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
-
-
-def compiler_options(family: str | None = None) -> dict[str, str] | None:
-    """`jax.jit(..., compiler_options=...)` for this backend (call after the backend is set up).
-
-    Args:
-      family: the trained model's family ('dense' | 'conv', see `model_family`) for a training
-        call: its per-backend setting (`backends.py`; on XLA:CPU the YNNPACK fusions stay on for
-        dense models, where turning them off made the IWAE-paper step up to 1.7x slower). None
-        for evaluation, which keeps them off on XLA:CPU (the k=5000 NLL 2.1-2.2x faster).
-    """
-    if family is not None:
-        options = backends.defaults().compiler_options[family]
-        return None if options is None else dict(options)
-    return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == 'cpu' else None
-
-
-_CONV_KINDS = ('conv', 'convt', 'maxpool', 'upsample')
-
-
-def model_family(config: ml_collections.ConfigDict) -> str:
-    """'conv' when the config's layer specs have convolution layers, else 'dense'.
-
-    A model of one's own (`model.module`) counts as 'dense': its layers are not known here.
-    """
-    if config.model.get('module'):
-        return 'dense'
-    specs = (config.model.encoder, config.model.decoder)
-    kinds = {
-        spec.kind
-        for text, key in zip(specs, ('model.encoder', 'model.decoder'), strict=True)
-        for spec in layers.parse_spec(text, key, allow_out=True)
-    }
-    return 'conv' if kinds & set(_CONV_KINDS) else 'dense'
 
 
 def train_chunk(

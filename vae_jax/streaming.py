@@ -42,7 +42,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import batches, data, data_sources, steps
+from vae_jax import backends, batches, data, data_sources, steps
 
 # Grain's read-ahead: threads that read steps in parallel, and the most bytes of read-ahead rows
 # held (at least one step, at most 2 * steps_per_call steps).
@@ -494,7 +494,7 @@ class StreamedChunks:
             ),
             static_argnames=('num_steps',),
             donate_argnums=(0,),
-            compiler_options=steps.compiler_options(steps.model_family(config)),
+            compiler_options=backends.compiler_options(backends.model_family(config)),
         )
         self.batch_size = batch_size
 
