@@ -21,7 +21,17 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import build, config_validation, data, optim, run_eval, run_files, steps, writers
+from vae_jax import (
+    build,
+    config_validation,
+    data,
+    input_transform,
+    optim,
+    run_eval,
+    run_files,
+    steps,
+    writers,
+)
 
 root_keys = build.root_keys
 
@@ -44,7 +54,9 @@ class Run:
         self.train_data, self.test_data = data.get_datasets(
             config.input, likelihood=config.model.likelihood
         )
-        self.data_shape = tuple(self.train_data['image'].shape[1:])
+        # Images stay as stored (uint8/bool); the jitted chunk and evaluation convert each batch.
+        self.input_spec = input_transform.spec_from(config.input, self.train_data['image'])
+        self.data_shape = self.input_spec.model_shape(self.train_data['image'].shape[1:])
         num_train = self.train_data['image'].shape[0]
         if config.input.batch_size > num_train:
             raise ValueError(
@@ -90,6 +102,7 @@ class Run:
             loop=self.config.loop,
             static=self.static,
             batch_sharding=self.batch_sharding,
+            input_spec=self.input_spec,
         )
 
     @functools.cached_property
@@ -131,9 +144,11 @@ class Run:
             nll_k=nll_k,
             batch_size=self.config.input.eval_batch_size,
             step=int(jax.device_get(state.step)),
+            input_spec=self.input_spec,
         )
 
     def eval_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """The first `num_eval_examples` test images (as stored) and labels."""
         n = self.config.num_eval_examples
         images, labels = self.test_data['image'], self.test_data['label']
         return (images[:n], labels[:n]) if n else (images, labels)
