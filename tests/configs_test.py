@@ -190,6 +190,7 @@ class TrainOnDataTest(parameterized.TestCase):
         if not model.capabilities.decode_mean:  # no decoder to draw with
             return
         y = labels if run.static.use_labels else None
+        images = np.asarray(input_transform.to_model_input(images, run.input_spec))
         recon = model.reconstruct(images, y)
         self.assertEqual(recon.shape, images.shape)
         self.assertTrue(np.all(np.isfinite(recon)))
