@@ -22,10 +22,15 @@ run recorded, and the wall time. One JSON object on stdout.
 `--repo` / `--python` run another checkout's code (e.g. the main branch, for a before/after
 table) on the same file; bytecode is not written into that checkout.
 
-Measured (2-core AMD EPYC VM with 24 GB, shared with other jobs; 100,000 64x64x3 images, 1.23 GB
-as uint8): before images stayed 8-bit, the run peaked at 11.1 GB (issue 29's figure: the whole
-split as float32 on the host, 4.9 GB, plus its device copy). See the table in the commit that
-added this file for the after figure.
+Measured (2-core VM with 24 GB, shared with other jobs; 100,000 64x64x3 images, 1.24 GB with
+the 1,000 test images; one run each, 2026-12-07):
+
+    code                                    peak RSS   / data   steps/s (20 steps, incl. compile)
+    float32 in memory (main before issue 29) 11.27 GB    9.1x    0.25
+    8-bit until the step                      3.71 GB    3.0x    0.86
+
+(issue 29 measured 11.1 GB before.) What remains is the uint8 split on the host and its copy on
+the device (1.23 GB each) and the process itself; a streamed input pipeline holds neither.
 """
 
 from __future__ import annotations
