@@ -15,7 +15,9 @@ W4  the IWAE paper's protocol step (configs/iwae_mnist.py unchanged but for the 
 
 The configs start from the project's own files (configs/iwae_mnist.py, vae_jax/config.py), so the
 benchmark times what `python -m vae_jax.train` runs; only the data source is replaced (see
-`random_data`).
+`random_data`). vae_jax holds the random images as it holds real data (bool for the binary ones,
+uint8 for W4's grey ones) and converts each batch in its step; the hand-written references hold
+the same values as float32.
 """
 
 from __future__ import annotations
@@ -127,19 +129,28 @@ def get_config(name: str, *, loop: str | None = None, steps_per_call: int | None
 
 
 def random_images(num: int, seed: int) -> np.ndarray:
-    """Binary MNIST-shaped images: float32 [num, 28, 28, 1] in {0, 1}."""
-    rng = np.random.default_rng(seed)
-    return (rng.random((num, *IMAGE_SHAPE), dtype=np.float32) < PIXEL_MEAN).astype(np.float32)
+    """Binary MNIST-shaped images: float32 [num, 28, 28, 1] in {0, 1} (`stored_images` as float)."""
+    return stored_images(num, seed, grey=False).astype(np.float32)
 
 
 def random_grey_images(num: int, seed: int) -> np.ndarray:
     """Grey MNIST-shaped images for dynamic binarisation: float32 [num, 28, 28, 1] in [0, 1].
 
-    About MNIST's share of ink, with intermediate values on the strokes' edges.
+    About MNIST's share of ink, with intermediate values on the strokes' edges; the values are
+    k / 255, `stored_images` scaled as vae_jax scales uint8 data.
     """
+    return stored_images(num, seed, grey=True).astype(np.float32) / np.float32(255)
+
+
+def stored_images(num: int, seed: int, *, grey: bool) -> np.ndarray:
+    """The random images as vae_jax holds data in memory: bool [num, 28, 28, 1] for binary
+    images, uint8 0..255 for grey ones (the float32 images above are these, converted)."""
     rng = np.random.default_rng(seed)
     ink = rng.random((num, *IMAGE_SHAPE), dtype=np.float32) < PIXEL_MEAN
-    return (ink * rng.uniform(0.3, 1.0, (num, *IMAGE_SHAPE))).astype(np.float32)
+    if not grey:
+        return ink
+    level = rng.uniform(0.3, 1.0, (num, *IMAGE_SHAPE))
+    return np.round(ink * level * 255).astype(np.uint8)
 
 
 def train_images(name: str) -> np.ndarray:
@@ -150,8 +161,12 @@ def train_images(name: str) -> np.ndarray:
 
 
 def _random_datasets(input_config: ml_collections.ConfigDict, likelihood: str | None = None):
-    images = random_grey_images if input_config.binarize == 'dynamic' else random_images
-    split = lambda n, seed: {'image': images(n, seed), 'label': np.zeros((n,), np.int32)}
+    # As data.get_datasets returns them: stored (bool / uint8), converted in vae_jax's step.
+    grey = input_config.binarize == 'dynamic'
+    split = lambda n, seed: {
+        'image': stored_images(n, seed, grey=grey),
+        'label': np.zeros((n,), np.int32),
+    }
     return split(NUM_TRAIN, 0), split(NUM_TEST, 1)
 
 

@@ -184,8 +184,10 @@ class VaeJaxTrainerTest(absltest.TestCase):
         from benchmarks import run, workloads
 
         bench = run.JaxTrainer('W4-k1', steps_per_call=3)
+        stored = bench.run.train_data['image']  # held as vae_jax holds data: uint8
+        self.assertEqual(stored.dtype, np.uint8)
         np.testing.assert_array_equal(
-            bench.run.train_data['image'],
+            stored.astype(np.float32) / np.float32(255),
             workloads.random_grey_images(workloads.NUM_TRAIN, 0),
         )
         # The same three steps from the same state give the same loss (and a finite one).

@@ -22,6 +22,7 @@ from vae_jax import (
     config_validation,
     data,
     evaluation,
+    input_transform,
     models,
     run_eval,
     steps,
@@ -90,7 +91,7 @@ def _trained(name):
         aux=aux_networks.init(run.init_key, run.static),  # FactorVAE's discriminator; else {}
     ).replace(step=jnp.zeros((), jnp.int32))
     train_step = jax.jit(functools.partial(steps.train_step, static=run.static))
-    images = jnp.asarray(run.train_data['image'])
+    images = input_transform.to_model_input(run.train_data['image'], run.input_spec)
     labels = jnp.asarray(run.train_data['label'])
     batch = config.input.batch_size
     beta = jnp.asarray(config.beta, jnp.float32)
@@ -179,6 +180,7 @@ class TrainOnDataTest(parameterized.TestCase):
             k_list=(2,),
             nll_k=8,
             dynamic_binarize=run.static.dynamic_binarize,
+            input_spec=run.input_spec,
         )
         if run.config.objective != 'autoencoder':
             for key in ('elbo', 'iwae_k2', 'nll'):
@@ -190,6 +192,7 @@ class TrainOnDataTest(parameterized.TestCase):
         if not model.capabilities.decode_mean:  # no decoder to draw with
             return
         y = labels if run.static.use_labels else None
+        images = np.asarray(input_transform.to_model_input(images, run.input_spec))
         recon = model.reconstruct(images, y)
         self.assertEqual(recon.shape, images.shape)
         self.assertTrue(np.all(np.isfinite(recon)))
@@ -238,6 +241,7 @@ class BatchNormTest(absltest.TestCase):
         # (the per-example vmap pools over axis 'batch'; per-example variances would differ).
         m = self.run.config.model.batch_norm_momentum
         x = self.run.train_data['image'][: self.run.config.input.batch_size]
+        x = input_transform.to_model_input(x, self.run.input_spec)
         conv = self.states[0].params['encoder']['Conv_0']
         h = (
             jax.lax.conv_general_dilated(
@@ -260,7 +264,9 @@ class BatchNormTest(absltest.TestCase):
 
     def test_running_stats_are_used_and_kept_in_evaluation(self):
         state = self.states[-1]
-        images, labels = (jnp.asarray(a) for a in self.run.eval_split())  # [16, 28, 28, 1]
+        images, labels = self.run.eval_split()
+        images = input_transform.to_model_input(images, self.run.input_spec)  # [16, 28, 28, 1]
+        labels = jnp.asarray(labels)
         eval_terms = jax.jit(
             functools.partial(
                 steps.batch_terms, apply_fn=state.apply_fn, static=self.run.static, train=False
@@ -314,7 +320,7 @@ class ZooConfigsTest(parameterized.TestCase):
         state = run.create_train_state()
         start = jax.device_get(state.params)
         train_step = jax.jit(functools.partial(steps.train_step, static=run.static))
-        images = jnp.asarray(run.train_data['image'])
+        images = input_transform.to_model_input(run.train_data['image'], run.input_spec)
         labels = jnp.asarray(run.train_data['label'])
         batch = config.input.batch_size
         for i in range(NUM_STEPS):

@@ -22,7 +22,15 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from configs import test as test_config
-from vae_jax import config_validation, data, data_sources, trainer
+from vae_jax import (
+    config_validation,
+    data,
+    data_sources,
+    distributions,
+    input_transform,
+    stored_images,
+    trainer,
+)
 
 _REPO = Path(__file__).resolve().parents[1]
 _TFDS_DIR = Path(
@@ -81,6 +89,12 @@ def _tfds_config(name, **overrides):
     return _input_config(**overrides)
 
 
+def _model_input(images, input_config):
+    """The float32 images the model sees (`input_transform.to_model_input` of the stored ones)."""
+    spec = input_transform.spec_from(input_config, images)
+    return np.asarray(input_transform.to_model_input(images, spec))
+
+
 def _tempdir(test):
     # absltest's create_tempdir needs parsed absl flags, which pytest does not provide.
     return test.enter_context(tempfile.TemporaryDirectory())
@@ -111,9 +125,9 @@ def _rows(image, label):
     return table.view(np.dtype((np.void, table.shape[1])))[:, 0]
 
 
-def _to_uint8(image, name):
-    scale = 1 if name == 'binarized_mnist' else 255
-    return np.rint(image.reshape(len(image), -1) * scale).astype(np.uint8)
+def _to_uint8(image):
+    """Stored images (uint8, or bool 0/1) as uint8 rows [N, H * W * C]."""
+    return image.reshape(len(image), -1).astype(np.uint8)
 
 
 class TfdsRealDataTest(parameterized.TestCase):
@@ -128,16 +142,20 @@ class TfdsRealDataTest(parameterized.TestCase):
     def test_test_split_counts_range_mean_labels(self, name):
         train, test = data.get_datasets(_tfds_config(name))
         self.assertEqual(test['image'].shape, (_SIZES[name][1], 28, 28, 1))
-        self.assertEqual(test['image'].dtype, np.float32)
+        stored = np.bool_ if name == 'binarized_mnist' else np.uint8  # one byte a pixel
+        self.assertEqual(test['image'].dtype, stored)
+        self.assertEqual(test['image'].nbytes, _SIZES[name][1] * 784)
         self.assertEqual(test['label'].dtype, np.int32)
-        self.assertEqual(test['image'].min(), 0.0)
-        self.assertEqual(test['image'].max(), 1.0)
-        self.assertAlmostEqual(test['image'].mean(dtype=np.float64), _TEST_MEAN[name], delta=1e-5)
+        x = _model_input(test['image'], _tfds_config(name))
+        self.assertEqual(x.dtype, np.float32)
+        self.assertEqual(x.min(), 0.0)
+        self.assertEqual(x.max(), 1.0)
+        self.assertAlmostEqual(x.mean(dtype=np.float64), _TEST_MEAN[name], delta=1e-5)
         np.testing.assert_array_equal(np.bincount(test['label']), _TEST_CLASS_COUNTS[name])
         self.assertEqual(train['image'].shape, (100, 28, 28, 1))
         np.testing.assert_array_equal(train['label'][:10], _TFDS_FIRST_TRAIN_LABELS[name])
         if name == 'binarized_mnist':
-            self.assertTrue(np.isin(test['image'], [0.0, 1.0]).all())
+            self.assertTrue(np.isin(x, [0.0, 1.0]).all())
 
     @parameterized.named_parameters(*_TFDS_NAMES)
     def test_train_split_length_from_data_source(self, name):
@@ -154,14 +172,12 @@ class TfdsRealDataTest(parameterized.TestCase):
         train, test = data.get_datasets(_tfds_config(name))
         # The test split holds exactly the original examples (with their labels), in TFDS order.
         np.testing.assert_array_equal(
-            np.sort(_rows(_to_uint8(test['image'], name), test['label'])),
+            np.sort(_rows(_to_uint8(test['image']), test['label'])),
             np.sort(_rows(*original_test)),
         )
         # Each of the first train examples is an original train example with the same label.
         self.assertTrue(
-            np.isin(
-                _rows(_to_uint8(train['image'], name), train['label']), _rows(*original_train)
-            ).all()
+            np.isin(_rows(_to_uint8(train['image']), train['label']), _rows(*original_train)).all()
         )
 
     @parameterized.named_parameters(*_TFDS_NAMES)
@@ -170,19 +186,25 @@ class TfdsRealDataTest(parameterized.TestCase):
             self.skipTest('reads a whole train split (5-15 s); set VAE_JAX_FULL_DATA_TESTS=1')
         train, _ = data.get_datasets(_tfds_config(name, num_train_examples=None))
         self.assertEqual(train['image'].shape, (_SIZES[name][0], 28, 28, 1))
-        self.assertAlmostEqual(train['image'].mean(dtype=np.float64), _TRAIN_MEAN[name], delta=5e-5)
+        x = _model_input(train['image'], _tfds_config(name))
+        self.assertAlmostEqual(x.mean(dtype=np.float64), _TRAIN_MEAN[name], delta=5e-5)
         np.testing.assert_array_equal(np.bincount(train['label']), _TRAIN_CLASS_COUNTS[name])
 
     def test_pad_and_static_binarize_on_mnist(self):
+        config = _tfds_config('mnist', binarize='static', pad_to_32=True)
         _, grey = data.get_datasets(_tfds_config('mnist'))
-        _, binary = data.get_datasets(_tfds_config('mnist', binarize='static', pad_to_32=True))
-        self.assertEqual(binary['image'].shape, (10_000, 32, 32, 1))
-        self.assertTrue(np.isin(binary['image'], [0.0, 1.0]).all())
-        np.testing.assert_array_equal(binary['image'][:, :2], 0.0)
-        np.testing.assert_array_equal(binary['image'][:, :, -2:], 0.0)
+        _, binary = data.get_datasets(config)
+        self.assertEqual(binary['image'].dtype, np.bool_)  # stored unpadded; padded in the step
+        self.assertEqual(binary['image'].shape, (10_000, 28, 28, 1))
+        x = _model_input(binary['image'], config)
+        self.assertEqual(x.shape, (10_000, 32, 32, 1))
+        self.assertTrue(np.isin(x, [0.0, 1.0]).all())
+        np.testing.assert_array_equal(x[:, :2], 0.0)
+        np.testing.assert_array_equal(x[:, :, -2:], 0.0)
         # Bernoulli(pixel): the mean matches the grey mean (7.8M draws: std of the mean < 2e-4).
-        centre = binary['image'][:, 2:30, 2:30]
-        self.assertAlmostEqual(centre.mean(), grey['image'].mean(), delta=1e-3)
+        centre = x[:, 2:30, 2:30]
+        grey_mean = _model_input(grey['image'], _tfds_config('mnist')).mean()
+        self.assertAlmostEqual(centre.mean(), grey_mean, delta=1e-3)
 
     def test_static_binarize_is_a_no_op_on_binarized_mnist(self):
         _, none = data.get_datasets(_tfds_config('binarized_mnist'))
@@ -227,9 +249,11 @@ class TfdsMockDataTest(parameterized.TestCase):
         )
         source = self.tfds.data_source(name, split='test', data_dir=self.data_dir, download=False)
         expected = np.stack([source[i]['image'] for i in range(23)]).astype(np.float64) / 255
-        np.testing.assert_allclose(test['image'], expected, rtol=1e-6)
+        self.assertEqual(test['image'].dtype, np.uint8)
+        x = _model_input(test['image'], _input_config(dataset=name))
+        np.testing.assert_allclose(x, expected, rtol=1e-6)
         np.testing.assert_array_equal(test['label'], [int(source[i]['label']) for i in range(23)])
-        self.assertEqual(test['image'].dtype, np.float32)
+        self.assertEqual(x.dtype, np.float32)
         self.assertEqual(test['label'].dtype, np.int32)
         self.assertEqual(train['image'].shape, (7, 28, 28, 1))
 
@@ -282,13 +306,15 @@ class DigitsTest(parameterized.TestCase):
         train, test = data.get_datasets(_input_config())
         self.assertEqual(train['image'].shape, (1437, 8, 8, 1))
         self.assertEqual(test['image'].shape, (360, 8, 8, 1))
-        self.assertEqual(train['image'].dtype, np.float32)
+        self.assertEqual(train['image'].dtype, np.uint8)  # stored 0..16
         self.assertEqual(train['label'].dtype, np.int32)
-        self.assertEqual(train['image'].min(), 0.0)
-        self.assertEqual(train['image'].max(), 1.0)
+        x = _model_input(train['image'], _input_config())
+        self.assertEqual(x.min(), 0.0)
+        self.assertEqual(x.max(), 1.0)
         # Train + test are exactly the 1797 digits, values 0..16 scaled by 1/16.
         digits = datasets.load_digits()
-        both = np.concatenate([train['image'], test['image']]).reshape(1797, 64) * 16
+        both = np.concatenate([x, _model_input(test['image'], _input_config())])
+        both = both.reshape(1797, 64) * 16
         both_labels = np.concatenate([train['label'], test['label']])
         np.testing.assert_array_equal(both, np.rint(both))
         np.testing.assert_array_equal(
@@ -301,24 +327,29 @@ class DigitsTest(parameterized.TestCase):
 
     def test_deterministic_and_fresh_arrays(self):
         first, _ = data.get_datasets(_input_config())
-        first['image'][:] = -1.0  # Returned arrays are copies: the cache is unaffected.
+        first['image'][:] = 99  # Returned arrays are copies: the cache is unaffected.
         second, _ = data.get_datasets(_input_config())
         third, _ = data.get_datasets(_input_config())
-        self.assertGreaterEqual(second['image'].min(), 0.0)
+        self.assertLessEqual(second['image'].max(), 16)
         np.testing.assert_array_equal(second['image'], third['image'])
 
     def test_pad_to_32_centres_the_image(self):
         _, plain = data.get_datasets(_input_config())
         _, padded = data.get_datasets(_input_config(pad_to_32=True))
-        self.assertEqual(padded['image'].shape, (360, 32, 32, 1))
-        np.testing.assert_array_equal(padded['image'][:, 12:20, 12:20], plain['image'])
-        self.assertEqual(np.abs(padded['image']).sum(), np.abs(plain['image']).sum())
+        np.testing.assert_array_equal(padded['image'], plain['image'])  # padded in the step
+        plain = _model_input(plain['image'], _input_config())
+        padded = _model_input(padded['image'], _input_config(pad_to_32=True))
+        self.assertEqual(padded.shape, (360, 32, 32, 1))
+        np.testing.assert_array_equal(padded[:, 12:20, 12:20], plain)
+        self.assertEqual(np.abs(padded).sum(), np.abs(plain).sum())
         self.assertEqual(data.data_shape(_input_config(pad_to_32=True)), (32, 32, 1))
 
     def test_static_binarize(self):
         grey, _ = data.get_datasets(_input_config())
+        grey = {'image': _model_input(grey['image'], _input_config())}
         binary, _ = data.get_datasets(_input_config(binarize='static'))
         again, _ = data.get_datasets(_input_config(binarize='static'))
+        self.assertEqual(binary['image'].dtype, np.bool_)
         self.assertTrue(np.isin(binary['image'], [0.0, 1.0]).all())
         np.testing.assert_array_equal(binary['image'], again['image'])
         np.testing.assert_array_equal(binary['image'][grey['image'] == 0], 0.0)
@@ -589,10 +620,11 @@ class NpzTest(parameterized.TestCase):
         path = _write_npz(self.dir / 'u8.npz', **arrays)
         train, test = data.get_datasets(_input_config(dataset='npz', path=path))
         self.assertEqual(train['image'].shape, (40, 6, 5, 1))
-        self.assertEqual(train['image'].dtype, np.float32)
-        # uint8 v -> v / 255, exactly as float32 division gives it.
+        self.assertEqual(train['image'].dtype, np.uint8)
+        # uint8 v -> v / 255 in the step, exactly as float32 division gives it.
         np.testing.assert_array_equal(
-            test['image'][..., 0], arrays['test_images'].astype(np.float32) / np.float32(255)
+            _model_input(test['image'], _input_config(dataset='npz', path=path))[..., 0],
+            arrays['test_images'].astype(np.float32) / np.float32(255),
         )
         np.testing.assert_array_equal(train['label'], arrays['train_labels'])
         self.assertEqual(train['label'].dtype, np.int32)
@@ -607,6 +639,7 @@ class NpzTest(parameterized.TestCase):
             data.get_datasets(_input_config(dataset='npz', path=path))
         path = _write_npz(self.dir / 'f.npz', train_images=floats, test_images=floats[:2])
         train, test = data.get_datasets(_input_config(dataset='npz', path=path))
+        self.assertEqual(train['image'].dtype, np.float32)  # already in [0, 1]: kept as float32
         np.testing.assert_array_equal(train['image'], floats.astype(np.float32))
         np.testing.assert_array_equal(train['label'], 0)  # No labels in the file.
         info = data.dataset_info(_input_config(dataset='npz', path=path))
@@ -617,7 +650,8 @@ class NpzTest(parameterized.TestCase):
         train, _ = data.get_datasets(
             _input_config(dataset='npz', path=path), likelihood='bernoulli'
         )
-        np.testing.assert_array_equal(train['image'][..., 0], binary.astype(np.float32))
+        self.assertEqual(train['image'].dtype, np.bool_)
+        np.testing.assert_array_equal(train['image'][..., 0], binary)
 
     def test_truncate_binarize_and_pad(self):
         path = _write_npz(self.dir / 'd.npz', **_npz_arrays())
@@ -625,9 +659,10 @@ class NpzTest(parameterized.TestCase):
             dataset='npz', path=path, num_train_examples=10, binarize='static', pad_to_32=True
         )
         train, test = data.get_datasets(config)
-        self.assertEqual(train['image'].shape, (10, 32, 32, 1))
-        self.assertEqual(test['image'].shape, (12, 32, 32, 1))
-        self.assertTrue(np.isin(train['image'], [0.0, 1.0]).all())
+        self.assertEqual(train['image'].shape, (10, 6, 5, 1))  # as stored: padded in the step
+        self.assertEqual(train['image'].dtype, np.bool_)
+        self.assertEqual(_model_input(train['image'], config).shape, (10, 32, 32, 1))
+        self.assertEqual(_model_input(test['image'], config).shape, (12, 32, 32, 1))
         self.assertEqual(data.data_shape(config), (32, 32, 1))
 
     def test_relative_path_counts_from_the_current_directory(self):
@@ -899,7 +934,8 @@ class GenericTfdsTest(parameterized.TestCase):
         train, test = data.get_datasets(config)
         source = tfds.data_source('cifar10', split='test', data_dir=data_dir, download=False)
         expected = np.stack([source[i]['image'] for i in range(9)]).astype(np.float64) / 255
-        np.testing.assert_allclose(test['image'], expected, rtol=1e-6)
+        self.assertEqual(test['image'].dtype, np.uint8)
+        np.testing.assert_allclose(_model_input(test['image'], config), expected, rtol=1e-6)
         np.testing.assert_array_equal(test['label'], [int(source[i]['label']) for i in range(9)])
         self.assertEqual(train['image'].shape, (4, 32, 32, 3))
         full = test_config.get_config()
@@ -952,6 +988,70 @@ class GenericTfdsTest(parameterized.TestCase):
         self.assertIn('registered in tensorflow-datasets', message)
         self.assertIn(f"data dir '{empty}' (holds: my_set)", message)
         self.assertIn(f'tfds build no_such_set --data_dir {empty}', message)
+
+
+class StoredImagesTest(parameterized.TestCase):
+    """Images stay as stored in memory (one byte a pixel); the step scales and pads them."""
+
+    def setUp(self):
+        super().setUp()
+        self.dir = Path(_tempdir(self))
+
+    def _npz(self, images):
+        return _write_npz(self.dir / 'x.npz', train_images=images, test_images=images[:3])
+
+    @parameterized.named_parameters(
+        ('digits', {}, np.uint8, 1437 * 64),
+        ('digits_static', dict(binarize='static'), np.bool_, 1437 * 64),
+        ('digits_dynamic_padded', dict(binarize='dynamic', pad_to_32=True), np.uint8, 1437 * 64),
+        ('toy', dict(dataset='two_moons', toy_num_examples=50), np.float32, 50 * 2 * 4),
+    )
+    def test_dtype_and_bytes_in_memory(self, overrides, dtype, nbytes):
+        train, _ = data.get_datasets(_input_config(**overrides))
+        self.assertEqual(train['image'].dtype, dtype)
+        self.assertEqual(train['image'].nbytes, nbytes)
+
+    @parameterized.named_parameters(
+        ('uint8', np.uint8, np.uint8),
+        ('bool', np.bool_, np.bool_),
+        ('float64_in_unit_interval', np.float64, np.float32),
+    )
+    def test_npz_kept_as_stored(self, file_dtype, dtype):
+        images = (np.random.default_rng(0).random((9, 4, 5, 3)) * 255).astype(np.uint8)
+        images = images > 127 if file_dtype is np.bool_ else images
+        images = images / 255.0 if file_dtype is np.float64 else images
+        train, _ = data.get_datasets(_input_config(dataset='npz', path=self._npz(images)))
+        self.assertEqual(train['image'].dtype, dtype)
+        self.assertEqual(train['image'].nbytes, images.size * np.dtype(dtype).itemsize)
+
+    def test_static_binarisation_in_blocks_is_one_draw(self):
+        # The draw of the float path before images stayed 8-bit: one call, whole split.
+        stored = data_sources.load_digits()['train']['image']
+        grey = stored.astype(np.float32) / np.float32(16)
+        uniform = np.random.default_rng(0).random(grey.shape, dtype=np.float32)
+        expected = uniform < grey
+        with mock.patch.object(stored_images, 'BLOCK', 100):  # 15 blocks, the last partial
+            blocked = data.binarize_static(stored, seed=0, max_value=16)
+        self.assertEqual(blocked.dtype, np.bool_)
+        np.testing.assert_array_equal(blocked, expected)
+        train, _ = data.get_datasets(_input_config(binarize='static'))
+        np.testing.assert_array_equal(train['image'], expected)
+
+    def test_uint8_support_check_gives_the_float_message(self):
+        images = np.zeros((6, 4, 4), np.uint8)
+        images[1, 2, 3], images[4, 0, 0], images[5, 1, 1] = 255, 51, 102
+        path = self._npz(images)
+        floats = images.astype(np.float32) / np.float32(255)
+        with self.assertRaises(ValueError) as expected:
+            distributions.check_support('bernoulli', floats)
+        with self.assertRaises(ValueError) as raised:
+            data.get_datasets(_input_config(dataset='npz', path=path), likelihood='bernoulli')
+        self.assertEqual(str(raised.exception), f"{path}: 'train_images': {expected.exception}")
+        self.assertIn('2 values are not (data range [0, 1], e.g. 0.2)', str(raised.exception))
+        # 0 and 255 only, or a likelihood over [0, 1]: fine.
+        data.get_datasets(_input_config(dataset='npz', path=path), likelihood='gaussian')
+        path = self._npz(np.where(images > 0, 255, 0).astype(np.uint8))
+        data.get_datasets(_input_config(dataset='npz', path=path), likelihood='bernoulli')
 
 
 if __name__ == '__main__':

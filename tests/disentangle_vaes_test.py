@@ -18,6 +18,7 @@ from vae_jax import (
     disentangle_objectives,
     disentangle_vaes,
     distributions,
+    input_transform,
     losses,
     objectives,
     steps,
@@ -247,7 +248,7 @@ class TrainOnDspritesTest(parameterized.TestCase):
         before = jax.device_get(state.params)
         train_step = jax.jit(lambda s, x, y, beta: steps.train_step(
             s, x, y, run.loop_key, beta, static=run.static))  # fmt: skip
-        images = jnp.asarray(run.train_data['image'], jnp.float32)
+        images = input_transform.to_model_input(run.train_data['image'], run.input_spec)
         labels = jnp.asarray(run.train_data['label'], jnp.int32)
         beta = jnp.asarray(1.0, jnp.float32)
         for i in range(3):

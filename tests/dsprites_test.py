@@ -175,6 +175,7 @@ class DatasetTest(parameterized.TestCase):
         for split in (train, test):
             np.testing.assert_array_equal(split['label'], split['factors'][:, 0])
             rendered = dsprites.images_from_factors(split['factors'], size=size)
+            self.assertEqual(split['image'].dtype, np.bool_)  # held as stored: 1 byte a pixel
             np.testing.assert_array_equal(split['image'], rendered)
         # The splits never share a factor combination.
         train_index = set(dsprites.factors_to_index(train['factors']).tolist())

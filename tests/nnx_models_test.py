@@ -32,6 +32,7 @@ from vae_jax import (
     checkpoints,
     data,
     evaluate,
+    input_transform,
     models,
     nnx_models,
     protocol,
@@ -204,7 +205,9 @@ class NNXAsLinenTest(parameterized.TestCase):
             jax.tree.map(jnp.shape, params), jax.tree.map(jnp.shape, linen_params['params'])
         )
         train = data.get_datasets(config.input)[0]
-        images, labels = jnp.asarray(train['image'][:16]), jnp.asarray(train['label'][:16])
+        spec = input_transform.spec_from(config.input, train['image'])
+        images = input_transform.to_model_input(train['image'][:16], spec)
+        labels = jnp.asarray(train['label'][:16])
         key = jax.random.key(7)
         loss, grads = _loss_and_grads(nnx_parts, params, key, images, labels)
         linen_loss, linen_grads = _loss_and_grads(linen_parts, params, key, images, labels)
@@ -248,7 +251,7 @@ class NNXAsLinenTest(parameterized.TestCase):
         run = trainer.Run(config)
         state = run.create_train_state()
         self.assertEqual(set(state.batch_stats['norm']), {'mean', 'var'})
-        images = jnp.asarray(run.train_data['image'][:16])
+        images = input_transform.to_model_input(run.train_data['image'][:16], run.input_spec)
         labels = jnp.asarray(run.train_data['label'][:16])
         train_step = jax.jit(functools.partial(steps.train_step, static=run.static))
         new_state, metrics = train_step(state, images, labels, run.loop_key, jnp.float32(1.0))
@@ -338,7 +341,9 @@ class NNXTrainingTest(absltest.TestCase):
         )
         # The evaluation is less precise than the trainer's (fewer examples): its own file.
         self.assertEqual(json.loads(Path(result['results_file']).read_text())['nll'], result['nll'])
-        images = data.get_datasets(_config().input)[1]['image'][:NUM_EXAMPLES]
+        stored = data.get_datasets(_config().input)[1]['image']
+        spec = input_transform.spec_from(_config().input, stored)
+        images = np.asarray(input_transform.to_model_input(stored[:NUM_EXAMPLES], spec))
         npz = self.root / 'examples.npz'
         np.savez(npz, images=images)
         script = (

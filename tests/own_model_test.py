@@ -20,7 +20,7 @@ import numpy as np
 from absl.testing import absltest
 
 from configs import test as test_config
-from vae_jax import config_validation, models, steps, trainer
+from vae_jax import config_validation, input_transform, models, steps, trainer
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -108,7 +108,7 @@ class OwnModelTest(absltest.TestCase):
         run = trainer.Run(_config(), model=TinyVAE())
         state = run.create_train_state()
         self.assertIn('prior_log_scale', state.params)
-        images = jnp.asarray(run.train_data['image'][:16])
+        images = input_transform.to_model_input(run.train_data['image'][:16], run.input_spec)
         labels = jnp.asarray(run.train_data['label'][:16])
         train_step = jax.jit(functools.partial(steps.train_step, static=run.static))
         new_state, metrics = train_step(state, images, labels, run.loop_key, jnp.float32(1.0))

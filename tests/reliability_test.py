@@ -31,7 +31,15 @@ from hypothesis import strategies as st
 from jax.experimental.compilation_cache import compilation_cache
 
 from configs import test as test_config
-from vae_jax import checkpoints, data, distributions, run_files, steps, trainer
+from vae_jax import (
+    checkpoints,
+    data,
+    distributions,
+    input_transform,
+    run_files,
+    steps,
+    trainer,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 _CACHE = {}
@@ -360,6 +368,10 @@ def _nonfinite_images(fraction):
 
     def get_datasets(input_config, likelihood=None):
         train, test = original(input_config)
+        # As float32 model input (NaN does not fit the stored uint8); the run then holds floats.
+        spec = input_transform.spec_from(input_config, train['image'])
+        for split in (train, test):
+            split['image'] = np.array(input_transform.to_model_input(split['image'], spec))
         count = max(1, int(fraction * len(train['image'])))
         train['image'][np.random.default_rng(0).permutation(len(train['image']))[:count]] = np.nan
         return train, test
@@ -393,7 +405,7 @@ class NonFiniteTest(absltest.TestCase):
         run = trainer.Run(config)
         state = run.create_train_state()
         step = jax.jit(functools.partial(steps.train_step, static=run.static))
-        images = jnp.asarray(run.train_data['image'][:16])
+        images = input_transform.to_model_input(run.train_data['image'][:16], run.input_spec)
         labels = jnp.asarray(run.train_data['label'][:16])
         beta = jnp.float32(1.0)
         bad, metrics = step(state, images.at[3].set(jnp.nan), labels, run.loop_key, beta)

@@ -8,7 +8,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from configs import test as test_config
-from vae_jax import steps, trainer
+from vae_jax import input_transform, steps, trainer
 
 # Small enough to compile fast. 4 steps per epoch, so 6 steps cross an epoch boundary (the
 # permutation is redrawn inside a chunk) and the chunkings below split the steps differently.
@@ -59,7 +59,7 @@ def _train_by_hand(run, num_steps):
 
     Independent of `train_chunk`'s loop, carry and in-loop permutation redraw.
     """
-    images = jnp.asarray(run.train_data['image'])
+    images = input_transform.to_model_input(run.train_data['image'], run.input_spec)
     labels = jnp.asarray(run.train_data['label'])
     step_fn = jax.jit(functools.partial(steps.train_step, static=run.static))
     state = run.create_train_state()
@@ -164,7 +164,8 @@ class TrainStepTest(parameterized.TestCase):
 
     def _batch(self):
         data = self.run_.train_data
-        return jnp.asarray(data['image'][:BATCH]), jnp.asarray(data['label'][:BATCH])
+        images = input_transform.to_model_input(data['image'][:BATCH], self.run_.input_spec)
+        return images, jnp.asarray(data['label'][:BATCH])
 
     def test_one_step_updates_every_parameter(self):
         state = self.run_.create_train_state()

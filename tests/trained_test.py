@@ -16,7 +16,16 @@ from absl.testing import absltest
 from scipy import special
 
 from configs import test as test_config
-from vae_jax import checkpoints, data, evaluate, models, trained, trainer, two_layer
+from vae_jax import (
+    checkpoints,
+    data,
+    evaluate,
+    input_transform,
+    models,
+    trained,
+    trainer,
+    two_layer,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 K = 20  # Importance samples: enough to compare, cheap to compute.
@@ -62,7 +71,8 @@ class LoadTest(absltest.TestCase):
             cls.workdir, k_samples=K, max_examples=NUM_EXAMPLES, pictures=False, progress=False
         )
         test = data.get_datasets(cls.config.input)[1]
-        cls.images = test['image'][:NUM_EXAMPLES]
+        spec = input_transform.spec_from(cls.config.input, test['image'])
+        cls.images = np.asarray(input_transform.to_model_input(test['image'][:NUM_EXAMPLES], spec))
         cls.labels = test['label'][:NUM_EXAMPLES]
 
     def _load_in_clean_process(self, workdir):

@@ -1,7 +1,12 @@
 """Data sets as numpy arrays: TFDS images, your own `.npz`, the embedded `digits`, toy 2-D sets.
 
-`get_datasets(config.input)` returns `(train, test)`, each `{'image': float32 [N, *data_shape],
-'label': int32 [N]}`, held in host memory; the trainer puts them on the device once.
+`get_datasets(config.input)` returns `(train, test)`, each `{'image': [N, H, W, C] as stored,
+'label': int32 [N]}`, held in host memory; the trainer puts them on the device once. Images stay
+as stored, one byte per value (a quarter of float32's memory): uint8 0..max_value
+(`stored_max_value`: 255, or 16 for digits) or bool (binary sets and `binarize='static'`);
+float32 only for the toy 2-D points and for `.npz` files that are already float in [0, 1]. The
+jitted step turns a gathered batch into the model's input, float32 [B, *data_shape]
+(vae_jax/input_transform.py: scaled by 1/max_value, then padded when `pad_to_32`).
 
 Data sets (`input.dataset`):
 - `mnist`, `fashion_mnist` (60k/10k, 28x28x1, labels 0..9) and `binarized_mnist` (Larochelle &
@@ -12,18 +17,18 @@ Data sets (`input.dataset`):
   when the data set was prepared (deterministic, but not the order of the original files). Their
   shapes and classes are known here, so a run on them can be rebuilt without any data.
 - `tfds:<name>`: any TFDS image data set, e.g. `tfds:cifar10` or `tfds:svhn_cropped`: splits
-  `train` and `test`, an `image` feature of fixed shape (uint8, scaled by 1/255) and an optional
+  `train` and `test`, an `image` feature of fixed shape (uint8, 0..255) and an optional
   `label` ClassLabel, as the builder's info says. `tfds:mnist` reads the same arrays as `mnist`.
 - `npz`: your own arrays in the file `input.path` (layout in vae_jax/data_sources.py):
-  `train_images`, `test_images` ([N, H, W, C] or [N, H, W]; uint8 0..255 scaled by 1/255, bool,
-  or float already in [0, 1]), optionally `train_labels`, `test_labels` (int [N]). The path is
+  `train_images`, `test_images` ([N, H, W, C] or [N, H, W]; uint8 0..255, bool, or float already
+  in [0, 1], kept as float32), optionally `train_labels`, `test_labels` (int [N]). The path is
   recorded as given; a relative one counts from the current directory when the data are read.
 - `dsprites`, `dsprites32`: dSprites with its five ground-truth factors (vae_jax/dsprites.py),
   64x64 or 32x32 binary images, label = the sprite's shape, plus `'factors'` int32 [N, 5]. From
   the TFDS `dsprites` set when prepared in the data dir, else drawn by the library's renderer.
   Test split: 10,000 fixed combinations (`num_test_examples`); train split: the rest, or
-  `num_train_examples` of them (the whole train split is 12 GB as float32 at 64x64).
-- `digits`: scikit-learn's bundled 8x8 digits (1797 images, values 0..16 scaled to [0, 1]), split
+  `num_train_examples` of them (the whole train split is 3 GB as bool at 64x64).
+- `digits`: scikit-learn's bundled 8x8 digits (1797 images, uint8 values 0..16), split
   into train/test by a fixed stratified 80/20 split.
 - Toy 2-D sets (data shape `(2,)`, points unscaled), `input.toy_num_examples` points per split,
   train and test drawn with different fixed seeds: `eight_gaussians`, `two_moons`, `pinwheel`,
@@ -42,11 +47,12 @@ alone. For `npz` and `tfds:` sets they come from files, so the trainer records t
 config at the start (`record_data_facts`: `input.data_shape`, `input.num_classes`) and reading
 the data later checks that they still hold.
 
-Preprocessing, in this order: truncate (`num_train_examples`, `num_test_examples`), scale to
-[0, 1], binarise (`binarize='static'`: one Bernoulli(pixel) draw per pixel with a fixed seed per
-split; `'dynamic'` leaves grey values here because the jitted step draws a fresh binarisation at
-every use), zero-pad to 32x32 (`pad_to_32`, centred). Data are the same for every `config.seed`,
-so runs with different seeds see the same examples.
+Preprocessing, in this order: truncate (`num_train_examples`, `num_test_examples`); here, once
+on the host, binarise when `binarize='static'` (one Bernoulli(pixel / max_value) draw per pixel
+with a fixed seed per split, stored as bool); then, in the jitted step on each batch
+(`input_transform.to_model_input`), scale to [0, 1] and zero-pad to 32x32 (`pad_to_32`,
+centred); `'dynamic'` binarisation is drawn after that, in the step, from the step's key. Data
+are the same for every `config.seed`, so runs with different seeds see the same examples.
 
 How the train split reaches the step (`input.pipeline`, vae_jax/streaming.py): 'device' puts the
 arrays returned here on every device once; 'stream' reads each step's rows while training, from
@@ -68,7 +74,7 @@ from typing import Any
 
 import numpy as np
 
-from vae_jax import data_sources, distributions, dsprites, toy_data
+from vae_jax import data_sources, dsprites, stored_images, toy_data
 
 TFDS_DATASETS = ('mnist', 'fashion_mnist', 'binarized_mnist')
 EMBEDDED_DATASETS = ('digits',)
@@ -105,6 +111,7 @@ _STATIC_BINARIZE_SEED = {'train': 0, 'test': 1}
 _TOY_SEED = {'train': 0, 'test': 1}
 
 resolve_data_dir = data_sources.resolve_data_dir
+binarize_static = stored_images.binarize_static
 # The toy 2-D sets (vae_jax/toy_data.py) under their names here.
 EIGHT_GAUSSIANS_RADIUS = toy_data.EIGHT_GAUSSIANS_RADIUS
 make_toy = toy_data.make_toy
@@ -222,6 +229,22 @@ def value_grid(input_config) -> dict[str, Any]:
     else:
         levels = (16 if name == 'digits' else _TFDS_MAX_VALUE[name]) + 1
     return {'num_levels': levels, 'num_dims': num_dims, 'num_padding_dims': padding}
+
+
+def stored_max_value(input_config) -> int:
+    """The stored value of a white pixel in `get_datasets`' uint8 images: 16 for digits, else 255.
+
+    (binarized_mnist and dsprites are stored as bool, 0/1.) The jitted step divides by it
+    (`input_transform.to_model_input`).
+
+    Args:
+      input_config: the `config.input` ConfigDict, or a data set name.
+    """
+    name = input_config if isinstance(input_config, str) else input_config.dataset
+    _check_name(name)
+    if name == 'digits':
+        return 16
+    return _TFDS_MAX_VALUE.get(name, 255)
 
 
 def record_data_facts(config):
@@ -357,8 +380,12 @@ def get_datasets(
         data set and split) that does not.
 
     Returns:
-      `(train, test)`, each `{'image': float32 [N, *data_shape(input_config)], 'label': int32
-      [N]}`. Images lie in [0, 1] (in {0, 1} with binarize='static'); toy points are unscaled.
+      `(train, test)`, each `{'image': [N, H, W, C] as stored, 'label': int32 [N]}` (dsprites
+      adds 'factors' int32 [N, 5]). Images are not scaled or padded here (the jitted step does
+      that, `input_transform.to_model_input`): uint8 0..`stored_max_value` (mnist,
+      fashion_mnist, 'tfds:' sets, digits, uint8 `.npz`), bool (binarized_mnist, dsprites, bool
+      `.npz`, and every image set with binarize='static'), or float32 in [0, 1] (float `.npz`);
+      toy points are float32 [N, 2], unscaled. [H, W] is the stored size (before `pad_to_32`).
 
     Raises:
       ValueError: a bad config value (naming the key), a bad file (naming it and the key), data
@@ -377,6 +404,7 @@ def get_datasets(
             )
             for split in _SPLITS
         }
+        max_value = 1  # unscaled points: the support check reads them as they are
     elif name == 'digits':
         splits, max_value = data_sources.load_digits(), 16
     elif name in FACTOR_DATASETS:
@@ -411,11 +439,11 @@ def get_datasets(
         if name in _INFO and not _INFO[name]['is_image']:
             image = image.astype(np.float32)
         else:
-            image = _preprocess_images(
+            image = _stored_images(
                 image, max_value, input_config, seed=_STATIC_BINARIZE_SEED[split]
             )
         if likelihood is not None and input_config.binarize == 'none':
-            _check_support(likelihood, image, input_config, split)
+            _check_support(likelihood, image, max_value, input_config, split)
         example = {'image': image, 'label': label.astype(np.int32)}
         if 'factors' in splits[split]:
             example['factors'] = splits[split]['factors'][: len(image)]
@@ -457,9 +485,12 @@ def _check_recorded(input_config, actual: dict[str, Any]) -> None:
             )
 
 
-def _check_support(likelihood: str, image: np.ndarray, input_config, split: str) -> None:
+def _check_support(
+    likelihood: str, image: np.ndarray, max_value: int, input_config, split: str
+) -> None:
+    """The likelihood's support check of the images the model will see (`stored_images`)."""
     try:
-        distributions.check_support(likelihood, image)
+        stored_images.check_support(likelihood, image, max_value)
     except ValueError as e:
         if input_config.dataset == NPZ:
             where = f'{input_config.path}: {split + "_images"!r}'
@@ -479,12 +510,12 @@ def _is_tfds(name: str) -> bool:
     return name in TFDS_DATASETS or name.startswith(TFDS_PREFIX)
 
 
-def _preprocess_images(image: np.ndarray, max_value: int, input_config, seed: int) -> np.ndarray:
-    """[N, H, W, C] stored 0..max_value -> float32 [N, H', W', C] scaled, binarised, padded."""
-    image = image.astype(np.float32) / np.float32(max_value)
-    # binarized_mnist is already 0/1, and Bernoulli(0/1) is the identity: skip the draw.
-    if input_config.binarize == 'static' and input_config.dataset != 'binarized_mnist':
-        image = binarize_static(image, seed=seed)
+def _stored_images(image: np.ndarray, max_value: int, input_config, seed: int) -> np.ndarray:
+    """[N, H, W, C] as read (0..max_value) -> as held in memory: uint8, bool, or float32.
+
+    Never a reader's cached array (those are read-only). Binary data (max_value 1, except float
+    `.npz` grey values) and the static binarisation's draws become bool; other uint8 stays uint8.
+    """
     if input_config.pad_to_32:
         _, height, width, _ = image.shape
         if height > 32 or width > 32:
@@ -492,24 +523,16 @@ def _preprocess_images(image: np.ndarray, max_value: int, input_config, seed: in
                 f'input.pad_to_32=True: {_describe(input_config)} images are {height}x{width}, '
                 'over 32x32.'
             )
-        image = pad_to_32(image)
-    return image
-
-
-def binarize_static(image: np.ndarray, *, seed: int) -> np.ndarray:
-    """One Bernoulli(pixel) draw per pixel with a fixed numpy seed.
-
-    The first n images get the same draw whatever the number of images (C-order fill).
-
-    Args:
-      image: float [N, H, W, C] in [0, 1].
-      seed: int seed of `np.random.default_rng`.
-
-    Returns:
-      float32 [N, H, W, C] in {0, 1}.
-    """
-    uniform = np.random.default_rng(seed).random(image.shape, dtype=np.float32)
-    return (uniform < image).astype(np.float32)
+    name = input_config.dataset
+    # binarized_mnist is already 0/1, and Bernoulli(0/1) is the identity: skip the draw.
+    if input_config.binarize == 'static' and name != 'binarized_mnist':
+        return binarize_static(image, seed=seed, max_value=max_value)
+    if name in FACTOR_DATASETS or (image.dtype == np.uint8 and max_value == 1):
+        return image.astype(np.bool_)
+    if image.dtype == np.uint8:
+        # A reader's cached (read-only) array is copied; a freshly read .npz array is not.
+        return image if image.flags.writeable else np.array(image)
+    return image.astype(np.float32, copy=False)  # A float .npz (read afresh), in [0, 1].
 
 
 def pad_to_32(image: np.ndarray) -> np.ndarray:

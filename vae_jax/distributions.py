@@ -383,17 +383,28 @@ def check_support(likelihood: str, data: np.ndarray) -> None:
     if likelihood == 'bernoulli':
         bad = (data != 0) & (data != 1)
         if bad.any():
-            raise ValueError(
-                f"model.likelihood='bernoulli' needs data in {{0, 1}}, but {int(bad.sum())} "
-                f'values are not (data range [{lo:g}, {hi:g}], e.g. {float(data[bad][0]):g}). '
-                "Binarize the data (input.binarize='static' or 'dynamic') or use "
-                "likelihood='continuous_bernoulli'."
-            )
+            raise ValueError(bernoulli_support_message(int(bad.sum()), lo, hi, data[bad][0]))
     elif likelihood == 'continuous_bernoulli' and (lo < 0 or hi > 1):
         raise ValueError(
             "model.likelihood='continuous_bernoulli' needs data in [0, 1], but the data range "
             f"is [{lo:g}, {hi:g}]. Rescale the data or use likelihood='gaussian'."
         )
+
+
+def bernoulli_support_message(num_bad: int, lo: float, hi: float, example: float) -> str:
+    """`check_support`'s message for data outside {0, 1} (also built from 8-bit data's counts).
+
+    Args:
+      num_bad: how many values are neither 0 nor 1.
+      lo, hi: the data range.
+      example: the first such value (C order).
+    """
+    return (
+        f"model.likelihood='bernoulli' needs data in {{0, 1}}, but {num_bad} "
+        f'values are not (data range [{float(lo):g}, {float(hi):g}], e.g. {float(example):g}). '
+        "Binarize the data (input.binarize='static' or 'dynamic') or use "
+        "likelihood='continuous_bernoulli'."
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,10 +33,20 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import tqdm
 from absl import app, flags
 
-from vae_jax import build, cli, evaluation, run_eval, run_files, streaming, trained
+from vae_jax import (
+    build,
+    cli,
+    evaluation,
+    input_transform,
+    run_eval,
+    run_files,
+    streaming,
+    trained,
+)
 from vae_jax import pictures as vae_pictures
 
 FLAGS = flags.FLAGS
@@ -222,7 +232,8 @@ def evaluate(
     variables, step = trained.restore_variables(
         workdir, parts, allow_unverified_checkpoints=allow_unverified_checkpoints
     )
-    images, labels = split_data['image'], split_data['label']
+    images, labels = split_data['image'], split_data['label']  # as stored (uint8 / bool)
+    input_spec = input_transform.spec_from(config.input, images)
     if max_examples is not None:
         images, labels = images[:max_examples], labels[:max_examples]
     eval_key = build.root_keys(config.seed)[3]
@@ -241,6 +252,7 @@ def evaluate(
             batch_size=batch_size,
             progress=lambda done, total: bar.update(done),
             step=step,
+            input_spec=input_spec,
         )
     finally:
         bar.close()
@@ -272,7 +284,7 @@ def evaluate(
             workdir / images_dir,
             trained.TrainedModel(parts, variables, step),
             eval_key,
-            images,
+            np.asarray(input_transform.to_model_input(images, input_spec)),
             labels,
             **vae_pictures.config_options(config),
             posterior_means=vae_pictures.posterior_means(per_example),

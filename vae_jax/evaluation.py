@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import backends, losses
+from vae_jax import backends, input_transform, losses
 from vae_jax.bits import (  # noqa: F401 -- re-exported: evaluation.bits_per_dim
     CONTINUOUS_LIKELIHOODS,
     DISCRETE_LIKELIHOODS,
@@ -345,8 +345,11 @@ def _evaluate_batch(
     chunk_size: int,
     dynamic_binarize: bool,
     has_labels: bool,
+    input_spec: input_transform.InputSpec | None = None,
 ) -> dict[str, Array]:
     """`_example_metrics` vmapped over a batch; example n uses fold_in(key, n)."""
+    if input_spec is not None:
+        images = input_transform.to_model_input(images, input_spec)
 
     def per_example(index, x, y):
         bin_key, metrics_key = jax.random.split(jax.random.fold_in(key, index))
@@ -381,6 +384,7 @@ def evaluate_dataset(
     progress: Callable[[int, int], None] | None = None,
     return_per_example: bool = False,
     model_fn: Callable[..., Any] | None = None,
+    input_spec: input_transform.InputSpec | None = None,
 ) -> dict[str, Any]:
     """Evaluates a model on a data set: ELBO, IWAE bounds, NLL, active units.
 
@@ -393,8 +397,8 @@ def evaluate_dataset(
 
     Args:
       key: evaluation key (a fixed eval key makes runs comparable).
-      images: [N, *event] float32 data in the likelihood's support ([0, 1] grey values when
-        `dynamic_binarize`).
+      images: [N, *event] float data in the likelihood's support ([0, 1] grey values when
+        `dynamic_binarize`); with `input_spec`, [N, ...] rows as stored (uint8, bool, float32).
       labels: [N] int32, or None for unconditional models (bind then gets y=None).
       bind: y -> (encode, decode) (the losses contract; eval mode, parameters bound), or, when
         `variables` is given, (variables, y) -> (encode, decode); None with `model_fn`.
@@ -411,6 +415,8 @@ def evaluate_dataset(
       return_per_example: also return 'per_example': dict of numpy arrays over the N examples
         ('elbo', 'recon', 'kl', 'iwae_k{k}', 'log_px' [N]; 'kl_per_dim', 'posterior_mean'
         [N, D]; those that apply), e.g. for a latent scatter plot or per-example NLLs.
+      input_spec: how stored rows become model input (`input_transform.spec_from`), converted
+        inside the jitted batch call; None: `images` are float model input.
 
     Returns:
       dict of Python floats unless noted: 'num_examples' (int); 'elbo' (mean analytic-KL ELBO,
@@ -423,7 +429,8 @@ def evaluate_dataset(
       'active_units' (int) and 'posterior_mean_variance' (list [D], Var_x E_q[z_d|x]).
 
     Raises:
-      ValueError: on an empty data set, mismatched label count or non-positive sizes.
+      ValueError: on an empty data set, mismatched label count or non-positive sizes, or
+        integer/bool images without `input_spec`.
     """
     if (bind is None) == (model_fn is None):
         raise ValueError('evaluate_dataset needs exactly one of bind and model_fn')
@@ -433,6 +440,12 @@ def evaluate_dataset(
     n = images.shape[0]
     if n == 0:
         raise ValueError('evaluate_dataset got an empty data set')
+    if input_spec is None and images.dtype.kind != 'f':
+        raise ValueError(
+            f'evaluate_dataset: images are {images.dtype} without input_spec; pass the spec of the '
+            'stored data (input_transform.spec_from) so they are scaled as in training, or float '
+            'images.'
+        )
     if labels is not None and np.shape(labels) != (n,):
         raise ValueError(f'labels must be [N]={n}, got shape {np.shape(labels)}')
     if batch_size < 1 or chunk_size < 1 or nll_k < 0 or any(k < 1 for k in k_list):
@@ -448,6 +461,7 @@ def evaluate_dataset(
         chunk_size=int(chunk_size),
         dynamic_binarize=bool(dynamic_binarize),
         has_labels=labels is not None,
+        input_spec=input_spec,
     )
     batch_size = min(batch_size, n)
     collected: list[dict[str, np.ndarray]] = []
@@ -459,7 +473,7 @@ def evaluate_dataset(
             variables,
             key,
             jnp.asarray(idx, jnp.int32),
-            jnp.asarray(images[idx], jnp.float32),
+            jnp.asarray(images[idx], jnp.float32 if input_spec is None else None),
             None if labels is None else jnp.asarray(np.asarray(labels)[idx], jnp.int32),
         )
         # Fetch the previous batch only after dispatching this one, to keep the device busy.
@@ -486,6 +500,7 @@ def _jitted_evaluate_batch() -> Callable[..., Any]:
             'chunk_size',
             'dynamic_binarize',
             'has_labels',
+            'input_spec',
         ),
         compiler_options=backends.compiler_options(),
     )

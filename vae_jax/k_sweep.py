@@ -186,6 +186,7 @@ def make_chunk_fn(runs: list[run_lib.Run]):
             loop=base.config.loop,
             static=RowStepConfig(**fields, row=row),
             batch_sharding=base.batch_sharding,
+            input_spec=base.input_spec,
         )
 
     vmapped = run_lib.make_vmapped_chunk_fn(base, body)

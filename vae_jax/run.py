@@ -25,6 +25,7 @@ from vae_jax import (
     backends,
     build,
     config_validation,
+    input_transform,
     optim,
     run_eval,
     run_files,
@@ -56,11 +57,15 @@ class Run:
         self.pipeline, self.train_data, self.test_data, self.train_source = streaming.load_splits(
             config.input, likelihood=config.model.likelihood
         )
+        # Images stay as stored (uint8/bool) in both pipelines; each jitted step converts its
+        # batch (input_transform.to_model_input).
         if self.train_source is not None:
-            self.data_shape, num_train = tuple(self.train_source.data_shape), len(self.train_source)
+            stored = self.train_source.read(np.zeros((1,), np.int64))[0]
+            num_train = len(self.train_source)
         else:
-            self.data_shape = tuple(self.train_data['image'].shape[1:])
-            num_train = self.train_data['image'].shape[0]
+            stored, num_train = self.train_data['image'], self.train_data['image'].shape[0]
+        self.input_spec = input_transform.spec_from(config.input, stored)
+        self.data_shape = self.input_spec.model_shape(stored.shape[1:])
         if config.input.batch_size > num_train:
             raise ValueError(
                 f'config.input.batch_size={config.input.batch_size} is larger than the '
@@ -105,6 +110,7 @@ class Run:
             loop=self.config.loop,
             static=self.static,
             batch_sharding=self.batch_sharding,
+            input_spec=self.input_spec,
         )
 
     @functools.cached_property
@@ -146,9 +152,11 @@ class Run:
             nll_k=nll_k,
             batch_size=self.config.input.eval_batch_size,
             step=int(jax.device_get(state.step)),
+            input_spec=self.input_spec,
         )
 
     def eval_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """The first `num_eval_examples` test images (as stored) and labels."""
         n = self.config.num_eval_examples
         images, labels = self.test_data['image'], self.test_data['label']
         return (images[:n], labels[:n]) if n else (images, labels)

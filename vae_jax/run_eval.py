@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae_jax import data, disentangle_eval, evaluation, run_files, steps
+from vae_jax import data, disentangle_eval, evaluation, input_transform, run_files, steps
 from vae_jax.build import ModelParts, root_keys
 
 
@@ -36,13 +36,14 @@ def evaluate_run(
     batch_size: int = evaluation.BATCH_SIZE,
     progress: Callable[[int, int], None] | None = None,
     step: int | None = None,
+    input_spec: input_transform.InputSpec | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A run's metrics on `images`: `evaluation.evaluate_dataset` and `objective_terms`.
 
     Args:
       parts: the run's model (`build.build`).
       variables: {'params', optional 'batch_stats'}.
-      images: [N, *event]; labels: [N] int.
+      images: [N, ...] as stored (uint8, bool or float32; see `input_spec`); labels: [N] int.
       key: the evaluation key; default the run's eval key. The objective's terms always use the
         run's eval key.
       nll_k: importance samples of the NLL; 0 skips it.
@@ -50,6 +51,8 @@ def evaluate_run(
       progress: optional callback(num_done, num_total).
       step: the step of `variables`, for objectives with a schedule of their own (AnnealedVAE's
         capacity); None: `config.num_train_steps` (a finished run's).
+      input_spec: how stored rows become model input (`input_transform.spec_from`); the jitted
+        evaluation converts each batch. None: `images` are float model input already.
 
     Returns:
       (metrics: `evaluate_dataset`'s summary plus 'objective/<term>', per-example arrays).
@@ -68,10 +71,15 @@ def evaluate_run(
         dynamic_binarize=parts.static.dynamic_binarize,
         progress=progress,
         return_per_example=True,
+        input_spec=input_spec,
     )
     per_example = metrics.pop('per_example')
     step = parts.config.num_train_steps if step is None else step
-    metrics.update(objective_terms(parts, variables, eval_key, images, labels, step=step))
+    metrics.update(
+        objective_terms(
+            parts, variables, eval_key, images, labels, step=step, input_spec=input_spec
+        )
+    )
     return metrics, per_example
 
 
@@ -132,6 +140,7 @@ def objective_terms(
     labels: np.ndarray,
     *,
     step: int = 0,
+    input_spec: input_transform.InputSpec | None = None,
 ) -> dict[str, float]:
     """The training objective's terms on held-out data, in evaluation mode.
 
@@ -144,8 +153,10 @@ def objective_terms(
       parts: the model (`build.build`).
       variables: {'params', optional 'batch_stats'}.
       eval_key: the run's evaluation key.
-      images: [N, *data_shape]; labels: [N].
+      images: [N, ...] as stored; labels: [N].
       step: the optimizer step the objective sees (AnnealedVAE's capacity C(step)).
+      input_spec: how stored rows become model input, converted in the jitted call; None:
+        `images` are float model input already.
 
     Returns:
       {'objective/<term>': mean}; empty when the data is smaller than one batch.
@@ -154,7 +165,7 @@ def objective_terms(
     num_batches = images.shape[0] // batch
     if num_batches == 0:
         return {}
-    fn = _objective_terms_fn(parts)
+    fn = _objective_terms_fn(parts, input_spec)
     key = jax.random.fold_in(eval_key, OBJECTIVE_SALT)
     sums: dict[str, float] = {}
     for i in range(num_batches):
@@ -164,7 +175,7 @@ def objective_terms(
                 variables['params'],
                 variables.get('batch_stats', {}),
                 jax.random.fold_in(key, i),
-                jnp.asarray(images[rows], jnp.float32),
+                _batch_rows(images[rows], input_spec),
                 jnp.asarray(labels[rows], jnp.int32),
                 jnp.asarray(parts.config.beta, jnp.float32),
                 jnp.asarray(step, jnp.int32),
@@ -176,13 +187,25 @@ def objective_terms(
     return {f'objective/{name}': total / count for name, total in sums.items()}
 
 
-def _objective_terms_fn(parts: ModelParts) -> Callable[..., Any]:
+def _batch_rows(images: np.ndarray, input_spec: input_transform.InputSpec | None) -> jax.Array:
+    """A batch as the jitted call takes it: as stored with a spec, else float32 model input."""
+    return jnp.asarray(images) if input_spec is not None else jnp.asarray(images, jnp.float32)
+
+
+def _objective_terms_fn(
+    parts: ModelParts, input_spec: input_transform.InputSpec | None = None
+) -> Callable[..., Any]:
+    def model_input(images):
+        if input_spec is None:
+            return images
+        return input_transform.to_model_input(images, input_spec)
+
     return jax.jit(
         lambda params, stats, key, images, labels, beta, step: steps.batch_terms(
             params,
             stats,
             key,
-            images,
+            model_input(images),
             labels,
             beta,
             apply_fn=parts.model.apply,

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax.training import train_state
 
-from vae_jax import aux_networks, losses, models, objectives, protocol
+from vae_jax import aux_networks, input_transform, losses, models, objectives, protocol
 from vae_jax.batches import chunk_indices, epoch_permutation  # noqa: F401 -- re-exported
 
 Array = jax.Array
@@ -324,6 +324,11 @@ def batch_terms(
     Returns:
       (terms: dict of [B] arrays, new batch_stats (unchanged without BatchNorm or in eval)).
     """
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(
+            f'batch_terms: images are {images.dtype}; the model takes float images. Stored '
+            'uint8/bool rows become model input through input_transform.to_model_input.'
+        )
     example_keys = jax.random.split(key, images.shape[0])
     objective, options = static.objective_fn(beta, step, aux)
 
@@ -483,6 +488,7 @@ def train_chunk(
     loop: str,
     static: StepConfig,
     batch_sharding: Any = None,
+    input_spec: input_transform.InputSpec | None = None,
 ) -> tuple[TrainState, Array, Array, dict[str, Array]]:
     """Runs `num_steps` optimizer steps over device-resident data in one call.
 
@@ -495,7 +501,8 @@ def train_chunk(
       state: the train state (donated by the caller's jit).
       perm: [N] int32, the permutation of epoch `perm_epoch`.
       perm_epoch: [] int32.
-      train_images: [N, *event] the whole training split, on device.
+      train_images: [N, ...] the whole training split as stored (uint8, bool or float32), on
+        device; each step's gathered rows become model input by `input_spec`.
       train_labels: [N] int32.
       loop_key, data_key: the run's keys.
       beta: [] target KL weight.
@@ -505,6 +512,9 @@ def train_chunk(
         gradients on XLA:CPU, see docs/how_it_works.md).
       static: the step configuration.
       batch_sharding: optional `jax.sharding.Sharding` for the gathered batch (data parallel).
+      input_spec: static; turns the gathered rows into the model's input
+        (`input_transform.to_model_input`: scaling, padding). None: the rows are float model
+        input already.
 
     Returns:
       (state, perm, perm_epoch, metric sums over the steps: dict of [] arrays).
@@ -522,6 +532,7 @@ def train_chunk(
         loop=loop,
         static=static,
         batch_sharding=batch_sharding,
+        input_spec=input_spec,
     )
     return state, perm, perm_epoch, sums
 
@@ -537,6 +548,7 @@ def train_steps(
     loop: str,
     static: StepConfig,
     batch_sharding: Any = None,
+    input_spec: input_transform.InputSpec | None = None,
 ) -> tuple[TrainState, dict[str, Array]]:
     """`num_steps` optimizer steps; step j trains on `batch_of(xs[j])` (stored rows).
 
@@ -548,7 +560,7 @@ def train_steps(
       state: the train state.
       xs: a pytree whose leaves have a leading [num_steps] axis.
       batch_of: one step's slice of `xs` -> (images [B, *event], labels [B] int32).
-      loop_key, beta, num_steps, loop, static, batch_sharding: as in `train_chunk`.
+      loop_key, beta, num_steps, loop, static, batch_sharding, input_spec: as in `train_chunk`.
 
     Returns:
       (state, metric sums over the steps: dict of [] arrays).
@@ -559,6 +571,8 @@ def train_steps(
         if batch_sharding is not None:
             images = jax.lax.with_sharding_constraint(images, batch_sharding)
             labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
+        if input_spec is not None:
+            images = input_transform.to_model_input(images, input_spec)
         return train_step(
             state, images, labels, loop_key, beta, static=static, with_grad_norm=with_grad_norm
         )

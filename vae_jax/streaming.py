@@ -48,8 +48,9 @@ from vae_jax import backends, batches, data, data_sources, steps
 # held (at least one step, at most 2 * steps_per_call steps).
 NUM_READ_THREADS = 2
 PREFETCH_BYTES = 256 * 2**20
-# Bytes per stored value of a split on the device (float32 images today).
-_DEVICE_ITEMSIZE = 4
+# Bytes per stored value of a split on the device: images stay as stored (uint8 / bool) until
+# the step; a float .npz is held as float32 (`_stored_itemsize`).
+_DEVICE_ITEMSIZE = 1
 
 
 def choose_pipeline(input_config: ml_collections.ConfigDict, train_bytes: int | None) -> str:
@@ -78,7 +79,17 @@ def train_split_bytes(input_config: ml_collections.ConfigDict) -> int | None:
     count = _num_train_records(input_config)
     if input_config.num_train_examples is not None:
         count = min(count, input_config.num_train_examples)
-    return count * math.prod(data.data_shape(input_config)) * _DEVICE_ITEMSIZE
+    # The model's shape (padded with pad_to_32): an upper bound on the stored (unpadded) rows.
+    return count * math.prod(data.data_shape(input_config)) * _stored_itemsize(input_config)
+
+
+def _stored_itemsize(input_config) -> int:
+    """Bytes per value as `data.get_datasets` holds the split: 1 (uint8 / bool), 4 (float npz)."""
+    if input_config.dataset == data.NPZ:
+        resolved = data_sources.resolve_npz_path(input_config.path)
+        _, dtype = data_sources._npz_headers(input_config.path, resolved)['train_images']
+        return 4 if np.issubdtype(dtype, np.floating) else _DEVICE_ITEMSIZE
+    return _DEVICE_ITEMSIZE
 
 
 def _from_files(name: str) -> bool:
@@ -186,11 +197,11 @@ class FileSource:
             records = self._tfds.__getitems__([int(r) for r in rows])
             images = np.stack([r['image'] for r in records])
             labels = np.asarray([r['label'] if self._has_labels else 0 for r in records], np.int64)
-        images = data._preprocess_images(
+        images = data._stored_images(
             images, self._max_value, config, seed=data._STATIC_BINARIZE_SEED['train']
         )
         if self.likelihood is not None and config.binarize == 'none':
-            data._check_support(self.likelihood, images, config, 'train')
+            data._check_support(self.likelihood, images, self._max_value, config, 'train')
         return images, labels.astype(np.int32)
 
 
@@ -299,11 +310,11 @@ def load_test_split(
     stored = stored[:limit]
     images = data_sources._check_images(path, 'test_images', np.asarray(stored))
     max_value = 255 if stored.dtype == np.uint8 else 1
-    images = data._preprocess_images(
+    images = data._stored_images(
         images, max_value, input_config, seed=data._STATIC_BINARIZE_SEED['test']
     )
     if likelihood is not None and input_config.binarize == 'none':
-        data._check_support(likelihood, images, input_config, 'test')
+        data._check_support(likelihood, images, max_value, input_config, 'test')
     headers = data_sources._npz_headers(path, resolved)
     labels = np.zeros((len(images),), np.int64)
     if 'test_labels' in headers:
@@ -443,6 +454,7 @@ def train_chunk_rows(
     loop: str,
     static: steps.StepConfig,
     batch_sharding: Any = None,
+    input_spec: Any = None,
 ) -> tuple[steps.TrainState, dict[str, jax.Array]]:
     """`num_steps` optimizer steps on pre-gathered stored rows (`steps.train_steps`).
 
@@ -461,6 +473,7 @@ def train_chunk_rows(
         loop=loop,
         static=static,
         batch_sharding=batch_sharding,
+        input_spec=input_spec,
     )
 
 
@@ -491,6 +504,7 @@ class StreamedChunks:
                 loop=config.loop,
                 static=run.static,
                 batch_sharding=run.batch_sharding,
+                input_spec=run.input_spec,
             ),
             static_argnames=('num_steps',),
             donate_argnums=(0,),

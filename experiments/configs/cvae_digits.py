@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import evaluate, plots, steps, trainer
+from vae_jax import evaluate, input_transform, plots, steps, trainer
 
 
 def _template_predict(images: np.ndarray, templates: np.ndarray) -> np.ndarray:
@@ -65,7 +65,9 @@ def main() -> None:
     z_check = jax.random.normal(check_key, (num_classes * m, config.model.latent_dim))
     y_check = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), m)
     generated = np.asarray(decode(run.bind_fn, variables, z_check, y_check))
-    test_images = run.test_data['image'].reshape(len(run.test_data['image']), -1)
+    test_images = np.asarray(
+        input_transform.to_model_input(run.test_data['image'], run.input_spec)
+    ).reshape(len(run.test_data['image']), -1)
     test_labels = run.test_data['label']
     templates = np.stack([test_images[test_labels == c].mean(axis=0) for c in range(num_classes)])
     predicted = _template_predict(generated.reshape(len(generated), -1), templates)
