@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
 from configs import test as test_config
@@ -253,6 +254,7 @@ class DensityRatioTest(parameterized.TestCase):
 
 
 class TrainStateTest(parameterized.TestCase):
+    @pytest.mark.slow
     def test_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(self):
         config = _config()
         straight = self.create_tempdir().full_path
@@ -302,6 +304,7 @@ class TrainStateTest(parameterized.TestCase):
         ):
             _load(other, _config(factor_discriminator_width=8))
 
+    @pytest.mark.slow
     def test_a_run_checkpointed_before_auxiliary_networks_resumes_bit_identically(self):
         config = _config('elbo')
         straight = self.create_tempdir().full_path

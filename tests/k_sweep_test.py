@@ -15,6 +15,7 @@ import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest
 
 import vae_jax
@@ -82,6 +83,7 @@ def _params(workdir, config):
     return jax.device_get(state.params), step
 
 
+@pytest.mark.slow
 @absltest.skipUnless(TFDS_DIR.is_dir(), f'no prepared MNIST at {TFDS_DIR} (set $TFDS_DATA_DIR)')
 class KSweepTest(absltest.TestCase):
     @classmethod

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
 from configs import test as test_config
@@ -189,6 +190,7 @@ class DataParallelTest(absltest.TestCase):
         )
         self.assert_same_run(workdir)
 
+    @pytest.mark.slow
     def test_two_processes_of_two_devices_match_one_device(self):
         workdir = self.create_tempdir().full_path
         with socket.socket() as s:

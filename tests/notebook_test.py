@@ -17,6 +17,7 @@ from unittest import mock
 
 import nbclient
 import nbformat
+import pytest
 from absl.testing import absltest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +35,7 @@ def printed(notebook) -> str:
     )
 
 
+@pytest.mark.slow
 class QuickstartNotebookTest(absltest.TestCase):
     def test_runs_and_its_numbers_hold(self):
         notebook = nbformat.read(NOTEBOOK, as_version=4)

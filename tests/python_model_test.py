@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jax
 import own_model_test
+import pytest
 from absl.testing import absltest
 
 from configs import test as test_config
@@ -97,6 +98,7 @@ class ImportableModelTest(absltest.TestCase):
         rebuilt = build.build(build.read_config(self.workdir)).model
         self.assertEqual(rebuilt, SmallVAE(latent_dim=2))
 
+    @pytest.mark.slow
     def test_command_line_resume_evaluate_and_load_rebuild_it(self):
         resumed = _cli('vae_jax.train', *CLI_CONFIG, f'--workdir={self.workdir}')
         self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])

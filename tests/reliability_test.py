@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 from absl.testing import absltest, parameterized
 from hypothesis import strategies as st
 from jax.experimental.compilation_cache import compilation_cache
@@ -187,6 +188,7 @@ def _class_tempdir(cls):
     return path
 
 
+@pytest.mark.slow
 class KillAndResumeTest(absltest.TestCase):
     """One workdir, killed four times in four ways, ends where an uninterrupted run ends."""
 
@@ -273,6 +275,7 @@ class KillAndResumeTest(absltest.TestCase):
         jax.tree.map(np.testing.assert_array_equal, state.opt_state, expected.opt_state)
 
 
+@pytest.mark.slow
 class RunSafetyTest(absltest.TestCase):
     """One writer per workdir, and a failed save that stops cleanly and resumes."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 from jax.experimental.compilation_cache import compilation_cache
 
@@ -330,6 +331,7 @@ def _small_config(pipeline):
     return config
 
 
+@pytest.mark.slow
 class TwoProcessTest(absltest.TestCase):
     def test_each_process_reads_its_half_and_the_result_matches_one_process(self):
         config = _small_config('device')

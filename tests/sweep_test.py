@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
 from configs import test as test_config
@@ -106,6 +107,7 @@ class ModelConfigsTest(parameterized.TestCase):
             run.for_config(other)
 
 
+@pytest.mark.slow
 class VectorisedSweepTest(absltest.TestCase):
     def test_models_match_separate_runs_and_resume(self):
         root = Path(self.create_tempdir().full_path)
@@ -192,6 +194,7 @@ class VectorisedSweepTest(absltest.TestCase):
         self.assertTrue((root / 'vec' / 'rate_distortion.png').is_file())
 
 
+@pytest.mark.slow
 class ShellSweepTest(absltest.TestCase):
     """The scripts start `python -m vae_jax.train` per value: a few seconds each."""
 

@@ -10,6 +10,7 @@ from unittest import mock
 
 import jax
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
 from configs import eight_gaussians
@@ -270,6 +271,7 @@ class ThroughputTest(absltest.TestCase):
         self.assertEqual(sums, {'loss': 3.0, 'kl': 3.0})
 
 
+@pytest.mark.slow
 class CommandLineTest(absltest.TestCase):
     def _run(self, *args):
         env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
