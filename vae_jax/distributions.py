@@ -396,7 +396,8 @@ def bernoulli_support_message(num_bad: int, lo: float, hi: float, example: float
 
     Args:
       num_bad: how many values are neither 0 nor 1.
-      lo, hi: the data range.
+      lo: the smallest value of the data.
+      hi: the largest value of the data.
       example: the first such value (C order).
     """
     return (
