@@ -98,6 +98,7 @@ def get_config(name: str, *, loop: str | None = None, steps_per_call: int | None
         c.k_samples = workload.k_samples
         c.loop = loop or 'scan'
         c.steps_per_call = steps_per_call or c.steps_per_call
+        c.input.pipeline = 'device'  # the random data are in memory (`random_data`): no files
         return c
     if workload.family == 'dense':
         c = iwae_mnist.get_config()  # model, posterior ('exp' scale), likelihood, Adam
@@ -115,6 +116,7 @@ def get_config(name: str, *, loop: str | None = None, steps_per_call: int | None
         c.model.likelihood = 'bernoulli'
     c.input.dataset = 'mnist'  # shape and label metadata; the pixels come from `random_data`
     c.input.binarize = 'none'
+    c.input.pipeline = 'device'  # the random data are in memory (`random_data`): no files
     c.input.batch_size = BATCH_SIZE
     c.optim.name = 'adam'
     c.optim.learning_rate = 1e-3
