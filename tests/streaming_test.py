@@ -194,6 +194,21 @@ class NpzSourceTest(absltest.TestCase):
         np.testing.assert_array_equal(streamed_test['image'], test['image'])
         np.testing.assert_array_equal(streamed_test['label'], test['label'])
 
+    def test_split_size_counts_the_bytes_held_per_value(self):
+        # uint8 and bool files are held as stored (one byte a value); float ones as float32.
+        cases = {
+            'uint8': np.zeros((40, 6, 5, 2), np.uint8),
+            'bool': np.zeros((40, 6, 5, 2), np.bool_),
+            'float64': np.zeros((40, 6, 5, 2), np.float64),
+        }
+        for name, images in cases.items():
+            with self.subTest(name):
+                config = test_config.get_config()
+                config.input.dataset, config.input.path = 'npz', self._write(np.savez, images)
+                config.input.pipeline = 'auto'
+                itemsize = 4 if name == 'float64' else 1
+                self.assertEqual(streaming.train_split_bytes(config.input), 40 * 60 * itemsize)
+
     def test_compressed_member_is_refused_with_what_to_do(self):
         path = self._write(np.savez_compressed, np.zeros((4, 3, 3, 1), np.uint8))
         with self.assertRaisesRegex(
