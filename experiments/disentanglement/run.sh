@@ -10,6 +10,9 @@
 # rows of seed 0 first), so a partial leaderboard has whole columns. A rerun resumes an
 # unfinished run from its last checkpoint and skips a run whose timing.json exists, so the
 # leaderboard can be trained over several sittings.
+# Run directories are git-ignored while they train. Publish a finished one (it has timing.json)
+# by naming its results, never its checkpoints (-f adds whatever it is given):
+#   git add -f $d/*.json $d/metrics.jsonl $d/images/{latent_traversals,reconstructions,samples,training_curves}.png
 #
 # Environment (defaults give the full protocol):
 #   OUT=experiments/disentanglement/workdirs   run directories
