@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vae_jax import data, evaluation, plots, steps, trained, traversals
+from vae_jax import data, evaluation, input_transform, plots, steps, trained, traversals
 
 # The model density of a 2-D toy set: a TOY_GRID x TOY_GRID grid, TOY_DENSITY_K importance
 # samples per point (log p(x) of these models is within ~0.01 nats at k = 100).
@@ -190,6 +190,21 @@ def write_pictures(
     if metrics_path is not None and metrics_path.is_file() and metrics_path.stat().st_size:
         draw('training_curves', lambda p: plots.training_curves(metrics_path, p))
     return pictures
+
+
+def picture_rows(images: Any, input_spec: input_transform.InputSpec) -> np.ndarray:
+    """The evaluated split's rows that `write_pictures` draws, as float32 model input.
+
+    Images: the first `NUM_RECONSTRUCTIONS` rows only (all the pictures read), so a split read
+    from files (`row_sources.StoredRows`) is not read whole; toy 2-D points: all (the density).
+
+    Args:
+      images: [N, H, W, C] or [N, 2] stored rows (an array or a `StoredRows` view).
+      input_spec: how stored rows become model input (`input_transform.spec_from`).
+    """
+    if images.ndim == 4:
+        images = images[:NUM_RECONSTRUCTIONS]
+    return np.asarray(input_transform.to_model_input(np.asarray(images), input_spec))
 
 
 def posterior_means(per_example: dict[str, np.ndarray]) -> np.ndarray | None:
