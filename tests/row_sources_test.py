@@ -260,8 +260,10 @@ class StreamedRunTest(absltest.TestCase):
 
             with mock.patch.object(row_sources.FileSource, 'read', read):
                 evaluated = evaluate.evaluate(
-                    workdir, k_samples=6, output='k6.json', pictures=False, progress=False
+                    workdir, k_samples=6, output='k6.json', progress=False
                 )
+            for images in ('images', 'k6_images'):  # A picture not drawn is only a warning.
+                self.assertTrue(Path(workdir, images, 'reconstructions.png').is_file())
             results[pipeline] = (eval_json, evaluated, reads)
         (device_json, device_eval, device_reads), (stream_json, stream_eval, stream_reads) = (
             results['device'],
@@ -275,8 +277,9 @@ class StreamedRunTest(absltest.TestCase):
         self.assertEqual(stream_eval, device_eval)
         self.assertEqual(device_reads, [])  # Loaded whole, as before.
         # The streamed evaluation: one row when the source opens (its dtype), then batches of
-        # --batch_size (evaluation.BATCH_SIZE = 20: 20, 20, 5) and of input.batch_size (16, 16).
-        self.assertEqual(stream_reads, [1, 20, 20, 5, 16, 16])
+        # --batch_size (evaluation.BATCH_SIZE = 20: 20, 20, 5), of input.batch_size (16, 16),
+        # and the pictures' reconstructions (16).
+        self.assertEqual(stream_reads, [1, 20, 20, 5, 16, 16, pictures.NUM_RECONSTRUCTIONS])
 
 
 if __name__ == '__main__':
