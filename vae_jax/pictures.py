@@ -82,9 +82,10 @@ def write_pictures(
       out_dir: directory for the PNG files (created).
       model: the trained model (any model of the protocol).
       key: the pictures' key (a run's eval key, so pictures are comparable across steps).
-      images: [N, *event] examples (test split): inputs of the reconstructions, and the data of
-        the toy density.
-      labels: [N] int labels of those examples.
+      images: [M, *event] examples of the evaluated split, as model input: image data's first
+        `NUM_RECONSTRUCTIONS` rows are the reconstructions' inputs (the rest are not used, and
+        `picture_rows` passes only those), toy 2-D points all of the split (the density's data).
+      labels: [N] int labels of the split's examples (the first M are those of `images`).
       num_classes: labels of the samples cycle through 0 .. num_classes - 1 (conditional model).
       dynamic_binarize: show Bernoulli draws of the inputs, as the run saw them.
       has_labels: colour the latent scatter by label.
