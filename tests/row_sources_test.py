@@ -18,7 +18,7 @@ from absl.testing import absltest, parameterized
 from jax.experimental.compilation_cache import compilation_cache
 
 from configs import test as test_config
-from vae_jax import data, evaluate, input_transform, pictures, row_sources, trainer
+from vae_jax import data, evaluate, input_transform, pictures, row_sources, streaming, trainer
 
 _TFDS_DIR = Path(
     os.environ.get('TFDS_DATA_DIR') or Path(__file__).resolve().parents[2] / 'shared/data/tfds'
@@ -153,6 +153,37 @@ class NpzViewTest(parameterized.TestCase):
             row_sources.stored_split(config.input, 'test')
         config.input.num_test_examples, config.input.binarize = None, 'static'
         with self.assertRaisesRegex(ValueError, r"binarize='static'.*whole test split.*'device'"):
+            row_sources.stored_split(config.input, 'test')
+
+    def test_evaluation_streams_where_the_run_streams(self):
+        images = _random_images('uint8', (60, 3, 3, 1))
+        path = _write_npz(self.create_tempdir().full_path, images, images[:20])
+        config = _npz_config(path, 'auto')
+        for budget_gb, streamed in ((1e-7, True), (1.0, False)):  # The split is 540 bytes.
+            config.input.device_budget_gb = budget_gb
+            self.assertEqual(streaming.streams_from_files(config.input), streamed)
+            for split in ('train', 'test'):
+                got, num_train = row_sources.evaluation_split(
+                    config.input, split, stream=streaming.streams_from_files(config.input)
+                )
+                kind = row_sources.StoredRows if streamed else np.ndarray
+                self.assertIsInstance(got['image'], kind)
+                self.assertEqual(
+                    (len(got['image']), num_train), (60 if split == 'train' else 20, 60)
+                )
+        digits = test_config.get_config()
+        digits.input.pipeline = 'stream'  # Built in memory: streamed from its arrays, never files.
+        self.assertFalse(streaming.streams_from_files(digits.input))
+
+    def test_splits_stored_differently_are_refused_as_when_loaded(self):
+        images = _random_images('uint8', (10, 3, 3, 1))
+        test = (images / 255).astype(np.float32)
+        path = _write_npz(self.create_tempdir().full_path, images, test)
+        config = _npz_config(path)
+        message = r"'train_images' is uint8 but 'test_images' is float32; store both splits alike"
+        with self.assertRaisesRegex(ValueError, message):
+            data.get_datasets(config.input)
+        with self.assertRaisesRegex(ValueError, message):
             row_sources.stored_split(config.input, 'test')
 
     def test_loaded_test_split_of_a_compressed_file(self):

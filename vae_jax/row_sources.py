@@ -111,6 +111,12 @@ class FileSource:
             # As data_sources.read_npz: uint8 0..255; bool (read as 0/1) and float: 1.
             self._max_value = 255 if self._images.dtype == np.uint8 else 1
             headers = data_sources._npz_headers(input_config.path, resolved)
+            train, test = (headers[key][1] for key in data_sources.NPZ_IMAGE_KEYS)
+            if np.dtype(train).kind != np.dtype(test).kind:  # As data_sources.read_npz.
+                raise ValueError(
+                    f"{input_config.path}: 'train_images' is {train} but 'test_images' is "
+                    f'{test}; store both splits alike (uint8 0..255, or float in [0, 1]).'
+                )
             if f'{split}_labels' in headers:
                 with np.load(resolved, allow_pickle=False) as npz:
                     labels = npz[f'{split}_labels']
