@@ -10,6 +10,10 @@ the data set the config names from `--data_dir`, else `$TFDS_DATA_DIR`, else the
 Burda et al. (2016) (test NLL = -log p(x) estimated with k = 5000 importance samples; dynamic
 binarisation, if the run used it, draws each image once from the eval key), writes the metrics
 and the protocol into a JSON file in the run directory, prints a table, and writes pictures.
+Where the run's train split streams from files (`input.pipeline` 'stream', or 'auto' over
+`input.device_budget_gb`), the evaluated split is read from its files one batch at a time, so a
+test set larger than memory can be evaluated; elsewhere it is loaded (the test split without the
+train split). The numbers are the same either way.
 
 It never silently replaces a run's results: without `--output`, the results go into `eval.json`
 (keeping keys the trainer wrote there, such as its training speed) and the pictures into
