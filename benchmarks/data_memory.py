@@ -54,6 +54,7 @@ NUM_STEPS = 20
 NUM_EVAL_EXAMPLES = 200
 
 # Run in the child: read the process's own peak RSS (VmHWM, fresh at exec) when it exits.
+# argv: the file to write the peak to, the module to run, its arguments.
 _CHILD = """
 import atexit, runpy, sys
 def _report(path=sys.argv[1]):
@@ -61,8 +62,9 @@ def _report(path=sys.argv[1]):
         if line.startswith('VmHWM:'):
             open(path, 'w').write(line.split()[1])  # kB
 atexit.register(_report)
-sys.argv = ['vae_jax.train'] + sys.argv[2:]
-runpy.run_module('vae_jax.train', run_name='__main__', alter_sys=True)
+module = sys.argv[2]
+sys.argv = [module] + sys.argv[3:]
+runpy.run_module(module, run_name='__main__', alter_sys=True)
 """
 
 
@@ -102,6 +104,7 @@ def train_command(python: str, npz: Path, workdir: Path, pipeline: str | None) -
         '-c',
         _CHILD,
         str(workdir / 'vmhwm_kb'),
+        'vae_jax.train',
         '--config=configs/default.py',
         f'--workdir={workdir / "run"}',
         '--config.input.dataset=npz',

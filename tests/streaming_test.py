@@ -22,7 +22,7 @@ from absl.testing import absltest, parameterized
 from jax.experimental.compilation_cache import compilation_cache
 
 from configs import test as test_config
-from vae_jax import checkpoints, config_validation, data, streaming, trainer
+from vae_jax import checkpoints, config_validation, data, row_sources, streaming, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 _TFDS_DIR = Path(
@@ -153,12 +153,12 @@ class PipelineChoiceTest(parameterized.TestCase):
         _require_mnist(self)
         config = _mnist_config('device')
         train, test = data.get_datasets(config.input)
-        split, num_train = streaming.evaluation_split(config.input, 'test')
+        split, num_train = row_sources.evaluation_split(config.input, 'test')
         self.assertEqual(num_train, len(train['image']))  # 6,000: the truncation holds.
         np.testing.assert_array_equal(split['image'], test['image'])
         np.testing.assert_array_equal(split['label'], test['label'])
         config.input.num_train_examples = None
-        self.assertEqual(streaming.evaluation_split(config.input, 'test')[1], 60000)
+        self.assertEqual(row_sources.evaluation_split(config.input, 'test')[1], 60000)
 
 
 class NpzSourceTest(absltest.TestCase):
@@ -177,7 +177,7 @@ class NpzSourceTest(absltest.TestCase):
     def test_uncompressed_member_is_memory_mapped_with_the_stored_values(self):
         images = np.random.default_rng(0).integers(0, 256, (40, 6, 5, 2), np.uint8)
         path = self._write(np.savez, images)
-        mapped = streaming._npz_member(path, path, 'train_images')
+        mapped = row_sources.npz_member(path, path, 'train_images')
         self.assertIsInstance(mapped, np.memmap)
         np.testing.assert_array_equal(mapped, images)
         # The streamed rows equal the rows of the split data.get_datasets loads.
@@ -185,12 +185,12 @@ class NpzSourceTest(absltest.TestCase):
         config.input.dataset, config.input.path, config.input.pipeline = 'npz', path, 'stream'
         config.input.num_test_examples = 4
         train, test = data.get_datasets(config.input)
-        source = streaming.FileSource(config.input)
+        source = row_sources.FileSource(config.input)
         rows = np.array([7, 0, 39, 7, 12])
         got_images, got_labels = source.read(rows)
         np.testing.assert_array_equal(got_images, train['image'][rows])
         np.testing.assert_array_equal(got_labels, train['label'][rows])
-        streamed_test = streaming.load_test_split(config.input)
+        streamed_test = row_sources.load_test_split(config.input)
         np.testing.assert_array_equal(streamed_test['image'], test['image'])
         np.testing.assert_array_equal(streamed_test['label'], test['label'])
 
@@ -214,14 +214,14 @@ class NpzSourceTest(absltest.TestCase):
         with self.assertRaisesRegex(
             ValueError, r"'train_images' is compressed \(np\.savez_compressed\).*np\.savez"
         ):
-            streaming._npz_member(path, path, 'train_images')
+            row_sources.npz_member(path, path, 'train_images')
 
     def test_static_binarization_is_refused_with_the_alternatives(self):
         path = self._write(np.savez, np.zeros((4, 3, 3, 1), np.uint8))
         config = test_config.get_config()
         config.input.dataset, config.input.path, config.input.binarize = 'npz', path, 'static'
         with self.assertRaisesRegex(ValueError, r"binarize='static'.*'dynamic'.*'device'"):
-            streaming.FileSource(config.input)
+            row_sources.FileSource(config.input)
 
 
 class MnistStreamTest(absltest.TestCase):

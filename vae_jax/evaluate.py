@@ -10,6 +10,10 @@ the data set the config names from `--data_dir`, else `$TFDS_DATA_DIR`, else the
 Burda et al. (2016) (test NLL = -log p(x) estimated with k = 5000 importance samples; dynamic
 binarisation, if the run used it, draws each image once from the eval key), writes the metrics
 and the protocol into a JSON file in the run directory, prints a table, and writes pictures.
+Where the run's train split streams from files (`input.pipeline` 'stream', or 'auto' over
+`input.device_budget_gb`), the evaluated split is read from its files one batch at a time, so a
+test set larger than memory can be evaluated; elsewhere it is loaded (the test split without the
+train split). The numbers are the same either way.
 
 It never silently replaces a run's results: without `--output`, the results go into `eval.json`
 (keeping keys the trainer wrote there, such as its training speed) and the pictures into
@@ -33,7 +37,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import tqdm
 from absl import app, flags
 
@@ -42,6 +45,7 @@ from vae_jax import (
     cli,
     evaluation,
     input_transform,
+    row_sources,
     run_eval,
     run_files,
     streaming,
@@ -225,8 +229,10 @@ def evaluate(
     config = load_config(workdir)
     build.require_model(config, model, workdir)  # Before anything is read or written.
     with_data_dir(config, data_dir)
-    # The test split of a set in files is read alone (streaming.evaluation_split).
-    split_data, num_train = streaming.evaluation_split(config.input, split)
+    # The test split of a set in files is read alone; where the run streams, read batch by batch.
+    split_data, num_train = row_sources.evaluation_split(
+        config.input, split, stream=streaming.streams_from_files(config.input)
+    )
     # The training set size only matters to beta-TCVAE's held-out terms.
     parts = build.build(config, model=model, dataset_size=num_train)
     variables, step = trained.restore_variables(
@@ -284,7 +290,7 @@ def evaluate(
             workdir / images_dir,
             trained.TrainedModel(parts, variables, step),
             eval_key,
-            np.asarray(input_transform.to_model_input(images, input_spec)),
+            vae_pictures.picture_rows(images, input_spec),
             labels,
             **vae_pictures.config_options(config),
             posterior_means=vae_pictures.posterior_means(per_example),

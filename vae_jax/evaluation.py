@@ -399,6 +399,9 @@ def evaluate_dataset(
       key: evaluation key (a fixed eval key makes runs comparable).
       images: [N, *event] float data in the likelihood's support ([0, 1] grey values when
         `dynamic_binarize`); with `input_spec`, [N, ...] rows as stored (uint8, bool, float32).
+        An array, a memmap or a lazy view of stored rows (`row_sources.StoredRows`) is read one
+        batch at a time (each row once), so a split need not fit in memory; anything else (a
+        list) is converted with np.asarray first.
       labels: [N] int32, or None for unconditional models (bind then gets y=None).
       bind: y -> (encode, decode) (the losses contract; eval mode, parameters bound), or, when
         `variables` is given, (variables, y) -> (encode, decode); None with `model_fn`.
@@ -436,7 +439,8 @@ def evaluate_dataset(
         raise ValueError('evaluate_dataset needs exactly one of bind and model_fn')
     if model_fn is None:
         model_fn = one_layer_model_fn(bind, variables is not None)
-    images = np.asarray(images)
+    if not _is_array_like(images):
+        images = np.asarray(images)  # A list, say; arrays and views are read batch by batch.
     n = images.shape[0]
     if n == 0:
         raise ValueError('evaluate_dataset got an empty data set')
@@ -473,7 +477,9 @@ def evaluate_dataset(
             variables,
             key,
             jnp.asarray(idx, jnp.int32),
-            jnp.asarray(images[idx], jnp.float32 if input_spec is None else None),
+            jnp.asarray(
+                _batch_rows(images, start, batch_size), jnp.float32 if input_spec is None else None
+            ),
             None if labels is None else jnp.asarray(np.asarray(labels)[idx], jnp.int32),
         )
         # Fetch the previous batch only after dispatching this one, to keep the device busy.
@@ -486,6 +492,25 @@ def evaluate_dataset(
     if return_per_example:
         summary['per_example'] = per_example
     return summary
+
+
+def _is_array_like(images: Any) -> bool:
+    """An np.ndarray (a memmap too), or a view with shape, dtype and slicing (`StoredRows`)."""
+    return isinstance(images, np.ndarray) or all(
+        hasattr(images, name) for name in ('shape', 'dtype', '__getitem__', '__array__')
+    )
+
+
+def _batch_rows(images: Any, start: int, batch_size: int) -> np.ndarray:
+    """Rows start .. start + batch_size - 1, the last one repeated past the end: `images[idx]`.
+
+    Only these rows are read (a slice of a memmap or a `row_sources.StoredRows` view, then
+    `np.asarray`), and each row once; the values equal `images[np.minimum(idx, n - 1)]`.
+    """
+    rows = np.asarray(images[start : start + batch_size])
+    if len(rows) < batch_size:
+        rows = np.concatenate([rows, np.repeat(rows[-1:], batch_size - len(rows), axis=0)])
+    return rows
 
 
 @functools.cache

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vae_jax import data, evaluation, plots, steps, trained, traversals
+from vae_jax import data, evaluation, input_transform, plots, steps, trained, traversals
 
 # The model density of a 2-D toy set: a TOY_GRID x TOY_GRID grid, TOY_DENSITY_K importance
 # samples per point (log p(x) of these models is within ~0.01 nats at k = 100).
@@ -82,9 +82,10 @@ def write_pictures(
       out_dir: directory for the PNG files (created).
       model: the trained model (any model of the protocol).
       key: the pictures' key (a run's eval key, so pictures are comparable across steps).
-      images: [N, *event] examples (test split): inputs of the reconstructions, and the data of
-        the toy density.
-      labels: [N] int labels of those examples.
+      images: [M, *event] examples of the evaluated split, as model input: image data's first
+        `NUM_RECONSTRUCTIONS` rows are the reconstructions' inputs (the rest are not used, and
+        `picture_rows` passes only those), toy 2-D points all of the split (the density's data).
+      labels: [N] int labels of the split's examples (the first M are those of `images`).
       num_classes: labels of the samples cycle through 0 .. num_classes - 1 (conditional model).
       dynamic_binarize: show Bernoulli draws of the inputs, as the run saw them.
       has_labels: colour the latent scatter by label.
@@ -190,6 +191,21 @@ def write_pictures(
     if metrics_path is not None and metrics_path.is_file() and metrics_path.stat().st_size:
         draw('training_curves', lambda p: plots.training_curves(metrics_path, p))
     return pictures
+
+
+def picture_rows(images: Any, input_spec: input_transform.InputSpec) -> np.ndarray:
+    """The evaluated split's rows that `write_pictures` draws, as float32 model input.
+
+    Images: the first `NUM_RECONSTRUCTIONS` rows only (all the pictures read), so a split read
+    from files (`row_sources.StoredRows`) is not read whole; toy 2-D points: all (the density).
+
+    Args:
+      images: [N, H, W, C] or [N, 2] stored rows (an array or a `StoredRows` view).
+      input_spec: how stored rows become model input (`input_transform.spec_from`).
+    """
+    if images.ndim == 4:
+        images = images[:NUM_RECONSTRUCTIONS]
+    return np.asarray(input_transform.to_model_input(np.asarray(images), input_spec))
 
 
 def posterior_means(per_example: dict[str, np.ndarray]) -> np.ndarray | None:

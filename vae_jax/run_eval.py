@@ -153,7 +153,8 @@ def objective_terms(
       parts: the model (`build.build`).
       variables: {'params', optional 'batch_stats'}.
       eval_key: the run's evaluation key.
-      images: [N, ...] as stored; labels: [N].
+      images: [N, ...] as stored (an array, or a `row_sources.StoredRows` view: each batch's
+        rows are read when it is evaluated); labels: [N].
       step: the optimizer step the objective sees (AnnealedVAE's capacity C(step)).
       input_spec: how stored rows become model input, converted in the jitted call; None:
         `images` are float model input already.
@@ -188,7 +189,11 @@ def objective_terms(
 
 
 def _batch_rows(images: np.ndarray, input_spec: input_transform.InputSpec | None) -> jax.Array:
-    """A batch as the jitted call takes it: as stored with a spec, else float32 model input."""
+    """A batch as the jitted call takes it: as stored with a spec, else float32 model input.
+
+    `images` may be a slice of a lazy view (`row_sources.StoredRows`): np.asarray reads it.
+    """
+    images = np.asarray(images)
     return jnp.asarray(images) if input_spec is not None else jnp.asarray(images, jnp.float32)
 
 

@@ -24,7 +24,9 @@ part of each global batch (`local_rows`), and the global batch is assembled from
 parts with `jax.make_array_from_process_local_data`.
 
 The rows a reader delivers are the STORED rows, as the device path's gather produces them from
-the split `data.get_datasets` returns, so one step serves both pipelines.
+the split `data.get_datasets` returns, so one step serves both pipelines. The row sources and the
+test split's lazy view live in vae_jax/row_sources.py: when the train split streams from files,
+the test split does too (a `StoredRows` view, evaluated one batch at a time).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from __future__ import annotations
 import functools
 import math
 import threading
-import zipfile
 from typing import Any
 
 import jax
@@ -42,7 +43,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import backends, batches, data, data_sources, steps
+from vae_jax import backends, batches, data, data_sources, row_sources, steps
+from vae_jax.row_sources import ArraySource, FileSource
 
 # Grain's read-ahead: threads that read steps in parallel, and the most bytes of read-ahead rows
 # held (at least one step, at most 2 * steps_per_call steps).
@@ -67,6 +69,21 @@ def choose_pipeline(input_config: ml_collections.ConfigDict, train_bytes: int | 
     return 'device' if train_bytes is None or train_bytes <= budget else 'stream'
 
 
+def streams_from_files(input_config: ml_collections.ConfigDict) -> bool:
+    """Whether a set stored in files streams: `input.pipeline` resolved without reading its rows.
+
+    'stream', or 'auto' over `input.device_budget_gb` (`choose_pipeline`), for an npz or TFDS
+    set. Training then streams the train split and evaluates the test split as a
+    `row_sources.StoredRows` view (`load_splits`), and `vae_jax.evaluate` reads its split the
+    same way; a set built in memory never does (it is loaded whole anyway).
+    """
+    if input_config.get('pipeline', 'device') == 'device':
+        return False
+    if not row_sources.from_files(input_config.dataset):
+        return False
+    return choose_pipeline(input_config, train_split_bytes(input_config)) == 'stream'
+
+
 def train_split_bytes(input_config: ml_collections.ConfigDict) -> int | None:
     """Bytes of the train split on the device, from file headers (None: a set built in memory).
 
@@ -74,9 +91,9 @@ def train_split_bytes(input_config: ml_collections.ConfigDict) -> int | None:
     builder's info, without reading images: examples x one example's size as stored on device.
     """
     name = input_config.dataset
-    if not _from_files(name):
+    if not row_sources.from_files(name):
         return None
-    count = _num_train_records(input_config)
+    count = row_sources.num_records(input_config, 'train')
     if input_config.num_train_examples is not None:
         count = min(count, input_config.num_train_examples)
     # The model's shape (padded with pad_to_32): an upper bound on the stored (unpadded) rows.
@@ -92,157 +109,6 @@ def _stored_itemsize(input_config) -> int:
     return _DEVICE_ITEMSIZE
 
 
-def _from_files(name: str) -> bool:
-    return name == data.NPZ or name in data.TFDS_DATASETS or name.startswith(data.TFDS_PREFIX)
-
-
-def _num_train_records(input_config) -> int:
-    if input_config.dataset == data.NPZ:
-        resolved = data_sources.resolve_npz_path(input_config.path)
-        return _npz_member(input_config.path, resolved, 'train_images').shape[0]
-    name = input_config.dataset.removeprefix(data.TFDS_PREFIX)
-    builder = data_sources.tfds_builder(name, data.resolve_data_dir(input_config.data_dir))
-    if not builder.is_prepared():
-        data_dir = data.resolve_data_dir(input_config.data_dir)
-        raise FileNotFoundError(data_sources.not_prepared_message(name, builder, data_dir))
-    return builder.info.splits['train'].num_examples
-
-
-class ArraySource:
-    """Rows of arrays held in memory (the sets built in code, or any loaded split)."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
-        self.data_shape = tuple(images.shape[1:])
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """rows [b] int -> (images [b, *data_shape], labels [b] int32), as stored."""
-        return self.images[rows], self.labels[rows]
-
-
-class FileSource:
-    """Rows of a TFDS split (`tfds.data_source`) or of a memory-mapped `.npz` member.
-
-    Each read converts the stored rows (uint8 / bool / float files) into the stored rows of the
-    device path (`data.get_datasets`: scaled to [0, 1], padded) with the same function, so the
-    two pipelines hold the same bits.
-    """
-
-    def __init__(self, input_config: ml_collections.ConfigDict, likelihood: str | None = None):
-        self.input_config, self.likelihood = input_config, likelihood
-        name = input_config.dataset
-        if input_config.binarize == 'static' and name != 'binarized_mnist':
-            raise ValueError(
-                "config.input.binarize='static' draws one binarisation over the whole train "
-                "split when it is loaded, which input.pipeline='stream' never does; allowed "
-                "with 'stream': binarize='dynamic' (a fresh draw at every use, the IWAE "
-                "protocol) or 'none', or input.pipeline='device'"
-            )
-        if name == data.NPZ:
-            resolved = data_sources.resolve_npz_path(input_config.path)
-            self._images = _npz_member(input_config.path, resolved, 'train_images')
-            # As data_sources.read_npz: uint8 0..255; bool (read as 0/1) and float: 1.
-            self._max_value = 255 if self._images.dtype == np.uint8 else 1
-            headers = data_sources._npz_headers(input_config.path, resolved)
-            if 'train_labels' in headers:
-                with np.load(resolved, allow_pickle=False) as npz:
-                    labels = npz['train_labels']
-                self._labels = data_sources._check_labels(input_config.path, 'train_labels', labels)
-            else:
-                self._labels = np.zeros((len(self._images),), np.int64)
-            self._tfds = None
-            self._length = len(self._images)
-        else:
-            import tensorflow_datasets as tfds  # Slow to import; only the TFDS sets need it.
-
-            tfds_name = name.removeprefix(data.TFDS_PREFIX)
-            data_dir = data.resolve_data_dir(input_config.data_dir)
-            num_classes = data.dataset_info(input_config)['num_classes']
-            if name in data.TFDS_DATASETS:
-                self._has_labels = data.dataset_info(name)['has_labels']
-                self._max_value = data._TFDS_MAX_VALUE[name]
-            else:
-                self._has_labels, self._max_value = num_classes > 0, 255
-            _num_train_records(input_config)  # A missing data set: the message saying where.
-            self._tfds = tfds.data_source(
-                tfds_name, split='train', data_dir=data_dir, download=False
-            )
-            self._length = len(self._tfds)
-        if input_config.num_train_examples is not None:
-            if input_config.num_train_examples > self._length:
-                raise ValueError(
-                    f'input.num_train_examples={input_config.num_train_examples} exceeds the '
-                    f'{self._length} examples of the {data._describe(input_config)} train split.'
-                )
-            self._length = input_config.num_train_examples
-        self.data_shape = data.data_shape(input_config)
-
-    def __len__(self) -> int:
-        return self._length
-
-    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """rows [b] int -> (images float32 [b, *data_shape], labels [b] int32), as on device."""
-        config = self.input_config
-        if self._tfds is None:
-            # Fancy indexing of a memmap reads just these rows; sorted, the reads run forward.
-            order = np.argsort(rows, kind='stable')
-            images = np.empty((len(rows), *self._images.shape[1:]), self._images.dtype)
-            images[order] = self._images[rows[order]]
-            images = data_sources._check_images(config.path, 'train_images', images)
-            labels = self._labels[rows]
-        else:
-            records = self._tfds.__getitems__([int(r) for r in rows])
-            images = np.stack([r['image'] for r in records])
-            labels = np.asarray([r['label'] if self._has_labels else 0 for r in records], np.int64)
-        images = data._stored_images(
-            images, self._max_value, config, seed=data._STATIC_BINARIZE_SEED['train']
-        )
-        if self.likelihood is not None and config.binarize == 'none':
-            data._check_support(self.likelihood, images, self._max_value, config, 'train')
-        return images, labels.astype(np.int32)
-
-
-def _npz_member(path: str, resolved: str, key: str) -> np.ndarray:
-    """The array `key` of an uncompressed `.npz`, memory-mapped (read-only, no rows read).
-
-    `np.load(..., mmap_mode='r')` memory-maps `.npy` files only; for an `.npz` it ignores
-    mmap_mode and reads each member whole. An uncompressed member (np.savez) is a plain `.npy`
-    at an offset inside the zip file, so it is mapped there; a compressed member (np.savez_
-    compressed) has no such bytes to map.
-
-    Raises:
-      ValueError: the member is compressed, naming the file, the key and what to do.
-    """
-    member = f'{key}.npy'
-    with zipfile.ZipFile(resolved) as archive:
-        info = archive.getinfo(member)
-    if info.compress_type != zipfile.ZIP_STORED:
-        raise ValueError(
-            f"{path}: {key!r} is compressed (np.savez_compressed), and input.pipeline='stream' "
-            'reads the train split row by row from a memory map, which needs it stored '
-            "uncompressed; allowed: save the file with np.savez, or input.pipeline='device' "
-            '(reads the whole file into memory)'
-        )
-    with open(resolved, 'rb') as f:
-        f.seek(info.header_offset)
-        local = f.read(30)  # The zip local file header: its name and extra field follow.
-        name_len = int.from_bytes(local[26:28], 'little')
-        extra_len = int.from_bytes(local[28:30], 'little')
-        f.seek(info.header_offset + 30 + name_len + extra_len)
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        offset = f.tell()
-    return np.memmap(
-        resolved, dtype=dtype, mode='r', shape=shape, order='F' if fortran else 'C', offset=offset
-    )
-
-
 def load_splits(
     input_config: ml_collections.ConfigDict, likelihood: str | None = None
 ) -> tuple[str, dict[str, np.ndarray] | None, dict[str, np.ndarray], Any]:
@@ -254,14 +120,12 @@ def load_splits(
 
     Returns:
       (pipeline 'device' | 'stream', train split {'image', 'label'} or None when streamed from
-       files, test split, train row source or None for 'device').
+       files, test split (its 'image' a `row_sources.StoredRows` view when streamed from files),
+       train row source or None for 'device').
     """
-    pipeline = input_config.get('pipeline', 'device')
-    if pipeline != 'device' and _from_files(input_config.dataset):
-        pipeline = choose_pipeline(input_config, train_split_bytes(input_config))
-        if pipeline == 'stream':
-            source = FileSource(input_config, likelihood)
-            return pipeline, None, load_test_split(input_config, likelihood), source
+    if streams_from_files(input_config):
+        source = FileSource(input_config, likelihood)
+        return 'stream', None, row_sources.stored_split(input_config, 'test', likelihood), source
     train, test = data.get_datasets(input_config, likelihood=likelihood)
     pipeline = choose_pipeline(input_config, train['image'].nbytes)
     source = ArraySource(train['image'], train['label']) if pipeline == 'stream' else None
@@ -280,73 +144,10 @@ def open_train_source(
       likelihood: `model.likelihood`, for the support check of each read (binarize='none').
       train_data: the loaded train split of a set built in memory ({'image', 'label'}).
     """
-    if _from_files(input_config.dataset):
+    if row_sources.from_files(input_config.dataset):
         return FileSource(input_config, likelihood)
     assert train_data is not None, 'a set built in memory streams from its loaded arrays'
     return ArraySource(train_data['image'], train_data['label'])
-
-
-def load_test_split(
-    input_config: ml_collections.ConfigDict, likelihood: str | None = None
-) -> dict[str, np.ndarray]:
-    """The test split as `data.get_datasets` returns it, without reading the train split's rows.
-
-    TFDS sets: `get_datasets` with one train record. `npz`: the test member (memory-mapped,
-    then read) through the same checks and preprocessing.
-    """
-    if input_config.dataset != data.NPZ:
-        config = ml_collections.ConfigDict(input_config.to_dict())
-        config.num_train_examples = 1
-        return data.get_datasets(config, likelihood=likelihood)[1]
-    path = input_config.path
-    resolved = data_sources.resolve_npz_path(path)
-    stored = _npz_member(path, resolved, 'test_images')
-    limit = input_config.num_test_examples
-    if limit is not None and limit > len(stored):
-        raise ValueError(
-            f'input.num_test_examples={limit} exceeds the {len(stored)} examples of the '
-            f'{data._describe(input_config)} test split.'
-        )
-    stored = stored[:limit]
-    images = data_sources._check_images(path, 'test_images', np.asarray(stored))
-    max_value = 255 if stored.dtype == np.uint8 else 1
-    images = data._stored_images(
-        images, max_value, input_config, seed=data._STATIC_BINARIZE_SEED['test']
-    )
-    if likelihood is not None and input_config.binarize == 'none':
-        data._check_support(likelihood, images, max_value, input_config, 'test')
-    headers = data_sources._npz_headers(path, resolved)
-    labels = np.zeros((len(images),), np.int64)
-    if 'test_labels' in headers:
-        with np.load(resolved, allow_pickle=False) as npz:
-            labels = data_sources._check_labels(path, 'test_labels', npz['test_labels'])
-        labels = labels[: len(images)]
-    return {'image': images, 'label': labels.astype(np.int32)}
-
-
-def evaluation_split(
-    input_config: ml_collections.ConfigDict, split: str
-) -> tuple[dict[str, np.ndarray], int]:
-    """One split for evaluation, and the number of training examples.
-
-    The test split of a set stored in files is read without the train split (its size comes
-    from the file headers or the TFDS builder's info), so evaluating a model of a large data set
-    holds only the test split; its arrays equal `data.get_datasets`'s.
-
-    Args:
-      input_config: `config.input`.
-      split: 'test' or 'train'.
-
-    Returns:
-      ({'image', 'label'} of `split`, as `data.get_datasets` returns it; num_train_examples).
-    """
-    if split == 'test' and _from_files(input_config.dataset):
-        count = _num_train_records(input_config)
-        if input_config.num_train_examples is not None:
-            count = min(count, input_config.num_train_examples)
-        return load_test_split(input_config), count
-    train, test = data.get_datasets(input_config)
-    return (test if split == 'test' else train), len(train['image'])
 
 
 def local_rows(batch_sharding: NamedSharding, batch_size: int) -> slice:
