@@ -29,6 +29,7 @@ from vae_jax import (
     optim,
     run_eval,
     run_files,
+    sharded_data,
     steps,
     streaming,
     writers,
@@ -53,9 +54,14 @@ class Run:
         self.config = config
         # With binarize='none', checks the likelihood's support, naming the file or data set.
         # input.pipeline: 'device' holds train_data; 'stream' reads train_source's rows per step
-        # (vae_jax/streaming.py), and train_data is None when they come from files.
+        # (vae_jax/streaming.py), and train_data is None when they come from files. On several
+        # devices 'device' shards the split (vae_jax/sharded_data.py); with several processes,
+        # each then reads its own rows from train_source and train_data is None too.
         self.pipeline, self.train_data, self.test_data, self.train_source = streaming.load_splits(
-            config.input, likelihood=config.model.likelihood
+            config.input,
+            likelihood=config.model.likelihood,
+            num_devices=jax.device_count(),
+            num_processes=jax.process_count(),
         )
         # Images stay as stored (uint8/bool) in both pipelines; each jitted step converts its
         # batch (input_transform.to_model_input).
@@ -72,6 +78,7 @@ class Run:
                 f'{num_train} training examples of {config.input.dataset!r}; '
                 f'allowed: <= {num_train}'
             )
+        self.num_train = num_train
         self.steps_per_epoch = num_train // config.input.batch_size
         self.parts = build.build(config, self.data_shape, model, dataset_size=num_train)
         self.static, self.model = self.parts.static, self.parts.model
@@ -93,6 +100,8 @@ class Run:
         # batch split along the mesh's 'data' axis (B / num_devices examples per device).
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P('data'))
+        # On several devices each holds ceil(N / D) rows of the split, not all N.
+        self.shard_train = self.pipeline == 'device' and num_devices > 1
 
     def create_train_state(self) -> steps.TrainState:
         """Initialises parameters (and BatchNorm statistics) from `init_key`, replicated."""
@@ -115,9 +124,25 @@ class Run:
 
     @functools.cached_property
     def chunk_fn(self) -> Callable[..., Any]:
-        """The jitted multi-step call; one compile per distinct `num_steps`."""
+        """The jitted multi-step call; one compile per distinct `num_steps`.
+
+        Takes the train split as `device_split()` puts it: on several devices the sharded
+        split's chunk (`sharded_data.train_chunk`), else `chunk_body`.
+        """
+        body = self.chunk_body
+        if self.shard_train:
+            body = functools.partial(
+                sharded_data.train_chunk,
+                num_examples=self.num_train,
+                batch_size=self.config.input.batch_size,
+                loop=self.config.loop,
+                static=self.static,
+                mesh=self.mesh,
+                batch_sharding=self.batch_sharding,
+                input_spec=self.input_spec,
+            )
         return jax.jit(
-            self.chunk_body,
+            body,
             static_argnames=('num_steps',),
             donate_argnums=(0, 1),
             compiler_options=backends.compiler_options(backends.model_family(self.config)),
@@ -125,8 +150,30 @@ class Run:
 
     @functools.cached_property
     def permutation_fn(self) -> Callable[[jax.Array], jax.Array]:
-        num = self.train_data['image'].shape[0]
+        num = self.num_train
         return jax.jit(lambda epoch: steps.epoch_permutation(self.data_key, epoch, num))
+
+    def device_split(self, sharded: bool | None = None) -> tuple[jax.Array, jax.Array]:
+        """The train split on the devices, as `chunk_fn` (sharded) or `chunk_body` takes it.
+
+        Args:
+          sharded: None: `shard_train`. True: `sharded_data.put_split` (ceil(N / D) rows a
+            device, each process reading its own rows only). False: all N rows on every device
+            (the vectorised sweep's `chunk_body`).
+
+        Returns:
+          (images [N or D * ceil(N / D), ...] as stored, labels [...] int32).
+        """
+        if self.shard_train if sharded is None else sharded:
+            return sharded_data.put_split(self.train_rows, self.num_train, self.mesh)
+        images, labels = self.train_rows(0, self.num_train)
+        return jax.device_put(images, self.replicated), jax.device_put(labels, self.replicated)
+
+    def train_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored train rows start .. stop - 1: (images [n, ...], labels [n] int32)."""
+        if self.train_data is not None:
+            return self.train_data['image'][start:stop], self.train_data['label'][start:stop]
+        return self.train_source.read(np.arange(start, stop))
 
     def variables(self, state: steps.TrainState) -> dict[str, Any]:
         variables = {'params': state.params}

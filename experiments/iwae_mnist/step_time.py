@@ -51,8 +51,8 @@ def time_program(config, num_rows: int, k: int, num_steps: int, repeats: int) ->
         configs[f'seed{seed}'] = c
     runs = list(k_sweep.row_runs(configs).values())
     base = runs[0]
-    images = jax.device_put(base.train_data['image'], base.replicated)
-    labels = jax.device_put(base.train_data['label'], base.replicated)
+    # As the trainer: sharded over several devices for chunk_fn, replicated for the vmapped call.
+    images, labels = base.device_split(base.shard_train and num_rows == 1)
     epoch = jnp.zeros((), jnp.int32)
     betas = jnp.ones((num_rows,), jnp.float32)
     if num_rows == 1:
