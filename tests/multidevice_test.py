@@ -296,7 +296,8 @@ class ProcessShardTest(absltest.TestCase):
             path,
             train_images=rng.integers(0, 256, (self.NUM_EXAMPLES, 8, 8, 1), dtype=np.uint8),
             train_labels=rng.integers(0, 10, (self.NUM_EXAMPLES,)),
-            test_images=rng.integers(0, 256, (50, 8, 8, 1), dtype=np.uint8),
+            test_images=rng.integers(0, 256, (100, 8, 8, 1), dtype=np.uint8),
+            test_labels=rng.integers(0, 10, (100,)),
         )
         flags = (*_FLAGS, '--config.input.dataset=npz', f'--config.input.path={path}')
         config = _config()
