@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import batches, input_transform, steps
+from vae_jax import batches, input_transform, steps, streaming
 
 Array = jax.Array
 # (start, stop) -> (images [stop - start, ...], labels [stop - start] int32): stored rows.
@@ -182,6 +182,9 @@ def train_chunk(
 ) -> tuple[steps.TrainState, Array, Array, dict[str, Array]]:
     """`steps.train_chunk` over a split sharded by `put_split`: same steps, same batches.
 
+    The gathered rows go through the streamed pipeline's loop (`streaming.train_chunk_rows`),
+    which receives them in the same layout.
+
     Args:
       train_images: [D * ceil(N / D), ...] stored rows, sharded P('data') (`put_split`).
       train_labels: [D * ceil(N / D)] int32, sharded alike.
@@ -195,11 +198,11 @@ def train_chunk(
     idx, perm, perm_epoch = batches.chunk_indices(
         state.step, perm, perm_epoch, data_key, num_examples, num_steps, batch_size
     )
-    rows = gather_rows((train_images, train_labels), idx, mesh)
-    state, sums = steps.train_steps(
+    images, labels = gather_rows((train_images, train_labels), idx, mesh)
+    state, sums = streaming.train_chunk_rows(
         state,
-        rows,
-        lambda batch: batch,
+        images,
+        labels,
         loop_key,
         beta,
         num_steps=num_steps,

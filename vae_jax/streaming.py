@@ -43,7 +43,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import backends, batches, data, data_sources, sharded_data, steps
+from vae_jax import backends, batches, data, data_sources, steps
 
 # Grain's read-ahead: threads that read steps in parallel, and the most bytes of read-ahead rows
 # held (at least one step, at most 2 * steps_per_call steps).
@@ -83,7 +83,7 @@ def train_split_bytes(input_config: ml_collections.ConfigDict, num_devices: int 
     if input_config.num_train_examples is not None:
         count = min(count, input_config.num_train_examples)
     # The model's shape (padded with pad_to_32): an upper bound on the stored (unpadded) rows.
-    count = sharded_data.rows_per_device(count, num_devices)
+    count = -(-count // num_devices)  # ceil: the rows one device holds
     return count * math.prod(data.data_shape(input_config)) * _stored_itemsize(input_config)
 
 
@@ -278,7 +278,7 @@ def load_splits(
         source = FileSource(input_config, likelihood)
         return pipeline, None, load_test_split(input_config, likelihood), source
     train, test = data.get_datasets(input_config, likelihood=likelihood)
-    rows = sharded_data.rows_per_device(len(train['image']), num_devices)
+    rows = -(-len(train['image']) // num_devices)  # ceil: the rows one device holds
     pipeline = choose_pipeline(input_config, rows * train['image'][:1].nbytes)
     source = ArraySource(train['image'], train['label']) if pipeline == 'stream' else None
     return pipeline, train, test, source
