@@ -20,7 +20,7 @@ import pytest
 from absl.testing import absltest, parameterized
 
 from configs import test as test_config
-from vae_jax import checkpoints, train, trainer
+from vae_jax import checkpoints, sweep, train, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,6 +115,35 @@ cli.run(train.main)  # As `python -m vae_jax.train`.
 """
 )
 
+
+# A vectorised sweep of two betas on every device of this process, recording how the train split
+# is held (vae_jax/sharded_data.py).
+_FOUR_DEVICE_SWEEP = (
+    _PRELUDE
+    + r"""
+from pathlib import Path
+
+from configs import test as test_config
+from vae_jax import sharded_data, sweep
+
+held = []
+original = sharded_data.put_split
+
+
+def put_split(*args, **kwargs):
+    images, labels = original(*args, **kwargs)
+    held.append(sorted(list(s.data.shape) for s in images.addressable_shards))
+    return images, labels
+
+
+sharded_data.put_split = put_split
+config = test_config.get_config()
+config.num_train_steps, config.eval_k_samples = 6, (1,)  # As _config() in the test.
+config.sweep.beta = sys.argv[2]
+sweep.train_and_evaluate(config, sys.argv[1])
+Path(sys.argv[1], 'held.json').write_text(json.dumps(held))
+"""
+)
 
 # As _CLI, recording the row indices this process reads from the data set's files.
 _CLI_COUNTING_READS = (
@@ -270,6 +299,28 @@ class DataParallelTest(absltest.TestCase):
             r'allowed: a multiple of 4',
         )
         self.assert_same_run(workdir)
+
+    @pytest.mark.slow
+    def test_four_devices_train_a_sweep_on_the_sharded_split_as_one_device(self):
+        root = Path(self.create_tempdir().full_path)
+        config, betas = _config(), '0.5,2'
+        config.sweep.beta = betas
+        expected = sweep.train_and_evaluate(config, root / 'one_device')
+        proc = subprocess.run(
+            [sys.executable, '-c', _FOUR_DEVICE_SWEEP, str(root / 'four_devices'), betas],
+            cwd=REPO,
+            env=_env(4),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        # The vmapped chunk gathers from the split sharded as for one model: 360 rows a device.
+        held = json.loads((root / 'four_devices' / 'held.json').read_text())
+        self.assertEqual(held, [[[360, 8, 8, 1]] * 4])
+        self.assertLen(expected, 2)
+        for name in expected:
+            _assert_same_run(self, root / 'four_devices' / name, root / 'one_device' / name)
 
     @pytest.mark.slow
     def test_two_processes_of_two_devices_match_one_device(self):

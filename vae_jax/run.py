@@ -113,36 +113,32 @@ class Run:
     @property
     def chunk_body(self) -> Callable[..., Any]:
         """`steps.train_chunk` with this run's static settings, not jitted (the sweep vmaps it)."""
-        return functools.partial(
-            steps.train_chunk,
+        return self.chunk_with(self.static)
+
+    def chunk_with(self, static: steps.StepConfig) -> Callable[..., Any]:
+        """The chunk body with `static` as its step configuration (vae_jax/k_sweep.py's rows).
+
+        It takes the train split as `device_split()` puts it: on several devices the sharded
+        split's chunk (`sharded_data.train_chunk`), else `steps.train_chunk`.
+        """
+        settings = dict(
             batch_size=self.config.input.batch_size,
             loop=self.config.loop,
-            static=self.static,
+            static=static,
             batch_sharding=self.batch_sharding,
             input_spec=self.input_spec,
         )
+        if self.shard_train:
+            return functools.partial(
+                sharded_data.train_chunk, num_examples=self.num_train, mesh=self.mesh, **settings
+            )
+        return functools.partial(steps.train_chunk, **settings)
 
     @functools.cached_property
     def chunk_fn(self) -> Callable[..., Any]:
-        """The jitted multi-step call; one compile per distinct `num_steps`.
-
-        Takes the train split as `device_split()` puts it: on several devices the sharded
-        split's chunk (`sharded_data.train_chunk`), else `chunk_body`.
-        """
-        body = self.chunk_body
-        if self.shard_train:
-            body = functools.partial(
-                sharded_data.train_chunk,
-                num_examples=self.num_train,
-                batch_size=self.config.input.batch_size,
-                loop=self.config.loop,
-                static=self.static,
-                mesh=self.mesh,
-                batch_sharding=self.batch_sharding,
-                input_spec=self.input_spec,
-            )
+        """The jitted multi-step call; one compile per distinct `num_steps`."""
         return jax.jit(
-            body,
+            self.chunk_body,
             static_argnames=('num_steps',),
             donate_argnums=(0, 1),
             compiler_options=backends.compiler_options(backends.model_family(self.config)),
@@ -157,9 +153,9 @@ class Run:
         """The train split on the devices, as `chunk_fn` (sharded) or `chunk_body` takes it.
 
         Args:
-          sharded: None: `shard_train`. True: `sharded_data.put_split` (ceil(N / D) rows a
-            device, each process reading its own rows only). False: all N rows on every device
-            (the vectorised sweep's `chunk_body`).
+          sharded: None: `shard_train`, as the chunk takes it. True: `sharded_data.put_split`
+            (ceil(N / D) rows a device, each process reading its own rows only). False: all N
+            rows on every device (for `steps.train_chunk` called directly).
 
         Returns:
           (images [N or D * ceil(N / D), ...] as stored, labels [...] int32).

@@ -231,8 +231,8 @@ def train_models(
         vectorised = len(active) > 1
         if base.pipeline == 'stream':  # The reader below reads each step's rows (streaming.py).
             train_images = train_labels = None
-        else:  # Sharded over several devices, except for the sweep's vmapped chunk_body.
-            train_images, train_labels = base.device_split(base.shard_train and not vectorised)
+        else:  # Sharded along examples over several devices (vae_jax/sharded_data.py).
+            train_images, train_labels = base.device_split()
         epoch = jnp.asarray(step // base.steps_per_epoch, jnp.int32)
         if vectorised:
             state = jax.device_put(stack_states(states), base.replicated)
