@@ -79,6 +79,17 @@ for num_devices in (2, 4):
         lambda i, s: s[i], out_shardings=NamedSharding(mesh, P(None, 'data'))
     ).lower(jnp.asarray(idx), split[0]).compile().as_text()
     out[f'naive_{num_devices}'] = all_gathers(naive)
+    # vmapped over a leading model axis of the indices, as the vectorised sweep calls it.
+    models_idx = jnp.asarray(rng.integers(0, N, (2, S, B)).astype(np.int32))
+    vmapped = jax.jit(jax.vmap(
+        lambda i, s, l: sharded_data.gather_rows((s, l), i, mesh), in_axes=(0, None, None)))
+    got_images, _ = vmapped(models_idx, *split)  # The last split of the loop: float32 rows.
+    want = images[np.asarray(models_idx)]
+    out[f'vmapped_{num_devices}'] = {
+        'images_equal': bool(np.array_equal(
+            np.asarray(got_images).view(np.uint32), want.view(np.uint32))),
+        'all_gathers': all_gathers(vmapped.lower(models_idx, *split).compile().as_text()),
+    }
 print(json.dumps(out))
 """
 
@@ -122,6 +133,13 @@ class GatherTest(parameterized.TestCase):
         self.assertEqual(case['spec'], [None, 'data'])
         # No all-gather of the split: the rows cross devices in a reduce-scatter of the batch.
         self.assertEqual(_data_sized(case['all_gathers'], block * num_devices), [])
+
+    @parameterized.parameters(2, 4)
+    def test_vmapped_gather_is_the_rows_without_all_gather(self, num_devices):
+        case = self.out[f'vmapped_{num_devices}']  # float32 rows, two models' indices
+        self.assertTrue(case['images_equal'])
+        padded = math.ceil(10 / num_devices) * num_devices
+        self.assertEqual(_data_sized(case['all_gathers'], padded), [])
 
     @parameterized.parameters(2, 4)
     def test_the_hlo_check_sees_xla_all_gathering_the_split(self, num_devices):
