@@ -5,8 +5,8 @@ steps gathers its rows there (`steps.train_chunk`). With D > 1 devices the split
 blocks along the mesh's 'data' axis instead of on every device: N is padded with zero rows to
 D * ceil(N / D) (padding is never read: the epoch permutation is over the true N), and each
 process builds only its own devices' blocks (`put_split`), reading just those rows from the
-data set's files where it has them (`streaming.FileSource`). Device and host memory for the
-split both fall from N rows to N / D rows a device.
+data set's files where it has them (`streaming.FileSource`, with several processes). A device
+holds ceil(N / D) rows instead of N, and a process reads its own devices' share of the files.
 
 A chunk's rows are gathered by an explicit `shard_map` (`gather_rows`), not by XLA's SPMD
 partitioner, which may all-gather the whole split onto every device: each device looks up the
