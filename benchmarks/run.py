@@ -130,8 +130,7 @@ class JaxTrainer:
         if xla_default:
             self.name += ', YNNPACK on (XLA default)'
         self.state = run.create_train_state()
-        self.train_images = jax.device_put(run.train_data['image'], run.replicated)
-        self.train_labels = jax.device_put(run.train_data['label'], run.replicated)
+        self.train_images, self.train_labels = run.device_split()  # As the trainer puts it.
         self.beta = jnp.asarray(config.beta, jnp.float32)
         self.perm_epoch = jax.device_put(jnp.asarray(0, jnp.int32), run.replicated)
         self.perm = jax.device_put(run.permutation_fn(self.perm_epoch), run.replicated)

@@ -48,8 +48,7 @@ class _Device:
         self.run, self.state = run, run.create_train_state()
         self.perm_epoch = jax.device_put(jnp.asarray(0, jnp.int32), run.replicated)
         self.perm = jax.device_put(run.permutation_fn(self.perm_epoch), run.replicated)
-        self.images = jax.device_put(run.train_data['image'], run.replicated)
-        self.labels = jax.device_put(run.train_data['label'], run.replicated)
+        self.images, self.labels = run.device_split()  # As the trainer puts it.
         self.beta = jnp.asarray(run.config.beta, jnp.float32)
 
     def call(self, num_steps: int) -> None:

@@ -20,7 +20,7 @@ import pytest
 from absl.testing import absltest, parameterized
 
 from configs import test as test_config
-from vae_jax import checkpoints, train, trainer
+from vae_jax import checkpoints, sweep, train, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,6 +45,9 @@ jax.config.update('jax_disable_most_optimizations', True)  # As tests/conftest.p
 _FOUR_DEVICES = (
     _PRELUDE
     + r"""
+import re
+
+import jax.numpy as jnp
 from configs import test as test_config
 from pathlib import Path
 
@@ -69,11 +72,18 @@ config = test_config.get_config()
 config.num_train_steps, config.eval_k_samples = 6, (1,)  # As _config() in the test.
 workdir = sys.argv[1]
 trainer.train_and_evaluate(config, workdir)
+trained_layouts = list(layouts)  # Before the chunk below is compiled again.
 run = trainer.Run(config)
 state = checkpoints.restore_latest(
     checkpoints.checkpoint_manager(Path(workdir), 3), run.create_train_state()
 )[0]
 params = jax.tree.leaves(state.params)
+images, labels = run.device_split()  # As the trainer holds the split.
+perm_epoch = jnp.asarray(0, jnp.int32)
+chunk = run.chunk_fn.lower(
+    state, run.permutation_fn(perm_epoch), perm_epoch, images, labels, run.loop_key,
+    run.data_key, jnp.asarray(1.0, jnp.float32), num_steps=config.steps_per_call,
+).compile().as_text()  # fmt: skip
 bad_batch = test_config.get_config()
 bad_batch.input.batch_size = 18
 try:
@@ -83,10 +93,14 @@ except ValueError as e:
     message = str(e)
 out = {
     'device_count': jax.device_count(),
-    'layouts': layouts,
+    'layouts': trained_layouts,
     'params_replicated': all(p.sharding.is_fully_replicated for p in params),
     'params_shards': sorted({len(p.addressable_shards) for p in params}),
     'indivisible_batch': message,
+    'num_train': run.num_train,
+    'split_shards': sorted(list(s.data.shape) for s in images.addressable_shards),
+    'label_shards': sorted(list(s.data.shape) for s in labels.addressable_shards),
+    'all_gathers': [l for l in chunk.splitlines() if re.search(r'all-gather(-start)?\(', l)],
 }
 Path(workdir, 'layout.json').write_text(json.dumps(out))
 """
@@ -98,6 +112,62 @@ _CLI = (
 from vae_jax import cli, train
 
 cli.run(train.main)  # As `python -m vae_jax.train`.
+"""
+)
+
+
+# A vectorised sweep of two betas on every device of this process, recording how the train split
+# is held (vae_jax/sharded_data.py).
+_FOUR_DEVICE_SWEEP = (
+    _PRELUDE
+    + r"""
+from pathlib import Path
+
+from configs import test as test_config
+from vae_jax import sharded_data, sweep
+
+held = []
+original = sharded_data.put_split
+
+
+def put_split(*args, **kwargs):
+    images, labels = original(*args, **kwargs)
+    held.append(sorted(list(s.data.shape) for s in images.addressable_shards))
+    return images, labels
+
+
+sharded_data.put_split = put_split
+config = test_config.get_config()
+config.num_train_steps, config.eval_k_samples = 6, (1,)  # As _config() in the test.
+config.sweep.beta = sys.argv[2]
+sweep.train_and_evaluate(config, sys.argv[1])
+Path(sys.argv[1], 'held.json').write_text(json.dumps(held))
+"""
+)
+
+# As _CLI, recording the row indices this process reads from the data set's files.
+_CLI_COUNTING_READS = (
+    _PRELUDE
+    + r"""
+from pathlib import Path
+
+from vae_jax import cli, streaming, train
+
+read = []
+original = streaming.FileSource.read
+
+
+def counting_read(self, rows):
+    read.extend(int(r) for r in rows)
+    return original(self, rows)
+
+
+streaming.FileSource.read = counting_read
+try:
+    cli.run(train.main)  # As `python -m vae_jax.train`.
+finally:
+    name = f'rows_read_{os.environ["JAX_PROCESS_ID"]}.json'
+    Path(os.environ['ROWS_READ_DIR'], name).write_text(json.dumps(read))
 """
 )
 
@@ -121,8 +191,8 @@ def _config():
     return config
 
 
-def _params(workdir):
-    config = _config()
+def _params(workdir, config=None):
+    config = _config() if config is None else config
     state, step = checkpoints.load(workdir, trainer.Run(config).create_train_state())
     return jax.device_get(state.params), step
 
@@ -140,6 +210,53 @@ def _class_tempdir(cls):
     return path
 
 
+def _assert_same_run(test, workdir, reference, config=None):
+    """Same metrics rows and parameters as the 1-device run, within float tolerance."""
+    rows, expected = _rows(workdir), _rows(reference)
+    test.assertEqual([sorted(r) for r in rows], [sorted(r) for r in expected])
+    for row, want in zip(rows, expected, strict=True):
+        for key, value in want.items():
+            np.testing.assert_allclose(row[key], value, rtol=2e-5, atol=1e-6, err_msg=key)
+    params, step = _params(workdir, config)
+    expected_params, expected_step = _params(reference, config)
+    test.assertEqual(step, expected_step)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        params,
+        expected_params,
+    )
+
+
+def _two_processes(test, workdir, flags, code=_CLI, **env):
+    """Trains configs/test.py with `flags` in two processes of two devices each, through `code`
+    (`_CLI`, or a variant) with `env` added; returns their standard outputs."""
+    with socket.socket() as s:
+        s.bind(('localhost', 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, '-c', code, '--config', 'configs/test.py', '--workdir', workdir]
+            + list(flags),
+            cwd=REPO,
+            env=_env(
+                2,
+                JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
+                JAX_NUM_PROCESSES='2',
+                JAX_PROCESS_ID=str(i),
+                **env,
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        test.assertEqual(proc.returncode, 0, err[-3000:])
+    return [out for out, _ in outputs]
+
+
 class DataParallelTest(absltest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -149,20 +266,7 @@ class DataParallelTest(absltest.TestCase):
         trainer.train_and_evaluate(_config(), cls.reference)
 
     def assert_same_run(self, workdir):
-        """Same metrics rows and parameters as the 1-device run, within float tolerance."""
-        rows, expected = _rows(workdir), _rows(self.reference)
-        self.assertEqual([sorted(r) for r in rows], [sorted(r) for r in expected])
-        for row, want in zip(rows, expected, strict=True):
-            for key, value in want.items():
-                np.testing.assert_allclose(row[key], value, rtol=2e-5, atol=1e-6, err_msg=key)
-        params, step = _params(workdir)
-        expected_params, expected_step = _params(self.reference)
-        self.assertEqual(step, expected_step)
-        jax.tree.map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-            params,
-            expected_params,
-        )
+        _assert_same_run(self, workdir, self.reference)
 
     def test_four_devices_shard_the_batch_and_match_one_device(self):
         workdir = self.create_tempdir().full_path
@@ -183,6 +287,12 @@ class DataParallelTest(absltest.TestCase):
         )
         self.assertTrue(layout['params_replicated'])
         self.assertEqual(layout['params_shards'], [4])
+        # The train split is sharded along examples: each device holds ceil(N / 4) rows (N =
+        # 1437 digits, padded to 1440), not all N; and the compiled chunk never all-gathers it.
+        self.assertEqual(layout['num_train'], 1437)
+        self.assertEqual(layout['split_shards'], [[360, 8, 8, 1]] * 4)
+        self.assertEqual(layout['label_shards'], [[360]] * 4)
+        self.assertEqual([g for g in layout['all_gathers'] if '[1440' in g], [])
         self.assertRegex(
             layout['indivisible_batch'],
             r'input\.batch_size=18 must be divisible by the number of devices \(4\).*'
@@ -191,34 +301,67 @@ class DataParallelTest(absltest.TestCase):
         self.assert_same_run(workdir)
 
     @pytest.mark.slow
+    def test_four_devices_train_a_sweep_on_the_sharded_split_as_one_device(self):
+        root = Path(self.create_tempdir().full_path)
+        config, betas = _config(), '0.5,2'
+        config.sweep.beta = betas
+        expected = sweep.train_and_evaluate(config, root / 'one_device')
+        proc = subprocess.run(
+            [sys.executable, '-c', _FOUR_DEVICE_SWEEP, str(root / 'four_devices'), betas],
+            cwd=REPO,
+            env=_env(4),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        # The vmapped chunk gathers from the split sharded as for one model: 360 rows a device.
+        held = json.loads((root / 'four_devices' / 'held.json').read_text())
+        self.assertEqual(held, [[[360, 8, 8, 1]] * 4])
+        self.assertLen(expected, 2)
+        for name in expected:
+            _assert_same_run(self, root / 'four_devices' / name, root / 'one_device' / name)
+
+    @pytest.mark.slow
     def test_two_processes_of_two_devices_match_one_device(self):
         workdir = self.create_tempdir().full_path
-        with socket.socket() as s:
-            s.bind(('localhost', 0))
-            port = s.getsockname()[1]
-        procs = [
-            subprocess.Popen(
-                [sys.executable, '-c', _CLI, '--config', 'configs/test.py', '--workdir', workdir]
-                + list(_FLAGS),
-                cwd=REPO,
-                env=_env(
-                    2,
-                    JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
-                    JAX_NUM_PROCESSES='2',
-                    JAX_PROCESS_ID=str(i),
-                ),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for i in range(2)
-        ]
-        outputs = [p.communicate(timeout=600) for p in procs]
-        for proc, (_, err) in zip(procs, outputs, strict=True):
-            self.assertEqual(proc.returncode, 0, err[-3000:])
-        self.assertIn('test ELBO', outputs[0][0])  # Process 0 writes and reports.
-        self.assertNotIn('test ELBO', outputs[1][0])
+        outputs = _two_processes(self, workdir, _FLAGS)
+        self.assertIn('test ELBO', outputs[0])  # Process 0 writes and reports.
+        self.assertNotIn('test ELBO', outputs[1])
         self.assert_same_run(workdir)
+
+
+class ProcessShardTest(absltest.TestCase):
+    """input.pipeline='device' with two processes: each reads and holds only its rows."""
+
+    # 202 examples: 4 devices hold ceil(202 / 4) = 51 rows each (2 of them padding), so process
+    # 0's devices hold rows 0 .. 101 and process 1's rows 102 .. 201 (and 2 padding rows).
+    NUM_EXAMPLES = 202
+
+    @pytest.mark.slow
+    def test_two_processes_read_their_rows_only_and_match_one_device(self):
+        rng = np.random.default_rng(0)
+        tmp = self.create_tempdir().full_path
+        path = os.path.join(tmp, 'data.npz')
+        np.savez(  # Uncompressed: the processes read their rows from a memory map.
+            path,
+            train_images=rng.integers(0, 256, (self.NUM_EXAMPLES, 8, 8, 1), dtype=np.uint8),
+            train_labels=rng.integers(0, 10, (self.NUM_EXAMPLES,)),
+            test_images=rng.integers(0, 256, (100, 8, 8, 1), dtype=np.uint8),
+            test_labels=rng.integers(0, 10, (100,)),
+        )
+        flags = (*_FLAGS, '--config.input.dataset=npz', f'--config.input.path={path}')
+        config = _config()
+        config.input.dataset, config.input.path = 'npz', path
+        reference = os.path.join(tmp, 'one_device')
+        trainer.train_and_evaluate(config, reference)
+        workdir = os.path.join(tmp, 'two_processes')
+        _two_processes(self, workdir, flags, code=_CLI_COUNTING_READS, ROWS_READ_DIR=tmp)
+        read = [json.loads(Path(tmp, f'rows_read_{i}.json').read_text()) for i in range(2)]
+        # Besides row 0, which every process's source reads once on opening (stored dtype, shape).
+        self.assertEqual(sorted(read[0]), [0, *range(102)])
+        self.assertEqual(sorted(read[1]), [0, *range(102, self.NUM_EXAMPLES)])
+        _assert_same_run(self, workdir, reference, config)
 
 
 class DistributedInitArgsTest(parameterized.TestCase):

@@ -82,15 +82,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.input.data_dir = config_dict.placeholder(str)
     c.input.download = False  # TFDS sets: True lets TFDS download and prepare (needs internet).
     c.input.batch_size = 64
-    # How training batches reach the step (vae_jax/streaming.py): 'device' (the whole train split
-    # on every device, batches gathered there), 'stream' (Grain reads each step's rows from the
-    # data set's files, memory-mapped .npz or TFDS array_record, in the same order; each process
-    # reads only its own devices' rows), or 'auto' ('device' when the train split as the device
-    # holds it fits input.device_budget_gb, else 'stream'). The same config trains the same
-    # parameters either way.
+    # How training batches reach the step (vae_jax/streaming.py): 'device' (the train split on
+    # the devices, sharded along examples over several, batches gathered there), 'stream' (Grain
+    # reads each step's rows from the data set's files, memory-mapped .npz or TFDS array_record,
+    # in the same order; each process reads only its own devices' rows), or 'auto' ('device'
+    # when one device's part of the train split, ceil(N / devices) rows as stored, fits
+    # input.device_budget_gb, else 'stream'). The same config trains the same parameters either
+    # way.
     c.input.pipeline = 'auto'
     c.input.device_budget_gb = (
-        4.0  # 'auto': the largest train split (GB = 1e9 bytes) kept on device
+        4.0  # 'auto': the most of the train split (GB = 1e9 bytes) kept on one device
     )
     c.input.eval_batch_size = 500
     c.input.binarize = 'none'  # 'none' | 'static' | 'dynamic' (fresh draw at every use)

@@ -231,7 +231,7 @@ def evaluate(
     with_data_dir(config, data_dir)
     # The test split of a set in files is read alone; where the run streams, read batch by batch.
     split_data, num_train = row_sources.evaluation_split(
-        config.input, split, stream=streaming.streams_from_files(config.input)
+        config.input, split, stream=streaming.streams_from_files(config.input, jax.device_count())
     )
     # The training set size only matters to beta-TCVAE's held-out terms.
     parts = build.build(config, model=model, dataset_size=num_train)

@@ -172,21 +172,9 @@ def make_chunk_fn(runs: list[run_lib.Run]):
 
     def body(state, perm, perm_epoch, images, labels, loop_key, data_key, beta_row, *, num_steps):
         beta, row = beta_row
-        return steps.train_chunk(
-            state,
-            perm,
-            perm_epoch,
-            images,
-            labels,
-            loop_key,
-            data_key,
-            beta,
-            num_steps=num_steps,
-            batch_size=base.config.input.batch_size,
-            loop=base.config.loop,
-            static=RowStepConfig(**fields, row=row),
-            batch_sharding=base.batch_sharding,
-            input_spec=base.input_spec,
+        chunk = base.chunk_with(RowStepConfig(**fields, row=row))
+        return chunk(
+            state, perm, perm_epoch, images, labels, loop_key, data_key, beta, num_steps=num_steps
         )
 
     vmapped = run_lib.make_vmapped_chunk_fn(base, body)

@@ -29,6 +29,7 @@ from vae_jax import (
     optim,
     run_eval,
     run_files,
+    sharded_data,
     steps,
     streaming,
     writers,
@@ -53,25 +54,32 @@ class Run:
         self.config = config
         # With binarize='none', checks the likelihood's support, naming the file or data set.
         # input.pipeline: 'device' holds train_data; 'stream' reads train_source's rows per step
-        # (vae_jax/streaming.py), and train_data is None when they come from files.
+        # (vae_jax/streaming.py), and train_data is None when they come from files. On several
+        # devices 'device' shards the split (vae_jax/sharded_data.py); with several processes,
+        # each then reads its own rows from train_source and train_data is None too.
         self.pipeline, self.train_data, self.test_data, self.train_source = streaming.load_splits(
-            config.input, likelihood=config.model.likelihood
+            config.input,
+            likelihood=config.model.likelihood,
+            num_devices=jax.device_count(),
+            num_processes=jax.process_count(),
         )
         # Images stay as stored (uint8/bool) in both pipelines; each jitted step converts its
         # batch (input_transform.to_model_input).
-        if self.train_source is not None:
-            stored = self.train_source.read(np.zeros((1,), np.int64))[0]
+        if self.train_source is not None:  # Its stored dtype and row shape, from its first row.
+            stored, row_shape = self.train_source, self.train_source.row_shape
             num_train = len(self.train_source)
         else:
             stored, num_train = self.train_data['image'], self.train_data['image'].shape[0]
+            row_shape = stored.shape[1:]
         self.input_spec = input_transform.spec_from(config.input, stored)
-        self.data_shape = self.input_spec.model_shape(stored.shape[1:])
+        self.data_shape = self.input_spec.model_shape(row_shape)
         if config.input.batch_size > num_train:
             raise ValueError(
                 f'config.input.batch_size={config.input.batch_size} is larger than the '
                 f'{num_train} training examples of {config.input.dataset!r}; '
                 f'allowed: <= {num_train}'
             )
+        self.num_train = num_train
         self.steps_per_epoch = num_train // config.input.batch_size
         self.parts = build.build(config, self.data_shape, model, dataset_size=num_train)
         self.static, self.model = self.parts.static, self.parts.model
@@ -93,6 +101,8 @@ class Run:
         # batch split along the mesh's 'data' axis (B / num_devices examples per device).
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P('data'))
+        # On several devices each holds ceil(N / D) rows of the split, not all N.
+        self.shard_train = self.pipeline == 'device' and num_devices > 1
 
     def create_train_state(self) -> steps.TrainState:
         """Initialises parameters (and BatchNorm statistics) from `init_key`, replicated."""
@@ -104,14 +114,26 @@ class Run:
     @property
     def chunk_body(self) -> Callable[..., Any]:
         """`steps.train_chunk` with this run's static settings, not jitted (the sweep vmaps it)."""
-        return functools.partial(
-            steps.train_chunk,
+        return self.chunk_with(self.static)
+
+    def chunk_with(self, static: steps.StepConfig) -> Callable[..., Any]:
+        """The chunk body with `static` as its step configuration (vae_jax/k_sweep.py's rows).
+
+        It takes the train split as `device_split()` puts it: on several devices the sharded
+        split's chunk (`sharded_data.train_chunk`), else `steps.train_chunk`.
+        """
+        settings = dict(
             batch_size=self.config.input.batch_size,
             loop=self.config.loop,
-            static=self.static,
+            static=static,
             batch_sharding=self.batch_sharding,
             input_spec=self.input_spec,
         )
+        if self.shard_train:
+            return functools.partial(
+                sharded_data.train_chunk, num_examples=self.num_train, mesh=self.mesh, **settings
+            )
+        return functools.partial(steps.train_chunk, **settings)
 
     @functools.cached_property
     def chunk_fn(self) -> Callable[..., Any]:
@@ -125,8 +147,30 @@ class Run:
 
     @functools.cached_property
     def permutation_fn(self) -> Callable[[jax.Array], jax.Array]:
-        num = self.train_data['image'].shape[0]
+        num = self.num_train
         return jax.jit(lambda epoch: steps.epoch_permutation(self.data_key, epoch, num))
+
+    def device_split(self, sharded: bool | None = None) -> tuple[jax.Array, jax.Array]:
+        """The train split on the devices, as `chunk_fn` (sharded) or `chunk_body` takes it.
+
+        Args:
+          sharded: None: `shard_train`, as the chunk takes it. True: `sharded_data.put_split`
+            (ceil(N / D) rows a device, each process reading its own rows only). False: all N
+            rows on every device (for `steps.train_chunk` called directly).
+
+        Returns:
+          (images [N or D * ceil(N / D), ...] as stored, labels [...] int32).
+        """
+        if self.shard_train if sharded is None else sharded:
+            return sharded_data.put_split(self.train_rows, self.num_train, self.mesh)
+        images, labels = self.train_rows(0, self.num_train)
+        return jax.device_put(images, self.replicated), jax.device_put(labels, self.replicated)
+
+    def train_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored train rows start .. stop - 1: (images [n, ...], labels [n] int32)."""
+        if self.train_data is not None:
+            return self.train_data['image'][start:stop], self.train_data['label'][start:stop]
+        return self.train_source.read(np.arange(start, stop))
 
     def variables(self, state: steps.TrainState) -> dict[str, Any]:
         variables = {'params': state.params}

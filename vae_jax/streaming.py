@@ -2,15 +2,16 @@
 
 `input.pipeline` chooses how training batches reach the jitted step:
 
-- 'device': the whole train split is put on every device once, and each chunk of steps gathers
-  its rows there (`steps.train_chunk`). Fastest while the split fits.
+- 'device': the train split is put on the devices once, and each chunk of steps gathers its
+  rows there (`steps.train_chunk`). Fastest while the split fits. On D > 1 devices each holds
+  ceil(N / D) rows and each process reads only its own devices' rows (vae_jax/sharded_data.py).
 - 'stream': a Grain pipeline reads the rows of each step from a row source (`open_train_source`:
   TFDS `array_record` files through `tfds.data_source`, the members of an uncompressed `.npz`
   memory-mapped, or the arrays in memory for the sets built in code), several steps ahead in
   background threads, and each chunk of steps receives them pre-gathered, [num_steps, B, ...]
   (`train_chunk_rows`, the same `steps.train_steps` loop as on the device).
-- 'auto': 'device' when the train split, as the device holds it, fits `input.device_budget_gb`
-  (per device: data parallelism replicates it), else 'stream' (`choose_pipeline`).
+- 'auto': 'device' when one device's part of the train split, as stored (ceil(N / D) of the N
+  rows), fits `input.device_budget_gb`, else 'stream' (`choose_pipeline`).
 
 Order: step t reads rows (t mod S) B .. (t mod S) B + B - 1 of epoch t // S's permutation
 `batches.epoch_permutation(data_key, epoch, N)`, computed once per epoch on the host CPU with
@@ -60,7 +61,8 @@ def choose_pipeline(input_config: ml_collections.ConfigDict, train_bytes: int | 
 
     Args:
       input_config: `config.input`.
-      train_bytes: bytes of the train split as the device holds it (None: unknown, 'device').
+      train_bytes: bytes of the train split that one device holds (None: unknown, 'device'):
+        on D devices, ceil(N / D) of its N rows (`train_split_bytes`).
     """
     pipeline = input_config.get('pipeline', 'device')
     if pipeline != 'auto':
@@ -69,26 +71,27 @@ def choose_pipeline(input_config: ml_collections.ConfigDict, train_bytes: int | 
     return 'device' if train_bytes is None or train_bytes <= budget else 'stream'
 
 
-def streams_from_files(input_config: ml_collections.ConfigDict) -> bool:
+def streams_from_files(input_config: ml_collections.ConfigDict, num_devices: int = 1) -> bool:
     """Whether a set stored in files streams: `input.pipeline` resolved without reading its rows.
 
-    'stream', or 'auto' over `input.device_budget_gb` (`choose_pipeline`), for an npz or TFDS
-    set. Training then streams the train split and evaluates the test split as a
-    `row_sources.StoredRows` view (`load_splits`), and `vae_jax.evaluate` reads its split the
-    same way; a set built in memory never does (it is loaded whole anyway).
+    'stream', or 'auto' over `input.device_budget_gb` (`choose_pipeline`, one device's share of
+    `num_devices`), for an npz or TFDS set. Training then streams the train split and evaluates
+    the test split as a `row_sources.StoredRows` view (`load_splits`), and `vae_jax.evaluate`
+    reads its split the same way; a set built in memory never does (it is loaded whole anyway).
     """
     if input_config.get('pipeline', 'device') == 'device':
         return False
     if not row_sources.from_files(input_config.dataset):
         return False
-    return choose_pipeline(input_config, train_split_bytes(input_config)) == 'stream'
+    return choose_pipeline(input_config, train_split_bytes(input_config, num_devices)) == 'stream'
 
 
-def train_split_bytes(input_config: ml_collections.ConfigDict) -> int | None:
-    """Bytes of the train split on the device, from file headers (None: a set built in memory).
+def train_split_bytes(input_config: ml_collections.ConfigDict, num_devices: int = 1) -> int | None:
+    """Bytes of the train split one device holds, from file headers (None: a set built in memory).
 
     `npz` and TFDS sets (whose files can be streamed) are sized from their array headers or the
-    builder's info, without reading images: examples x one example's size as stored on device.
+    builder's info, without reading images: ceil(N / num_devices) examples (the split is sharded
+    along examples, vae_jax/sharded_data.py) x one example's size as stored on device.
     """
     name = input_config.dataset
     if not row_sources.from_files(name):
@@ -97,6 +100,7 @@ def train_split_bytes(input_config: ml_collections.ConfigDict) -> int | None:
     if input_config.num_train_examples is not None:
         count = min(count, input_config.num_train_examples)
     # The model's shape (padded with pad_to_32): an upper bound on the stored (unpadded) rows.
+    count = -(-count // num_devices)  # ceil: the rows one device holds
     return count * math.prod(data.data_shape(input_config)) * _stored_itemsize(input_config)
 
 
@@ -110,24 +114,38 @@ def _stored_itemsize(input_config) -> int:
 
 
 def load_splits(
-    input_config: ml_collections.ConfigDict, likelihood: str | None = None
+    input_config: ml_collections.ConfigDict,
+    likelihood: str | None = None,
+    *,
+    num_devices: int = 1,
+    num_processes: int = 1,
 ) -> tuple[str, dict[str, np.ndarray] | None, dict[str, np.ndarray], Any]:
     """The pipeline `input.pipeline` resolves to, and the data it needs.
 
     Args:
       input_config: `config.input`.
       likelihood: `model.likelihood` (the support checks of `data.get_datasets`).
+      num_devices: the devices of the run ('auto' budgets ceil(N / num_devices) rows a device).
+      num_processes: with more than one, a set in files that stays on the devices is not read
+        here: each process reads its own devices' rows from the returned source
+        (`sharded_data.put_split`).
 
     Returns:
-      (pipeline 'device' | 'stream', train split {'image', 'label'} or None when streamed from
-       files, test split (its 'image' a `row_sources.StoredRows` view when streamed from files),
-       train row source or None for 'device').
+      (pipeline 'device' | 'stream', train split {'image', 'label'} or None when read from
+       files row by row, test split (its 'image' a `row_sources.StoredRows` view when streamed
+       from files), train row source or None when the split is loaded).
     """
-    if streams_from_files(input_config):
+    if streams_from_files(input_config, num_devices):
         source = FileSource(input_config, likelihood)
         return 'stream', None, row_sources.stored_split(input_config, 'test', likelihood), source
+    # A static binarisation is drawn over the whole split as loaded (FileSource refuses it).
+    by_rows = input_config.binarize != 'static' or input_config.dataset == 'binarized_mnist'
+    if row_sources.from_files(input_config.dataset) and num_processes > 1 and by_rows:
+        source = FileSource(input_config, likelihood)
+        return 'device', None, row_sources.load_test_split(input_config, likelihood), source
     train, test = data.get_datasets(input_config, likelihood=likelihood)
-    pipeline = choose_pipeline(input_config, train['image'].nbytes)
+    rows = -(-len(train['image']) // num_devices)  # ceil: the rows one device holds
+    pipeline = choose_pipeline(input_config, rows * train['image'][:1].nbytes)
     source = ArraySource(train['image'], train['label']) if pipeline == 'stream' else None
     return pipeline, train, test, source
 

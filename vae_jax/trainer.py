@@ -230,9 +230,8 @@ def train_models(
         vectorised = len(active) > 1
         if base.pipeline == 'stream':  # The reader below reads each step's rows (streaming.py).
             train_images = train_labels = None
-        else:
-            train_images = jax.device_put(base.train_data['image'], base.replicated)
-            train_labels = jax.device_put(base.train_data['label'], base.replicated)
+        else:  # Sharded along examples over several devices (vae_jax/sharded_data.py).
+            train_images, train_labels = base.device_split()
         epoch = jnp.asarray(step // base.steps_per_epoch, jnp.int32)
         if vectorised:
             state = jax.device_put(stack_states(states), base.replicated)
@@ -250,7 +249,7 @@ def train_models(
                 ),
                 base.replicated,
             )
-            num_examples = base.train_data['image'].shape[0]
+            num_examples = base.num_train
             permutations = jax.vmap(steps.epoch_permutation, in_axes=(0, None, None))
             perm = jax.jit(permutations, static_argnums=2)(data_keys, perm_epoch, num_examples)
             perm = jax.device_put(perm, base.replicated)

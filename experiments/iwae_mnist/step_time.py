@@ -51,8 +51,7 @@ def time_program(config, num_rows: int, k: int, num_steps: int, repeats: int) ->
         configs[f'seed{seed}'] = c
     runs = list(k_sweep.row_runs(configs).values())
     base = runs[0]
-    images = jax.device_put(base.train_data['image'], base.replicated)
-    labels = jax.device_put(base.train_data['label'], base.replicated)
+    images, labels = base.device_split()  # As the trainer puts it.
     epoch = jnp.zeros((), jnp.int32)
     betas = jnp.ones((num_rows,), jnp.float32)
     if num_rows == 1:
