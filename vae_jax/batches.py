@@ -2,7 +2,8 @@
 
 The data order of epoch e is `permutation(fold_in(data_key, e), N)`, so a resumed run reads the
 same batches as an uninterrupted one; `chunk_indices` gathers the rows of all the steps of one
-jitted call before its loop. Re-exported by `steps`.
+jitted call before its loop. Re-exported by `steps`. `process_rows`: which rows of a sharded
+array this process's devices hold, with several processes.
 """
 
 from __future__ import annotations
@@ -78,3 +79,32 @@ def epoch_permutation(data_key: Array, epoch: Array | int, num_examples: int) ->
     """The data order of `epoch`: [N] int32, a permutation drawn from fold_in(data_key, epoch)."""
     key = jax.random.fold_in(data_key, epoch)
     return jax.random.permutation(key, num_examples).astype(jnp.int32)
+
+
+def process_rows(
+    sharding: jax.sharding.Sharding, num_rows: int, what: str, needed_by: str
+) -> slice:
+    """The rows of a [num_rows, ...] array under `sharding` that this process's devices hold.
+
+    Args:
+      sharding: the array's sharding (along its first axis).
+      num_rows: the array's length.
+      what: the array, for the message (e.g. 'each batch of 64').
+      needed_by: what needs one contiguous block, for the message (e.g. "input.pipeline='stream'").
+
+    Returns:
+      One contiguous slice of row indices.
+
+    Raises:
+      ValueError: they are not one contiguous block (a mesh whose devices are not grouped by
+        process).
+    """
+    index_map = sharding.addressable_devices_indices_map((num_rows,))
+    spans = sorted({s[0].indices(num_rows)[:2] for s in index_map.values()})
+    start, stop = spans[0][0], spans[-1][1]
+    if sum(b - a for a, b in spans) != stop - start:
+        raise ValueError(
+            f'this process holds rows {spans} of {what}, not one contiguous block; {needed_by} '
+            "needs the mesh's devices grouped by process"
+        )
+    return slice(start, stop)

@@ -43,25 +43,6 @@ def rows_per_device(num_examples: int, num_devices: int) -> int:
     return math.ceil(num_examples / num_devices)
 
 
-def process_rows(sharding: NamedSharding, num_rows: int) -> slice:
-    """The rows of a [num_rows, ...] array under `sharding` that this process's devices hold.
-
-    Raises:
-      ValueError: they are not one contiguous block (a mesh whose devices are not grouped by
-        process).
-    """
-    index_map = sharding.addressable_devices_indices_map((num_rows,))
-    spans = sorted({s[0].indices(num_rows)[:2] for s in index_map.values()})
-    start, stop = spans[0][0], spans[-1][1]
-    if sum(b - a for a, b in spans) != stop - start:
-        raise ValueError(
-            f'this process holds rows {spans} of the sharded train split of {num_rows} rows, not '
-            "one contiguous block; input.pipeline='device' on several devices needs the mesh's "
-            'devices grouped by process'
-        )
-    return slice(start, stop)
-
-
 def put_split(read_rows: RowReader, num_examples: int, mesh: Mesh) -> tuple[Array, Array]:
     """The train split on `mesh`, sharded along examples, each process reading its rows only.
 
@@ -77,7 +58,12 @@ def put_split(read_rows: RowReader, num_examples: int, mesh: Mesh) -> tuple[Arra
     """
     sharding = NamedSharding(mesh, P('data'))
     padded = rows_per_device(num_examples, mesh.size) * mesh.size
-    rows = process_rows(sharding, padded)
+    rows = batches.process_rows(
+        sharding,
+        padded,
+        f'the sharded train split of {padded} rows',
+        "input.pipeline='device' on several devices",
+    )
     stop = min(rows.stop, num_examples)
     if stop > rows.start:
         images, labels = read_rows(rows.start, stop)

@@ -175,15 +175,9 @@ def local_rows(batch_sharding: NamedSharding, batch_size: int) -> slice:
       ValueError: the process's devices hold a non-contiguous part of the batch (a mesh whose
         devices are not grouped by process).
     """
-    index_map = batch_sharding.addressable_devices_indices_map((batch_size,))
-    spans = sorted({(s[0].indices(batch_size)[:2]) for s in index_map.values()})
-    start, stop = spans[0][0], spans[-1][1]
-    if sum(b - a for a, b in spans) != stop - start:
-        raise ValueError(
-            f'this process holds rows {spans} of each batch of {batch_size}, not one contiguous '
-            "block; input.pipeline='stream' needs the mesh's devices grouped by process"
-        )
-    return slice(start, stop)
+    return batches.process_rows(
+        batch_sharding, batch_size, f'each batch of {batch_size}', "input.pipeline='stream'"
+    )
 
 
 class HostPermutations:
