@@ -10,7 +10,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from configs import test as test_config
-from vae_jax import backends, layers, models, trainer
+from vae_jax import backends, evaluation, layers, models, trainer
 
 
 class BackendDefaultsTest(parameterized.TestCase):
@@ -99,6 +99,47 @@ class StartsOnEveryBackendTest(parameterized.TestCase):
         self.assertTrue(all(np.isfinite(r['train/loss']) for r in rows if 'train/loss' in r))
         # Logged once for the unknown platform (Run was built twice), never for 'tpu'.
         self.assertEqual(warning.call_count, 1 if name == 'METAL' else 0)
+
+    def test_an_evaluation_under_another_backend_leaves_its_options_to_no_later_one(self):
+        """Evaluation reads the backend's compiler options at each call: one made while another
+        platform is reported (as above) must not hand its options to the process's later
+        evaluations (it once did, and later in-process runs evaluated with YNNPACK fusions on:
+        their last digits then differed from the same run in a fresh process)."""
+        config = test_config.get_config()
+        run = trainer.Run(config)
+        state = run.create_train_state()
+        images = np.asarray(run.test_data['image'][:8])
+
+        def evaluate():
+            return evaluation.evaluate_dataset(
+                jax.random.key(0),
+                images,
+                None,
+                variables=run.variables(state),
+                model_fn=run.parts.model_fn,
+                input_spec=run.input_spec,
+                k_list=(1, 4),
+                nll_k=0,
+            )
+
+        compiled_with = []
+        real_jit = jax.jit
+
+        def jit(fn, **kwargs):
+            compiled_with.append(kwargs.get('compiler_options'))
+            return real_jit(fn, **kwargs)
+
+        evaluation._jitted_evaluate_batch.cache_clear()
+        self.addCleanup(evaluation._jitted_evaluate_batch.cache_clear)
+        with mock.patch.object(jax, 'jit', jit):
+            with mock.patch.object(jax, 'default_backend', return_value='tpu'):
+                evaluate()
+            after = evaluate()
+        self.assertEqual(compiled_with, [None, backends.CPU_COMPILER_OPTIONS])
+        evaluation._jitted_evaluate_batch.cache_clear()
+        fresh = evaluate()  # The first evaluation of a process on CPU.
+        for name in ('elbo', 'iwae_k4', 'kl'):
+            self.assertEqual(after[name], fresh[name], name)
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ import os
 import shutil
 import struct
 import sys
+import tempfile
 from pathlib import Path
 from unittest import mock
 
@@ -144,8 +145,10 @@ class TrackersTest(parameterized.TestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.enterClassContext(_offline_env())
-        root = Path(absltest.get_default_test_tmpdir()) / 'writers_test'
-        shutil.rmtree(root, ignore_errors=True)  # absltest's directory outlives the process.
+        # A directory of this class's own: under pytest-xdist each worker that runs one of its
+        # tests runs this setup, so a fixed path would be shared by two runs at once.
+        root = Path(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()))
+        cls.addClassCleanup(shutil.rmtree, root, ignore_errors=True)
         cls.tracked, cls.plain = root / 'tracked', root / 'plain'
         config = test_config.get_config()
         config.logging.writers = ALL_WRITERS

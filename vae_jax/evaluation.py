@@ -458,7 +458,7 @@ def evaluate_dataset(
             f'{chunk_size}, {tuple(k_list)}, {nll_k}'
         )
     batch_fn = functools.partial(
-        _jitted_evaluate_batch(),
+        _jitted_evaluate_batch(_options_key(backends.compiler_options())),
         model_fn=model_fn,
         k_list=tuple(int(k) for k in k_list),
         nll_k=int(nll_k),
@@ -513,9 +513,18 @@ def _batch_rows(images: Any, start: int, batch_size: int) -> np.ndarray:
     return rows
 
 
+def _options_key(options: dict[str, str] | None) -> tuple[tuple[str, str], ...] | None:
+    return None if options is None else tuple(sorted(options.items()))
+
+
 @functools.cache
-def _jitted_evaluate_batch() -> Callable[..., Any]:
-    """`_evaluate_batch`, jitted (built on first use, after the backend is set up)."""
+def _jitted_evaluate_batch(options: tuple[tuple[str, str], ...] | None) -> Callable[..., Any]:
+    """`_evaluate_batch`, jitted with these compiler options (`backends.compiler_options()`).
+
+    One jitted function per set of options, read at each call: the backend's options are never
+    frozen by the first evaluation of a process (a run under another backend's defaults would
+    otherwise leave its options to every later evaluation in the process).
+    """
     return jax.jit(
         _evaluate_batch,
         static_argnames=(
@@ -527,7 +536,7 @@ def _jitted_evaluate_batch() -> Callable[..., Any]:
             'has_labels',
             'input_spec',
         ),
-        compiler_options=backends.compiler_options(),
+        compiler_options=None if options is None else dict(options),
     )
 
 
