@@ -8,13 +8,13 @@ those runs are subprocesses; this process (1 CPU device) trains the reference.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import jax
+import multiprocess_testing
 import numpy as np
 import pytest
 from absl.testing import absltest, parameterized
@@ -197,12 +197,6 @@ def _params(workdir, config=None):
     return jax.device_get(state.params), step
 
 
-def _env(num_devices, **extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'SLURM_', 'OMPI_'))}
-    flags = f'--xla_force_host_platform_device_count={num_devices}'
-    return {**env, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': flags, **extra}
-
-
 def _class_tempdir(cls):
     """A temporary directory that lives as long as the test class (removed by its cleanup)."""
     path = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
@@ -230,31 +224,10 @@ def _assert_same_run(test, workdir, reference, config=None):
 def _two_processes(test, workdir, flags, code=_CLI, **env):
     """Trains configs/test.py with `flags` in two processes of two devices each, through `code`
     (`_CLI`, or a variant) with `env` added; returns their standard outputs."""
-    with socket.socket() as s:
-        s.bind(('localhost', 0))
-        port = s.getsockname()[1]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, '-c', code, '--config', 'configs/test.py', '--workdir', workdir]
-            + list(flags),
-            cwd=REPO,
-            env=_env(
-                2,
-                JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
-                JAX_NUM_PROCESSES='2',
-                JAX_PROCESS_ID=str(i),
-                **env,
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for proc, (_, err) in zip(procs, outputs, strict=True):
-        test.assertEqual(proc.returncode, 0, err[-3000:])
-    return [out for out, _ in outputs]
+    args = ['--config', 'configs/test.py', '--workdir', workdir, *flags]
+    return multiprocess_testing.run_two_processes(
+        test, code, args, multiprocess_testing.device_env(2, **env)
+    )
 
 
 class DataParallelTest(absltest.TestCase):
@@ -270,15 +243,7 @@ class DataParallelTest(absltest.TestCase):
 
     def test_four_devices_shard_the_batch_and_match_one_device(self):
         workdir = self.create_tempdir().full_path
-        proc = subprocess.run(
-            [sys.executable, '-c', _FOUR_DEVICES, workdir],
-            cwd=REPO,
-            env=_env(4),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        multiprocess_testing.run_script(self, _FOUR_DEVICES, [workdir], num_devices=4)
         layout = json.loads((Path(workdir) / 'layout.json').read_text())
         self.assertEqual(layout['device_count'], 4)
         # configs/test.py: batch 16 of 8x8x1 images -> 4 examples on each of the 4 devices.
@@ -306,15 +271,8 @@ class DataParallelTest(absltest.TestCase):
         config, betas = _config(), '0.5,2'
         config.sweep.beta = betas
         expected = sweep.train_and_evaluate(config, root / 'one_device')
-        proc = subprocess.run(
-            [sys.executable, '-c', _FOUR_DEVICE_SWEEP, str(root / 'four_devices'), betas],
-            cwd=REPO,
-            env=_env(4),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        args = [str(root / 'four_devices'), betas]
+        multiprocess_testing.run_script(self, _FOUR_DEVICE_SWEEP, args, num_devices=4)
         # The vmapped chunk gathers from the split sharded as for one model: 360 rows a device.
         held = json.loads((root / 'four_devices' / 'held.json').read_text())
         self.assertEqual(held, [[[360, 8, 8, 1]] * 4])

@@ -15,7 +15,6 @@ import jax
 import numpy as np
 import pytest
 from absl.testing import absltest, parameterized
-from jax.experimental.compilation_cache import compilation_cache
 
 from configs import test as test_config
 from vae_jax import data, evaluate, input_transform, pictures, row_sources, streaming, trainer
@@ -23,23 +22,6 @@ from vae_jax import data, evaluate, input_transform, pictures, row_sources, stre
 _TFDS_DIR = Path(
     os.environ.get('TFDS_DATA_DIR') or Path(__file__).resolve().parents[2] / 'shared/data/tfds'
 )
-_CACHE = {}
-
-
-def setUpModule():
-    """A persistent compilation cache (as tests/streaming_test.py): same programs, same results."""
-    _CACHE['dir'] = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
-    _CACHE['min_time'] = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update('jax_compilation_cache_dir', _CACHE['dir'])
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-    compilation_cache.reset_cache()
-
-
-def tearDownModule():
-    jax.config.update('jax_compilation_cache_dir', None)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', _CACHE['min_time'])
-    compilation_cache.reset_cache()
-    shutil.rmtree(_CACHE['dir'], ignore_errors=True)
 
 
 class CountingSource:

@@ -8,18 +8,15 @@ tests/multidevice_test.py does.
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import jax
 import ml_collections
+import multiprocess_testing
 import numpy as np
 import pytest
 from absl.testing import absltest, parameterized
-from jax.experimental.compilation_cache import compilation_cache
 
 from configs import test as test_config
 from vae_jax import checkpoints, config_validation, data, row_sources, streaming, trainer
@@ -28,29 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 _TFDS_DIR = Path(
     os.environ.get('TFDS_DATA_DIR') or Path(__file__).resolve().parents[2] / 'shared/data/tfds'
 )
-
-
-_CACHE = {}
-
-
-def setUpModule():
-    """A persistent compilation cache: the runs here compile the same few programs.
-
-    A cache hit returns the executable compiled from the same program, so results are unchanged
-    (as in tests/reliability_test.py). Reset when the module ends.
-    """
-    _CACHE['dir'] = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
-    _CACHE['min_time'] = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update('jax_compilation_cache_dir', _CACHE['dir'])
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-    compilation_cache.reset_cache()
-
-
-def tearDownModule():
-    jax.config.update('jax_compilation_cache_dir', None)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', _CACHE['min_time'])
-    compilation_cache.reset_cache()
-    shutil.rmtree(_CACHE['dir'], ignore_errors=True)
 
 
 def _require_mnist(test):
@@ -319,8 +293,8 @@ jax.config.update('jax_disable_most_optimizations', True)  # As tests/conftest.p
 from vae_jax import streaming, train, trainer
 
 jax.distributed.initialize(**train.distributed_init_args(os.environ))
-sys.path.insert(0, os.getcwd())
-from tests import streaming_test
+sys.path.insert(0, os.path.join(os.getcwd(), 'tests'))  # and its helper modules
+import streaming_test
 
 readers = []
 original = streaming.StreamReader.__init__
@@ -356,26 +330,9 @@ class TwoProcessTest(absltest.TestCase):
         trainer.train_and_evaluate(config, reference, stop_at_step=6)
         root = self.create_tempdir().full_path
         workdir = os.path.join(root, 'run')
-        with socket.socket() as s:
-            s.bind(('localhost', 0))
-            port = s.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'SLURM_', 'OMPI_'))}
-        env.update(JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
-        env.update(JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2')
-        procs = [
-            subprocess.Popen(
-                [sys.executable, '-c', _TWO_PROCESSES, workdir],
-                cwd=REPO,
-                env={**env, 'JAX_PROCESS_ID': str(i)},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for i in range(2)
-        ]
-        outputs = [p.communicate(timeout=600) for p in procs]
-        for proc, (_, err) in zip(procs, outputs, strict=True):
-            self.assertEqual(proc.returncode, 0, err[-3000:])
+        multiprocess_testing.run_two_processes(
+            self, _TWO_PROCESSES, [workdir], multiprocess_testing.device_env(2)
+        )
         # Batch 16 over 4 devices: each process holds its 2 devices' 8 rows of every batch.
         served = [json.loads(Path(root, f'rows{i}.json').read_text()) for i in range(2)]
         self.assertEqual(served, [[[0, 8, 6 * 8]], [[8, 16, 6 * 8]]])
