@@ -103,11 +103,11 @@ _INFO = {
     'dsprites32': dict(num_classes=3, is_image=True, has_labels=True, shape=(32, 32, 1)),
 }
 # Stored pixel value that means "white": TFDS binarized_mnist stores 0/1, the others 0..255.
-_TFDS_MAX_VALUE = {'mnist': 255, 'fashion_mnist': 255, 'binarized_mnist': 1}
-_TFDS_MAX_VALUE.update(dict.fromkeys(FACTOR_DATASETS, 1))
+TFDS_MAX_VALUE = {'mnist': 255, 'fashion_mnist': 255, 'binarized_mnist': 1}
+TFDS_MAX_VALUE.update(dict.fromkeys(FACTOR_DATASETS, 1))
 _SPLITS = ('train', 'test')
 # Fixed seeds: the data never depend on config.seed (see the module docstring).
-_STATIC_BINARIZE_SEED = {'train': 0, 'test': 1}
+STATIC_BINARIZE_SEED = {'train': 0, 'test': 1}
 _TOY_SEED = {'train': 0, 'test': 1}
 
 resolve_data_dir = data_sources.resolve_data_dir
@@ -186,13 +186,8 @@ def data_shape(input_config) -> tuple[int, ...]:
     else:
         shape = _read_file_facts(input_config)['image_shape']
     if input_config.pad_to_32:
-        height, width, channels = shape
-        if height > 32 or width > 32:
-            raise ValueError(
-                f'input.pad_to_32=True: {_describe(input_config)} images are {height}x{width}, '
-                'over 32x32.'
-            )
-        shape = (32, 32, channels)
+        _check_fits_32(input_config, *shape[:2])
+        shape = (32, 32, shape[2])
     return shape
 
 
@@ -227,7 +222,7 @@ def value_grid(input_config) -> dict[str, Any]:
     elif input_config.binarize != 'none' or name == 'binarized_mnist':
         levels = 2
     else:
-        levels = (16 if name == 'digits' else _TFDS_MAX_VALUE[name]) + 1
+        levels = (16 if name == 'digits' else TFDS_MAX_VALUE[name]) + 1
     return {'num_levels': levels, 'num_dims': num_dims, 'num_padding_dims': padding}
 
 
@@ -244,7 +239,7 @@ def stored_max_value(input_config) -> int:
     _check_name(name)
     if name == 'digits':
         return 16
-    return _TFDS_MAX_VALUE.get(name, 255)
+    return TFDS_MAX_VALUE.get(name, 255)
 
 
 def record_data_facts(config):
@@ -417,7 +412,7 @@ def get_datasets(
         data_dir = resolve_data_dir(input_config.data_dir)
         download = input_config.get('download', False)
         if name in _INFO:
-            curated = dict(has_labels=_INFO[name]['has_labels'], max_value=_TFDS_MAX_VALUE[name])
+            curated = dict(has_labels=_INFO[name]['has_labels'], max_value=TFDS_MAX_VALUE[name])
             splits, max_value = data_sources.read_tfds(name, data_dir, limits, download, **curated)
         else:
             tfds_name = name.removeprefix(TFDS_PREFIX)
@@ -433,17 +428,15 @@ def get_datasets(
                 key = f'num_{split}_examples'
                 raise ValueError(
                     f'input.{key}={limit} exceeds the {len(image)} examples of the '
-                    f'{_describe(input_config)} {split} split.'
+                    f'{describe_dataset(input_config)} {split} split.'
                 )
             image, label = image[:limit], label[:limit]
         if name in _INFO and not _INFO[name]['is_image']:
             image = image.astype(np.float32)
         else:
-            image = _stored_images(
-                image, max_value, input_config, seed=_STATIC_BINARIZE_SEED[split]
-            )
+            image = held_images(image, max_value, input_config, seed=STATIC_BINARIZE_SEED[split])
         if likelihood is not None and input_config.binarize == 'none':
-            _check_support(likelihood, image, max_value, input_config, split)
+            check_support(likelihood, image, max_value, input_config, split)
         example = {'image': image, 'label': label.astype(np.int32)}
         if 'factors' in splits[split]:
             example['factors'] = splits[split]['factors'][: len(image)]
@@ -479,16 +472,16 @@ def _check_recorded(input_config, actual: dict[str, Any]) -> None:
         if recorded != value:
             raise ValueError(
                 f'input.{key}={recorded!r} is recorded in the config, but '
-                f'{_describe(input_config)} now gives {value!r}: the data changed since the run '
-                'recorded them. Use the data the run was trained on, or start a new run (leave '
+                f'{describe_dataset(input_config)} now gives {value!r}: the data changed since the '
+                'run recorded them. Use the data the run was trained on, or start a new run (leave '
                 f'input.{key} unset).'
             )
 
 
-def _check_support(
+def check_support(
     likelihood: str, image: np.ndarray, max_value: int, input_config, split: str
 ) -> None:
-    """The likelihood's support check of the images the model will see (`stored_images`)."""
+    """The likelihood's support check of the images the model will see (`held_images`)."""
     try:
         stored_images.check_support(likelihood, image, max_value)
     except ValueError as e:
@@ -499,30 +492,34 @@ def _check_support(
         raise ValueError(f'{where}: {e}') from None
 
 
-def _describe(input_config) -> str:
+def describe_dataset(input_config) -> str:
     """The data set as an error message names it."""
     if input_config.dataset == NPZ:
         return f'input.path={input_config.path!r}'
     return repr(input_config.dataset)
 
 
+def _check_fits_32(input_config, height: int, width: int) -> None:
+    """input.pad_to_32 pads images up to 32x32: larger ones are refused, naming the data set."""
+    if height > 32 or width > 32:
+        raise ValueError(
+            f'input.pad_to_32=True: {describe_dataset(input_config)} images are '
+            f'{height}x{width}, over 32x32.'
+        )
+
+
 def _is_tfds(name: str) -> bool:
     return name in TFDS_DATASETS or name.startswith(TFDS_PREFIX)
 
 
-def _stored_images(image: np.ndarray, max_value: int, input_config, seed: int) -> np.ndarray:
+def held_images(image: np.ndarray, max_value: int, input_config, seed: int) -> np.ndarray:
     """[N, H, W, C] as read (0..max_value) -> as held in memory: uint8, bool, or float32.
 
     Never a reader's cached array (those are read-only). Binary data (max_value 1, except float
     `.npz` grey values) and the static binarisation's draws become bool; other uint8 stays uint8.
     """
     if input_config.pad_to_32:
-        _, height, width, _ = image.shape
-        if height > 32 or width > 32:
-            raise ValueError(
-                f'input.pad_to_32=True: {_describe(input_config)} images are {height}x{width}, '
-                'over 32x32.'
-            )
+        _check_fits_32(input_config, *image.shape[1:3])
     name = input_config.dataset
     # binarized_mnist is already 0/1, and Bernoulli(0/1) is the identity: skip the draw.
     if input_config.binarize == 'static' and name != 'binarized_mnist':

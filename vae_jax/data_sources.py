@@ -305,13 +305,13 @@ def npz_facts(path: str) -> dict[str, Any]:
       ValueError: not a readable .npz, wrong keys, or shapes/labels that do not fit together.
     """
     resolved = resolve_npz_path(path)
-    headers = _npz_headers(path, resolved)
+    headers = npz_headers(path, resolved)
     shapes = {k: shape for k, (shape, _) in headers.items()}
     image_shape = _check_npz_shapes(path, shapes)
     num_classes = 0
     if NPZ_LABEL_KEYS[0] in headers:
         with np.load(resolved, allow_pickle=False) as npz:
-            labels = {key: _check_labels(path, key, npz[key]) for key in NPZ_LABEL_KEYS}
+            labels = {key: check_labels(path, key, npz[key]) for key in NPZ_LABEL_KEYS}
         num_classes = 1 + max(int(v.max(initial=0)) for v in labels.values())
     return {'image_shape': image_shape, 'num_classes': num_classes}
 
@@ -334,17 +334,17 @@ def read_npz(path: str) -> dict[str, dict[str, np.ndarray]]:
         shapes or dtypes, float values outside [0, 1] or non-finite, bad labels.
     """
     resolved = resolve_npz_path(path)
-    headers = _npz_headers(path, resolved)
+    headers = npz_headers(path, resolved)
     _check_npz_shapes(path, {k: shape for k, (shape, _) in headers.items()})
     dtypes = {k: dtype for k, (_, dtype) in headers.items()}
     kinds = {np.dtype(dtypes[key]).kind for key in NPZ_IMAGE_KEYS}
     out: dict[str, Any] = {}
     with np.load(resolved, allow_pickle=False) as npz:
         for split, image_key in zip(('train', 'test'), NPZ_IMAGE_KEYS, strict=True):
-            image = _check_images(path, image_key, npz[image_key])
+            image = check_images(path, image_key, npz[image_key])
             label_key = f'{split}_labels'
             if label_key in npz.files:
-                label = _check_labels(path, label_key, npz[label_key]).astype(np.int64)
+                label = check_labels(path, label_key, npz[label_key]).astype(np.int64)
             else:
                 label = np.zeros((len(image),), np.int64)
             out[split] = {'image': image, 'label': label}
@@ -358,7 +358,7 @@ def read_npz(path: str) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def _npz_headers(path: str, resolved: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def npz_headers(path: str, resolved: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """{key: (shape, dtype)} of each array in the .npz, read from the .npy headers only."""
     try:
         with zipfile.ZipFile(resolved) as archive:
@@ -433,8 +433,9 @@ def _check_npz_shapes(path: str, shapes: dict[str, tuple[int, ...]]) -> tuple[in
     return train
 
 
-def _check_images(path: str, key: str, image: np.ndarray) -> np.ndarray:
-    """uint8 / bool / float in [0, 1] -> [N, H, W, C] uint8 or float32."""
+def check_images(path: str, key: str, image: np.ndarray) -> np.ndarray:
+    """An `.npz` member's images, checked: uint8 / bool / float in [0, 1] -> [N, H, W, C] uint8
+    or float32 ([N, H, W] gains C = 1); anything else is refused naming `path` and `key`."""
     if image.ndim == 3:
         image = image[..., None]
     if image.dtype == np.uint8:
@@ -465,7 +466,9 @@ def _check_images(path: str, key: str, image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32)
 
 
-def _check_labels(path: str, key: str, label: np.ndarray) -> np.ndarray:
+def check_labels(path: str, key: str, label: np.ndarray) -> np.ndarray:
+    """An `.npz` member's labels [N], checked: integer class ids >= 0, else refused naming
+    `path` and `key`."""
     if label.dtype.kind not in 'iu':
         raise ValueError(
             f'{path}: {key!r} has dtype {label.dtype}; allowed: an integer dtype (class ids).'

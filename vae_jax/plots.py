@@ -49,7 +49,7 @@ DENSITY_SCALE_PERCENTILE = 99.5  # of the model's density, for the top of the co
 # Pixel grids.
 
 
-def _to_rgb(images: np.ndarray) -> np.ndarray:
+def to_rgb(images: np.ndarray) -> np.ndarray:
     """[N, H, W, C] in [0, 1] (C = 1 or 3) -> [N, H, W, 3] float, clipped."""
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -59,7 +59,7 @@ def _to_rgb(images: np.ndarray) -> np.ndarray:
     return np.clip(images, 0.0, 1.0)
 
 
-def _tile(images: np.ndarray, nrows: int, ncols: int) -> np.ndarray:
+def tile(images: np.ndarray, nrows: int, ncols: int) -> np.ndarray:
     """[N <= nrows * ncols, H, W, 3] -> [nrows (H + PAD) + PAD, ncols (W + PAD) + PAD, 3] float."""
     _, h, w, _ = images.shape
     grid = np.full((nrows * (h + PAD) + PAD, ncols * (w + PAD) + PAD, 3), PAD_VALUE, np.float32)
@@ -76,7 +76,7 @@ def _default_scale(grid_shape: tuple[int, ...], tile_shape: tuple[int, ...]) -> 
     return max(1, by_tile, by_grid)
 
 
-def _finish_grid(
+def finish_grid(
     grid: np.ndarray,
     path: str | Path,
     scale: int | None,
@@ -167,7 +167,7 @@ def reconstructions(
             f'inputs and recons must have the same shape, got {np.shape(inputs)} and '
             f'{np.shape(recons)}'
         )
-    inputs, recons = _to_rgb(inputs), _to_rgb(recons)
+    inputs, recons = to_rgb(inputs), to_rgb(recons)
     n = inputs.shape[0]
     ncols = min(n, 8) if ncols is None else ncols
     nrows = -(-n // ncols)
@@ -182,8 +182,8 @@ def reconstructions(
         for r in range(nrows)
         for i, name in enumerate(('data', 'reconstruction'))
     ]
-    return _finish_grid(
-        _tile(tiles, 2 * nrows, ncols),
+    return finish_grid(
+        tile(tiles, 2 * nrows, ncols),
         path,
         scale,
         tile_shape=inputs.shape[1:],
@@ -213,11 +213,11 @@ def samples(
       The RGB image written, uint8 [TITLE_PIXELS + (R (H + PAD) + PAD) * scale, (ncols (W +
       PAD) + PAD) * scale, 3] with R = ceil(N / ncols).
     """
-    images = _to_rgb(images)
+    images = to_rgb(images)
     n = images.shape[0]
     ncols = math.ceil(math.sqrt(n)) if ncols is None else ncols
-    return _finish_grid(
-        _tile(images, -(-n // ncols), ncols), path, scale, tile_shape=images.shape[1:], title=title
+    return finish_grid(
+        tile(images, -(-n // ncols), ncols), path, scale, tile_shape=images.shape[1:], title=title
     )
 
 
@@ -298,8 +298,8 @@ def manifold(
     else:
         x_label = f'{axis} 1: N(0, 1) quantiles {lo} to {hi}'
         y_label = f'{axis} 2 (upwards)'
-    grid = _finish_grid(
-        _tile(_to_rgb(images), rows, cols),
+    grid = finish_grid(
+        tile(to_rgb(images), rows, cols),
         path,
         scale,
         tile_shape=images.shape[1:],

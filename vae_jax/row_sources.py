@@ -46,7 +46,7 @@ def num_records(input_config: ml_collections.ConfigDict, split: str = 'train') -
     """
     if input_config.dataset == data.NPZ:
         resolved = data_sources.resolve_npz_path(input_config.path)
-        return data_sources._npz_headers(input_config.path, resolved)[f'{split}_images'][0][0]
+        return data_sources.npz_headers(input_config.path, resolved)[f'{split}_images'][0][0]
     name = input_config.dataset.removeprefix(data.TFDS_PREFIX)
     data_dir = data.resolve_data_dir(input_config.data_dir)
     builder = data_sources.tfds_builder(name, data_dir)
@@ -79,7 +79,7 @@ class FileSource:
     """Rows of one split of a TFDS set (`tfds.data_source`) or of a memory-mapped `.npz` member.
 
     Each read converts the rows as stored in the files (uint8 / bool / float) into the rows
-    `data.get_datasets` holds (`data._stored_images`, the split's own static-binarisation seed)
+    `data.get_datasets` holds (`data.held_images`, the split's own static-binarisation seed)
     with the same function, and checks them as it does, so a streamed split holds the same bits.
     The first `num_train_examples` / `num_test_examples` rows of the split are its rows.
 
@@ -110,7 +110,7 @@ class FileSource:
             self._images = npz_member(input_config.path, resolved, f'{split}_images')
             # As data_sources.read_npz: uint8 0..255; bool (read as 0/1) and float: 1.
             self._max_value = 255 if self._images.dtype == np.uint8 else 1
-            headers = data_sources._npz_headers(input_config.path, resolved)
+            headers = data_sources.npz_headers(input_config.path, resolved)
             train, test = (headers[key][1] for key in data_sources.NPZ_IMAGE_KEYS)
             if np.dtype(train).kind != np.dtype(test).kind:  # As data_sources.read_npz.
                 raise ValueError(
@@ -120,7 +120,7 @@ class FileSource:
             if f'{split}_labels' in headers:
                 with np.load(resolved, allow_pickle=False) as npz:
                     labels = npz[f'{split}_labels']
-                self._labels = data_sources._check_labels(
+                self._labels = data_sources.check_labels(
                     input_config.path, f'{split}_labels', labels
                 )
             else:
@@ -135,7 +135,7 @@ class FileSource:
             num_classes = data.dataset_info(input_config)['num_classes']
             if name in data.TFDS_DATASETS:
                 self._has_labels = data.dataset_info(name)['has_labels']
-                self._max_value = data._TFDS_MAX_VALUE[name]
+                self._max_value = data.TFDS_MAX_VALUE[name]
             else:
                 self._has_labels, self._max_value = num_classes > 0, 255
             num_records(input_config, split)  # A missing data set: the message saying where.
@@ -147,7 +147,7 @@ class FileSource:
             if limit > self._length:
                 raise ValueError(
                     f'input.num_{split}_examples={limit} exceeds the {self._length} examples of '
-                    f'the {data._describe(input_config)} {split} split.'
+                    f'the {data.describe_dataset(input_config)} {split} split.'
                 )
             self._length = limit
         self.data_shape = data.data_shape(input_config)
@@ -165,17 +165,17 @@ class FileSource:
             order = np.argsort(rows, kind='stable')
             images = np.empty((len(rows), *self._images.shape[1:]), self._images.dtype)
             images[order] = self._images[rows[order]]
-            images = data_sources._check_images(config.path, f'{self.split}_images', images)
+            images = data_sources.check_images(config.path, f'{self.split}_images', images)
             labels = self._labels[rows]
         else:
             records = self._tfds.__getitems__([int(r) for r in rows])
             images = np.stack([r['image'] for r in records])
             labels = np.asarray([r['label'] if self._has_labels else 0 for r in records], np.int64)
-        images = data._stored_images(
-            images, self._max_value, config, seed=data._STATIC_BINARIZE_SEED[self.split]
+        images = data.held_images(
+            images, self._max_value, config, seed=data.STATIC_BINARIZE_SEED[self.split]
         )
         if self.likelihood is not None and config.binarize == 'none':
-            data._check_support(self.likelihood, images, self._max_value, config, self.split)
+            data.check_support(self.likelihood, images, self._max_value, config, self.split)
         return images, labels.astype(np.int32)
 
     def all_labels(self) -> np.ndarray:
@@ -359,21 +359,21 @@ def load_test_split(
     if limit is not None and limit > len(stored):
         raise ValueError(
             f'input.num_test_examples={limit} exceeds the {len(stored)} examples of the '
-            f'{data._describe(input_config)} test split.'
+            f'{data.describe_dataset(input_config)} test split.'
         )
     stored = stored[:limit]
-    images = data_sources._check_images(path, 'test_images', np.asarray(stored))
+    images = data_sources.check_images(path, 'test_images', np.asarray(stored))
     max_value = 255 if stored.dtype == np.uint8 else 1
-    images = data._stored_images(
-        images, max_value, input_config, seed=data._STATIC_BINARIZE_SEED['test']
+    images = data.held_images(
+        images, max_value, input_config, seed=data.STATIC_BINARIZE_SEED['test']
     )
     if likelihood is not None and input_config.binarize == 'none':
-        data._check_support(likelihood, images, max_value, input_config, 'test')
-    headers = data_sources._npz_headers(path, resolved)
+        data.check_support(likelihood, images, max_value, input_config, 'test')
+    headers = data_sources.npz_headers(path, resolved)
     labels = np.zeros((len(images),), np.int64)
     if 'test_labels' in headers:
         with np.load(resolved, allow_pickle=False) as npz:
-            labels = data_sources._check_labels(path, 'test_labels', npz['test_labels'])
+            labels = data_sources.check_labels(path, 'test_labels', npz['test_labels'])
         labels = labels[: len(images)]
     return {'image': images, 'label': labels.astype(np.int32)}
 

@@ -108,7 +108,7 @@ def _stored_itemsize(input_config) -> int:
     """Bytes per value as `data.get_datasets` holds the split: 1 (uint8 / bool), 4 (float npz)."""
     if input_config.dataset == data.NPZ:
         resolved = data_sources.resolve_npz_path(input_config.path)
-        _, dtype = data_sources._npz_headers(input_config.path, resolved)['train_images']
+        _, dtype = data_sources.npz_headers(input_config.path, resolved)['train_images']
         return 4 if np.issubdtype(dtype, np.floating) else _DEVICE_ITEMSIZE
     return _DEVICE_ITEMSIZE
 

@@ -78,14 +78,14 @@ def draw(
       uint8 [H', W', 3], the pixels written (layout as `plots` grids).
     """
     rows, steps = images.shape[:2]
-    tiles = plots._to_rgb(images.reshape(rows * steps, *images.shape[2:]))
-    grid = plots._tile(tiles, rows, steps)
+    tiles = plots.to_rgb(images.reshape(rows * steps, *images.shape[2:]))
+    grid = plots.tile(tiles, rows, steps)
     h = images.shape[2]
     labels = []
     for r, d in enumerate(dims):
         text = f'z{int(d)}' if kl is None else f'z{int(d)}  KL {float(kl[r]):.2f}'
         labels.append((plots.PAD + r * (h + plots.PAD) + h / 2, text))
-    return plots._finish_grid(
+    return plots.finish_grid(
         grid,
         path,
         scale,
