@@ -24,21 +24,7 @@ from vae_jax import checkpoints, sweep, train, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
-_PRELUDE = r"""
-import json, os, sys
-
-
-class _NoTorch:  # tensorboardX imports torch when installed: 2 s per process, unused here.
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] == 'torch':
-            raise ImportError('torch is not needed here')
-
-
-sys.meta_path.insert(0, _NoTorch())
-import jax
-
-jax.config.update('jax_disable_most_optimizations', True)  # As tests/conftest.py.
-"""
+_PRELUDE = multiprocess_testing.PRELUDE + 'import json, os\n'
 
 # Trains configs/test.py on every device of this process, recording how each training batch is
 # laid out across devices (inside the jitted chunk) and how the parameters are.

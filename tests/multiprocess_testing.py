@@ -10,6 +10,24 @@ import socket
 import subprocess
 import sys
 
+# The first lines of the tests' child scripts: no torch import (tensorboardX imports torch when
+# it is installed, 2 s per process, unused here), then jax compiling as in tests/conftest.py.
+PRELUDE = r"""
+import sys
+
+
+class _NoTorch:  # tensorboardX imports torch when installed: 2 s per process, unused here.
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'torch':
+            raise ImportError('torch is not needed here')
+
+
+sys.meta_path.insert(0, _NoTorch())
+import jax
+
+jax.config.update('jax_disable_most_optimizations', True)  # As tests/conftest.py: same numbers.
+"""
+
 
 def device_env(num_devices: int, **extra: str) -> dict[str, str]:
     """This process's environment for a child with `num_devices` CPU devices, plus `extra`."""

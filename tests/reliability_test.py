@@ -24,6 +24,7 @@ from unittest import mock
 import hypothesis
 import jax
 import jax.numpy as jnp
+import multiprocess_testing
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -68,20 +69,11 @@ def tearDownModule():
 
 
 # Runs the CLI (`vae_jax.train`) with this test suite's JAX settings and one optional fault.
-_DRIVER = r"""
-import functools, os, signal, sys, time
+_DRIVER = (
+    multiprocess_testing.PRELUDE
+    + r"""
+import functools, os, signal, time
 
-
-class _NoTorch:  # tensorboardX imports torch when installed: 2 s per process, unused here.
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] == 'torch':
-            raise ImportError('torch is not needed here')
-
-
-sys.meta_path.insert(0, _NoTorch())
-import jax
-
-jax.config.update('jax_disable_most_optimizations', True)  # As tests/conftest.py: same numbers.
 jax.config.update('jax_compilation_cache_dir', os.environ['VAE_TEST_CACHE'])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 from vae_jax import checkpoints, trainer
@@ -142,6 +134,7 @@ from vae_jax import cli, train
 
 cli.run(train.main)  # As `python -m vae_jax.train`.
 """
+)
 
 # 24 steps, 2 per call: chunks end at 2, 3, 5, 6, 8, ...; rows every 3, checkpoints every 6;
 # evaluation at the end only (its compile is the slow part of a short run).

@@ -276,20 +276,10 @@ class MnistStreamTest(absltest.TestCase):
 
 # One process of a two-process run: configs/test.py streamed, stopped at step 6 (a checkpoint; no
 # final evaluation), then the rows each of its readers served.
-_TWO_PROCESSES = r"""
-import json, os, sys
-
-
-class _NoTorch:  # tensorboardX imports torch when installed: 2 s per process, unused here.
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] == 'torch':
-            raise ImportError('torch is not needed here')
-
-
-sys.meta_path.insert(0, _NoTorch())
-import jax
-
-jax.config.update('jax_disable_most_optimizations', True)  # As tests/conftest.py.
+_TWO_PROCESSES = (
+    multiprocess_testing.PRELUDE
+    + r"""
+import json, os
 from vae_jax import streaming, train, trainer
 
 jax.distributed.initialize(**train.distributed_init_args(os.environ))
@@ -312,6 +302,7 @@ served = [(r.rows.start, r.rows.stop, r.rows_served) for r in readers]
 with open(os.path.join(workdir, '..', f'rows{jax.process_index()}.json'), 'w') as f:
     json.dump(served, f)
 """
+)
 
 
 def _small_config(pipeline):
