@@ -37,12 +37,14 @@ format: $(TEST_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# --dist loadscope: each test class (or module of plain functions) runs on one worker, so a class's
+# setUpClass (often a whole training run) runs once, not once per worker that gets one of its tests.
 test: lint
-	$(BIN)/python -m pytest -n 2 --durations=15 tests
+	$(BIN)/python -m pytest -n 2 --dist loadscope --durations=15 tests
 
 # The suite without the end-to-end runs marked `slow` (pyproject.toml): for the edit-test loop.
 test-fast: lint
-	$(BIN)/python -m pytest -n 2 -m 'not slow' tests
+	$(BIN)/python -m pytest -n 2 --dist loadscope -m 'not slow' tests
 
 # The site from docs/ and the docstrings of the public modules (mkdocs.yml), into site/.
 # --strict: any warning (a broken link or anchor, an unknown cross-reference in a docstring, a
