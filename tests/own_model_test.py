@@ -3,8 +3,9 @@
 `TinyVAE` follows the model protocol (`vae_jax.models.LatentVariableModel`). It trains by the
 Python API (`train_and_evaluate(config, workdir, model=TinyVAE(...))`) and by import path in the
 config (`model.module='own_model_test:TinyVAE'`, as `--config.model.module=...` does on the
-command line), and both give the same run. The command-line end-to-end test is left to the
-trainer's tests (trainer.py is being rewritten).
+command line), and both give the same run. Unlike `examples/my_models.py`'s model it has no
+`sample_and_log_posterior`, so the objectives' path without that optional member is trained
+here. The command line end to end (train, resume, evaluate, load) is tests/python_model_test.py.
 """
 
 import functools
