@@ -8,7 +8,8 @@ over 100,000 steps (its whole run had 300,000); this 30,000-step run raises it o
 Run:
   python -m vae_jax.train --config configs/dsprites_annealed_vae.py \
       --workdir runs/dsprites/annealed_vae
-Expected: not yet measured (experiments/disentanglement/README.md holds the commands).
+Expected (mean +- sd over seeds 0, 1, 2; experiments/disentanglement/README.md): MIG 0.034 +- 0.021,
+  FactorVAE score 0.398 +- 0.139, reconstruction 26.54 +- 0.76 nats, KL 25.00 +- 0.32 nats.
 """
 
 import ml_collections

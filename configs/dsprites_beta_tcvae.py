@@ -7,7 +7,8 @@ minibatch-weighted ('mws') estimator of the aggregate posterior.
 Run:
   python -m vae_jax.train --config configs/dsprites_beta_tcvae.py \
       --workdir runs/dsprites/beta_tcvae
-Expected: not yet measured (experiments/disentanglement/README.md holds the commands).
+Expected (mean +- sd over seeds 0, 1, 2; experiments/disentanglement/README.md): MIG 0.131 +- 0.090,
+  FactorVAE score 0.518 +- 0.053, reconstruction 27.94 +- 0.47 nats, KL 7.17 +- 0.08 nats.
 """
 
 import ml_collections

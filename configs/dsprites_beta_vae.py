@@ -13,7 +13,11 @@ Run:
   python -m vae_jax.train --config configs/dsprites_beta_vae.py --workdir runs/dsprites/beta_vae
   python -m vae_jax.evaluate --workdir runs/dsprites/beta_vae --k_samples 0 --disentanglement
 Plain VAE: add --config.beta=1. Full resolution: --config.input.dataset=dsprites.
-Expected: not yet measured (experiments/disentanglement/README.md holds the commands).
+Expected (mean +- sd over seeds 0, 1, 2; experiments/disentanglement/README.md):
+  beta 4: MIG 0.146 +- 0.061, FactorVAE score 0.544 +- 0.078, reconstruction 30.30 +- 0.26 nats,
+    KL 6.17 +- 0.03 nats;
+  beta 1 (the plain VAE): MIG 0.082 +- 0.004, FactorVAE score 0.449 +- 0.067, reconstruction
+    24.33 +- 0.15 nats, KL 8.83 +- 0.14 nats.
 """
 
 import ml_collections

@@ -5,7 +5,8 @@ lambda_d = 10 lambda_od = 100 (Kumar et al.; disentanglement_lib's lambda_d_fact
 
 Run:
   python -m vae_jax.train --config configs/dsprites_dip_vae_i.py --workdir runs/dsprites/dip_vae_i
-Expected: not yet measured (experiments/disentanglement/README.md holds the commands).
+Expected (mean +- sd over seeds 0, 1, 2; experiments/disentanglement/README.md): MIG 0.055 +- 0.049,
+  FactorVAE score 0.462 +- 0.098, reconstruction 25.64 +- 0.43 nats, KL 12.97 +- 0.12 nats.
 """
 
 import ml_collections

@@ -7,7 +7,8 @@ lambda_d = lambda_od (disentanglement_lib's lambda_d_factor 1; its study sweeps 
 Run:
   python -m vae_jax.train --config configs/dsprites_dip_vae_ii.py \
       --workdir runs/dsprites/dip_vae_ii
-Expected: not yet measured (experiments/disentanglement/README.md holds the commands).
+Expected (mean +- sd over seeds 0, 1, 2; experiments/disentanglement/README.md): MIG 0.056 +- 0.039,
+  FactorVAE score 0.444 +- 0.050, reconstruction 23.53 +- 1.75 nats, KL 9.37 +- 1.04 nats.
 """
 
 import ml_collections

