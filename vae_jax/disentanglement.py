@@ -97,9 +97,13 @@ def beta_vae_score(
     on `num_eval` fresh points. Maximum 1; chance 1 / F.
 
     Args:
-      representation_fn, sample_factors, observe, key: see the module docstring.
+      representation_fn: observations [B, ...] -> codes [B, D].
+      sample_factors: (key, n) -> int [n, F] factor indices, each factor drawn independently.
+      observe: int [n, F] factor indices -> observations [n, ...].
+      key: a JAX PRNG key; the same key gives the same number.
       batch_size: pairs per point.
-      num_train, num_eval: points to fit and to score the classifier.
+      num_train: points to fit the classifier.
+      num_eval: points to score it.
 
     Returns:
       The eval accuracy, in [0, 1].
@@ -161,9 +165,13 @@ def factor_vae_score(
     `num_eval` fresh ones. Maximum 1; chance about 1 / F; 0 when every dimension collapsed.
 
     Args:
-      representation_fn, sample_factors, observe, key: see the module docstring.
+      representation_fn: observations [B, ...] -> codes [B, D].
+      sample_factors: (key, n) -> int [n, F] factor indices, each factor drawn independently.
+      observe: int [n, F] factor indices -> observations [n, ...].
+      key: a JAX PRNG key; the same key gives the same number.
       batch_size: draws per vote.
-      num_train, num_eval: votes to fit and to score the classifier.
+      num_train: votes to fit the classifier.
+      num_eval: votes to score it.
       num_variance_estimate: draws for each dimension's global variance.
 
     Returns:
@@ -289,7 +297,10 @@ def mig(
     above 0.
 
     Args:
-      representation_fn, sample_factors, observe, key: see the module docstring.
+      representation_fn: observations [B, ...] -> codes [B, D].
+      sample_factors: (key, n) -> int [n, F] factor indices, each factor drawn independently.
+      observe: int [n, F] factor indices -> observations [n, ...].
+      key: a JAX PRNG key; the same key gives the same number.
       num_train: draws.
       num_bins: histogram bins per code dimension.
 
@@ -353,13 +364,17 @@ def dci(
     Disentanglement and completeness: `dci_from_importance`.
 
     Args:
-      representation_fn, sample_factors, observe, key: see the module docstring.
-      num_train, num_test: draws to fit and to test the predictors.
+      representation_fn: observations [B, ...] -> codes [B, D].
+      sample_factors: (key, n) -> int [n, F] factor indices, each factor drawn independently.
+      observe: int [n, F] factor indices -> observations [n, ...].
+      key: a JAX PRNG key; the same key gives the same number.
+      num_train: draws to fit the predictors.
+      num_test: draws to test them.
       regressor: 'gbt' | 'lasso'.
 
     Returns:
-      {'disentanglement', 'completeness', 'informativeness': floats in [0, 1],
-       'importance': float64 [D, F]}.
+      A dict: 'disentanglement', 'completeness' and 'informativeness', floats in [0, 1], and
+      'importance', float64 [D, F].
 
     Raises:
       ValueError: an unknown regressor.
@@ -455,8 +470,12 @@ def sap(
     the train draws (maximum 1).
 
     Args:
-      representation_fn, sample_factors, observe, key: see the module docstring.
-      num_train, num_test: draws to fit and to test the classifiers.
+      representation_fn: observations [B, ...] -> codes [B, D].
+      sample_factors: (key, n) -> int [n, F] factor indices, each factor drawn independently.
+      observe: int [n, F] factor indices -> observations [n, ...].
+      key: a JAX PRNG key; the same key gives the same number.
+      num_train: draws to fit the classifiers.
+      num_test: draws to test them.
       continuous_factors: score by squared correlation instead of classification.
 
     Returns:
