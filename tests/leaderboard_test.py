@@ -1,9 +1,9 @@
-"""The dSprites leaderboard as published (experiments/disentanglement/).
+"""The published leaderboards hold together: each README table is what its report.py computes
+from the committed run directories (runs trained here but not committed do not count).
 
-Its README table is what report.py computes from the committed run directories (runs trained
-here but not committed do not count), every published run is a finished run of its row's config
-and seed, and the Expected line of each configs/dsprites_*.py names its row's MIG as the table
-has it.
+The dSprites leaderboard (experiments/disentanglement/): besides, every published run is a
+finished run of its row's config and seed, and the Expected line of each configs/dsprites_*.py
+names its row's MIG as the table has it. The zoo (experiments/zoo/): its table of finished rows.
 """
 
 import importlib.util
@@ -32,24 +32,25 @@ CONFIGS = {
 }
 
 
-def _report():
-    spec = importlib.util.spec_from_file_location('disentanglement_report', HERE / 'report.py')
+def _report(experiment: Path):
+    name = f'{experiment.name}_report'
+    spec = importlib.util.spec_from_file_location(name, experiment / 'report.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def _committed_workdirs() -> Path:
-    """A copy of the run directories' files that git tracks (a local, unpublished run is not
-    part of the leaderboard)."""
+def _committed_workdirs(experiment: Path) -> Path:
+    """A copy of the files of `experiment`/workdirs that git tracks (a local, unpublished run
+    is not part of the leaderboard)."""
+    prefix = f'{(experiment / "workdirs").relative_to(REPO)}/'
     listed = subprocess.run(
-        ['git', 'ls-files', '-z', 'experiments/disentanglement/workdirs'],
+        ['git', 'ls-files', '-z', prefix],
         cwd=REPO,
         capture_output=True,
         check=True,
     ).stdout.split(b'\0')
     root = Path(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()))
-    prefix = 'experiments/disentanglement/workdirs/'
     for name in filter(None, (n.decode() for n in listed)):
         target = root / name.removeprefix(prefix)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -62,8 +63,8 @@ class PublishedLeaderboardTest(absltest.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.report = _report()
-        cls.workdirs = _committed_workdirs()
+        cls.report = _report(HERE)
+        cls.workdirs = _committed_workdirs(HERE)
         cls.addClassCleanup(shutil.rmtree, cls.workdirs, ignore_errors=True)
 
     def test_readme_table_is_the_reports_table_of_the_committed_runs(self):
@@ -108,6 +109,20 @@ class PublishedLeaderboardTest(absltest.TestCase):
                 # dsprites_beta_vae.py names beta 4 first, then the plain VAE (beta 1).
                 index = 1 if row == 'vae' else 0
                 self.assertEqual(stated[config_name][index], mig(row))
+
+
+@absltest.skipUnless((REPO / '.git').exists(), 'not a git checkout: the published files unknown')
+class PublishedZooTest(absltest.TestCase):
+    def test_readme_table_is_the_reports_table_of_the_committed_runs(self):
+        zoo = REPO / 'experiments' / 'zoo'
+        report = _report(zoo)
+        workdirs = _committed_workdirs(zoo)
+        self.addCleanup(shutil.rmtree, workdirs, ignore_errors=True)
+        finished = [r for r in report.rows(workdirs) if r['train_seconds'] is not None]
+        self.assertLen(finished, len(report.zoo.MODELS))  # Every model of configs/zoo.py.
+        readme = (zoo / 'README.md').read_text()
+        published = readme.split(report.START, 1)[1].split(report.END, 1)[0]
+        self.assertEqual(published.strip(), report.table(finished))
 
 
 if __name__ == '__main__':
