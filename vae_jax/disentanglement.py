@@ -96,11 +96,9 @@ def beta_vae_score(
     (scikit-learn, default settings) is fitted on `num_train` points; the score is its accuracy
     on `num_eval` fresh points. Maximum 1; chance 1 / F.
 
+    `representation_fn`, `sample_factors`, `observe` and `key` are as in the module docstring.
+
     Args:
-      representation_fn: observations [B, ...] -> codes [B, D].
-      sample_factors: (key, n) -> int [n, F] factor indices, each factor drawn independently.
-      observe: int [n, F] factor indices -> observations [n, ...].
-      key: a JAX PRNG key; the same key gives the same number.
       batch_size: pairs per point.
       num_train: points to fit the classifier.
       num_eval: points to score it.
@@ -164,11 +162,9 @@ def factor_vae_score(
     (dimension -> its most frequent factor) is fitted on `num_train` votes and scored on
     `num_eval` fresh ones. Maximum 1; chance about 1 / F; 0 when every dimension collapsed.
 
+    `representation_fn`, `sample_factors`, `observe` and `key` are as in the module docstring.
+
     Args:
-      representation_fn: observations [B, ...] -> codes [B, D].
-      sample_factors: (key, n) -> int [n, F] factor indices, each factor drawn independently.
-      observe: int [n, F] factor indices -> observations [n, ...].
-      key: a JAX PRNG key; the same key gives the same number.
       batch_size: draws per vote.
       num_train: votes to fit the classifier.
       num_eval: votes to score it.
@@ -296,11 +292,9 @@ def mig(
     biased up by about (bins - 1)(values - 1) / (2N) nats per pair, so noise scores slightly
     above 0.
 
+    `representation_fn`, `sample_factors`, `observe` and `key` are as in the module docstring.
+
     Args:
-      representation_fn: observations [B, ...] -> codes [B, D].
-      sample_factors: (key, n) -> int [n, F] factor indices, each factor drawn independently.
-      observe: int [n, F] factor indices -> observations [n, ...].
-      key: a JAX PRNG key; the same key gives the same number.
       num_train: draws.
       num_bins: histogram bins per code dimension.
 
@@ -363,11 +357,9 @@ def dci(
     informativeness is the mean test R^2. Seconds, but it sees linear relations only.
     Disentanglement and completeness: `dci_from_importance`.
 
+    `representation_fn`, `sample_factors`, `observe` and `key` are as in the module docstring.
+
     Args:
-      representation_fn: observations [B, ...] -> codes [B, D].
-      sample_factors: (key, n) -> int [n, F] factor indices, each factor drawn independently.
-      observe: int [n, F] factor indices -> observations [n, ...].
-      key: a JAX PRNG key; the same key gives the same number.
       num_train: draws to fit the predictors.
       num_test: draws to test them.
       regressor: 'gbt' | 'lasso'.
@@ -469,11 +461,9 @@ def sap(
     continuous_factors=True: S_ik is the squared correlation of code i and the factor index on
     the train draws (maximum 1).
 
+    `representation_fn`, `sample_factors`, `observe` and `key` are as in the module docstring.
+
     Args:
-      representation_fn: observations [B, ...] -> codes [B, D].
-      sample_factors: (key, n) -> int [n, F] factor indices, each factor drawn independently.
-      observe: int [n, F] factor indices -> observations [n, ...].
-      key: a JAX PRNG key; the same key gives the same number.
       num_train: draws to fit the classifiers.
       num_test: draws to test them.
       continuous_factors: score by squared correlation instead of classification.

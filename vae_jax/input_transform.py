@@ -17,7 +17,7 @@ broadcast) as `x * (1 / c)`, which is one ulp off for some values (e.g. some k /
 divides the 256 possible values once, and the step looks each pixel up in that table. bool
 rows are looked up too, in the table [0.0, 1.0]: the same values as `x.astype(float32)`, but
 XLA:CPU fuses a bool -> float32 convert into every consumer of the input, and the IWAE paper's
-MLP step on binary MNIST (benchmark W1) was 8-10% slower with it than with float32 rows, while
+MLP step on binary MNIST (benchmark W1) was 9-11% slower with it than with float32 rows, while
 the lookup runs as fast as float32 rows (measured side by side in one process).
 
 `InputSpec` says how: a frozen, hashable dataclass, so a jitted function takes it as a static
