@@ -422,21 +422,15 @@ def get_datasets(
     out = []
     for split in _SPLITS:
         image, label = splits[split]['image'], splits[split]['label']
-        limit = limits[split]
+        limit = split_limit(input_config, split, len(image))
         if limit is not None:
-            if limit > len(image):
-                key = f'num_{split}_examples'
-                raise ValueError(
-                    f'input.{key}={limit} exceeds the {len(image)} examples of the '
-                    f'{describe_dataset(input_config)} {split} split.'
-                )
             image, label = image[:limit], label[:limit]
         if name in _INFO and not _INFO[name]['is_image']:
             image = image.astype(np.float32)
+            if likelihood is not None and input_config.binarize == 'none':
+                check_support(likelihood, image, max_value, input_config, split)
         else:
-            image = held_images(image, max_value, input_config, seed=STATIC_BINARIZE_SEED[split])
-        if likelihood is not None and input_config.binarize == 'none':
-            check_support(likelihood, image, max_value, input_config, split)
+            image = held_split_images(image, max_value, input_config, split, likelihood)
         example = {'image': image, 'label': label.astype(np.int32)}
         if 'factors' in splits[split]:
             example['factors'] = splits[split]['factors'][: len(image)]
@@ -490,6 +484,28 @@ def check_support(
         else:
             where = f'input.dataset={input_config.dataset!r} ({split} split)'
         raise ValueError(f'{where}: {e}') from None
+
+
+def split_limit(input_config, split: str, available: int) -> int | None:
+    """`input.num_<split>_examples` (None: all), refused when the split has fewer examples."""
+    limit = input_config[f'num_{split}_examples']
+    if limit is not None and limit > available:
+        raise ValueError(
+            f'input.num_{split}_examples={limit} exceeds the {available} examples of the '
+            f'{describe_dataset(input_config)} {split} split.'
+        )
+    return limit
+
+
+def held_split_images(
+    image: np.ndarray, max_value: int, input_config, split: str, likelihood: str | None
+) -> np.ndarray:
+    """A split's images as read -> as held (`held_images`, with the split's own static
+    binarisation seed), then the likelihood's support check (with binarize='none')."""
+    image = held_images(image, max_value, input_config, seed=STATIC_BINARIZE_SEED[split])
+    if likelihood is not None and input_config.binarize == 'none':
+        check_support(likelihood, image, max_value, input_config, split)
+    return image
 
 
 def describe_dataset(input_config) -> str:

@@ -142,13 +142,8 @@ class FileSource:
             self._tfds_args = dict(name=tfds_name, split=split, data_dir=data_dir, download=False)
             self._tfds = tfds.data_source(**self._tfds_args)
             self._length = len(self._tfds)
-        limit = input_config[f'num_{split}_examples']
+        limit = data.split_limit(input_config, split, self._length)
         if limit is not None:
-            if limit > self._length:
-                raise ValueError(
-                    f'input.num_{split}_examples={limit} exceeds the {self._length} examples of '
-                    f'the {data.describe_dataset(input_config)} {split} split.'
-                )
             self._length = limit
         self.data_shape = data.data_shape(input_config)
         first = self.read(np.zeros((1,), np.int64))[0]
@@ -171,11 +166,9 @@ class FileSource:
             records = self._tfds.__getitems__([int(r) for r in rows])
             images = np.stack([r['image'] for r in records])
             labels = np.asarray([r['label'] if self._has_labels else 0 for r in records], np.int64)
-        images = data.held_images(
-            images, self._max_value, config, seed=data.STATIC_BINARIZE_SEED[self.split]
+        images = data.held_split_images(
+            images, self._max_value, config, self.split, self.likelihood
         )
-        if self.likelihood is not None and config.binarize == 'none':
-            data.check_support(self.likelihood, images, self._max_value, config, self.split)
         return images, labels.astype(np.int32)
 
     def all_labels(self) -> np.ndarray:
@@ -355,20 +348,10 @@ def load_test_split(
             stored = npz['test_images']
     else:
         stored = npz_member(path, resolved, 'test_images')
-    limit = input_config.num_test_examples
-    if limit is not None and limit > len(stored):
-        raise ValueError(
-            f'input.num_test_examples={limit} exceeds the {len(stored)} examples of the '
-            f'{data.describe_dataset(input_config)} test split.'
-        )
-    stored = stored[:limit]
+    stored = stored[: data.split_limit(input_config, 'test', len(stored))]
     images = data_sources.check_images(path, 'test_images', np.asarray(stored))
     max_value = 255 if stored.dtype == np.uint8 else 1
-    images = data.held_images(
-        images, max_value, input_config, seed=data.STATIC_BINARIZE_SEED['test']
-    )
-    if likelihood is not None and input_config.binarize == 'none':
-        data.check_support(likelihood, images, max_value, input_config, 'test')
+    images = data.held_split_images(images, max_value, input_config, 'test', likelihood)
     headers = data_sources.npz_headers(path, resolved)
     labels = np.zeros((len(images),), np.int64)
     if 'test_labels' in headers:
